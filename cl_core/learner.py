@@ -1,0 +1,172 @@
+"""A learner is what a method name such as ``mas+replay+wa`` builds: a method, and optionally an exemplar memory
+and weight aligning.  `Learner.learn` is one experience's whole update, the same for the benchmark and the service:
+
+    prepare → train (current data + replayed exemplars, with the penalty) → finish
+            → weight aligning (if classes were added) → consolidate (importance, anchors) → update the memory
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cl_core.experience import Experience
+from cl_core.memory import ExemplarMemory
+from cl_core.methods import ContinualMethod, build_method
+from cl_core.naming import MethodSpec, parse_method_name
+from cl_core.trainer import Progress, TrainConfig, TrainResult, train
+from cl_core.weight_align import align_weights
+
+
+@dataclass(frozen=True)
+class LearnReport:
+    train: TrainResult
+    importance_seconds: float
+    importance_samples: int
+    gamma: float | None  # weight-aligning factor, when applied
+    retention_protected: bool  # False when new classes arrived and no exemplar memory protects the old ones
+    note: str | None = None
+
+
+class Learner:
+    """A method plus an optional exemplar memory and weight aligning, with one state dict for all of it."""
+
+    def __init__(self, spec: MethodSpec, method: ContinualMethod, memory: ExemplarMemory | None = None) -> None:
+        if spec.replay != (memory is not None):
+            raise ValueError(f"{spec.name!r}: an exemplar memory is used exactly when the name has '+replay'")
+        self.spec = spec
+        self.method = method
+        self.memory = memory
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        *,
+        method_hparams: dict[str, Any] | None = None,
+        memory_hparams: dict[str, Any] | None = None,
+    ) -> Learner:
+        """Parse ``name`` (``base[+replay][+wa]``) and build its parts."""
+        spec = parse_method_name(name)
+        method = build_method(spec.base, **(method_hparams or {}))
+        memory = ExemplarMemory(**(memory_hparams or {})) if spec.replay else None
+        return cls(spec, method, memory)
+
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any]) -> Learner:
+        """Rebuild an empty learner from `hparams` (then `load_state_dict` restores what it learned)."""
+        return cls.build(hparams["name"], method_hparams=hparams.get("method"), memory_hparams=hparams.get("memory"))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "method": self.method.hparams(),
+            "memory": None if self.memory is None else self.memory.hparams(),
+        }
+
+    def learn(
+        self,
+        model: nn.Module,
+        data: Experience | Sequence[Experience],
+        config: TrainConfig = TrainConfig(),
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> LearnReport:
+        """Train on one experience (several are trained together, as joint training does), then consolidate."""
+        experiences = [data] if isinstance(data, Experience) else list(data)
+        self.method.prepare(model)
+        try:
+            result = train(
+                model,
+                self.method,
+                experiences,
+                config,
+                replay=self.memory,
+                progress=progress,
+                should_stop=should_stop,
+            )
+        finally:
+            self.method.finish(model)
+        new_classes = sorted({c for e in experiences for c in e.new_classes})
+        if result.stopped:
+            return LearnReport(result, 0.0, 0, None, True, "stopped before the end; nothing consolidated")
+        gamma = None
+        head = getattr(model, "head", None)
+        if self.spec.weight_align and isinstance(head, nn.Linear):
+            gamma = align_weights(head, new_classes)
+        seconds, samples = 0.0, 0
+        for experience in experiences:
+            report = self.method.consolidate(model, experience)
+            seconds += report.seconds
+            samples += report.samples
+            if self.memory is not None:
+                self.memory.update(model, experience)
+        protected = self.memory is not None or not new_classes or self.spec.base == "joint"
+        note = None
+        if not protected:
+            note = (
+                "new classes were added without an exemplar memory: retention of the old classes is not "
+                "protected (regularisation alone collapses in class-incremental learning)"
+            )
+        return LearnReport(result, seconds, samples, gamma, protected, note)
+
+    def observe(self, model: nn.Module, experience: Experience) -> float:
+        """Consolidate without training (e.g. MAS importance from unlabeled data); returns the seconds spent."""
+        return self.method.consolidate(model, experience).seconds
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {f"method.{k}": v for k, v in self.method.state_dict().items()}
+        if self.memory is not None:
+            state.update({f"memory.{k}": v for k, v in self.memory.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        method = {k.removeprefix("method."): v for k, v in state.items() if k.startswith("method.")}
+        memory = {k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")}
+        unknown = [k for k in state if not k.startswith(("method.", "memory."))]
+        if unknown:
+            raise ValueError(f"unexpected learner state keys: {unknown[:3]}")
+        if memory and self.memory is None:
+            raise ValueError(f"{self.name!r} has no exemplar memory, but the state holds one")
+        self.method.load_state_dict(method)
+        if self.memory is not None:
+            self.memory.load_state_dict(memory)
+
+
+def evaluate_accuracy(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    active_outputs: Sequence[int] | None = None,
+    *,
+    batch_size: int = 1024,
+) -> float:
+    """Accuracy of argmax over the active outputs (eval mode); targets beyond the head count as errors."""
+    if len(targets) == 0:
+        raise ValueError("no samples to evaluate")
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    correct = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(targets), batch_size):
+                logits = model(inputs[start : start + batch_size].to(param.device, param.dtype)).cpu()
+                if active_outputs is not None:
+                    active = torch.as_tensor(list(active_outputs))
+                    predicted = active[logits[:, active].argmax(1)]
+                else:
+                    predicted = logits.argmax(1)
+                correct += int((predicted == targets[start : start + batch_size].cpu()).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(targets)

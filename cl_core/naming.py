@@ -1,0 +1,48 @@
+"""Method names as the command line and the API write them: ``base[+replay][+wa]``.
+
+``mas+replay+wa`` is MAS with an exemplar memory and weight aligning; ``finetune+replay`` is plain experience
+replay; ``joint`` (training once on everything, the upper bound) takes no suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASES = ("finetune", "joint", "ewc", "online-ewc", "mas", "rewc", "slnid")
+SUFFIXES = ("replay", "wa")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed method name."""
+
+    base: str
+    replay: bool = False
+    weight_align: bool = False
+
+    @property
+    def name(self) -> str:
+        """The canonical spelling (suffixes in a fixed order)."""
+        parts = [self.base]
+        if self.replay:
+            parts.append("replay")
+        if self.weight_align:
+            parts.append("wa")
+        return "+".join(parts)
+
+
+def parse_method_name(name: str) -> MethodSpec:
+    """Parse ``base[+replay][+wa]``; an unknown or malformed name is a ValueError listing the known ones."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"empty method name; known bases: {', '.join(BASES)}")
+    base, *suffixes = [part.strip().lower() for part in name.split("+")]
+    if base not in BASES:
+        raise ValueError(f"unknown method {base!r} in {name!r}; known bases: {', '.join(BASES)}")
+    for suffix in suffixes:
+        if suffix not in SUFFIXES:
+            raise ValueError(f"unknown suffix {suffix!r} in {name!r}; known suffixes: {', '.join(SUFFIXES)}")
+    if len(set(suffixes)) != len(suffixes):
+        raise ValueError(f"repeated suffix in {name!r}")
+    if base == "joint" and suffixes:
+        raise ValueError(f"{name!r}: joint training sees all data at once and takes no suffix")
+    return MethodSpec(base, replay="replay" in suffixes, weight_align="wa" in suffixes)

@@ -1,0 +1,1 @@
+"""Every benchmark of the project, behind the ``clbench`` command."""
