@@ -19,7 +19,7 @@ from cl_core.memory import ExemplarMemory
 from cl_core.methods import ContinualMethod, build_method
 from cl_core.naming import MethodSpec, parse_method_name
 from cl_core.trainer import Progress, TrainConfig, TrainResult, train
-from cl_core.weight_align import align_weights
+from cl_core.weight_align import align_weights, clip_nonnegative
 
 
 @dataclass(frozen=True)
@@ -83,26 +83,33 @@ class Learner:
     ) -> LearnReport:
         """Train on one experience (several are trained together, as joint training does), then consolidate."""
         experiences = [data] if isinstance(data, Experience) else list(data)
+        head = getattr(model, "head", None)
+        aligning = self.spec.weight_align and isinstance(head, nn.Linear)
+        after_step = (lambda: clip_nonnegative(head)) if aligning else None  # type: ignore[arg-type]
+        rehearsal: list[Experience] = []
+        replay = None
+        if self.memory is not None and self.memory.replay == "concat":
+            rehearsal = self.memory.as_experiences()
+        elif self.memory is not None:
+            replay = self.memory
         self.method.prepare(model)
         try:
             result = train(
                 model,
                 self.method,
-                experiences,
+                experiences + rehearsal,
                 config,
-                replay=self.memory,
+                replay=replay,
                 progress=progress,
                 should_stop=should_stop,
+                after_step=after_step,
             )
         finally:
             self.method.finish(model)
         new_classes = sorted({c for e in experiences for c in e.new_classes})
         if result.stopped:
             return LearnReport(result, 0.0, 0, None, True, "stopped before the end; nothing consolidated")
-        gamma = None
-        head = getattr(model, "head", None)
-        if self.spec.weight_align and isinstance(head, nn.Linear):
-            gamma = align_weights(head, new_classes)
+        gamma = align_weights(head, new_classes) if aligning else None  # type: ignore[arg-type]
         seconds, samples = 0.0, 0
         for experience in experiences:
             report = self.method.consolidate(model, experience)

@@ -9,6 +9,10 @@ exemplars per class and, if set, ``total`` overall (then each class keeps an equ
 * ``reservoir``: a class-balanced reservoir (Vitter's algorithm R per class), a uniform sample of every sample of
   the class ever seen, even when a class arrives over several experiences.
 
+Replay: ``concat`` adds the exemplars to the experience's training data (rehearsal as iCaRL and WA do it: old
+classes are rare in every batch, which weight aligning then corrects); ``batch`` mixes a replayed batch of the
+same size into every training batch (experience replay as in Chaudhry et al. 2019).
+
 The whole memory is tensors (its state dict), so a store can persist it with the method's state.
 """
 
@@ -24,6 +28,7 @@ from cl_core.experience import Experience
 from cl_core.trainer import output_mask
 
 Selection = Literal["herding", "reservoir"]
+ReplayMode = Literal["concat", "batch"]
 
 
 @dataclass
@@ -34,13 +39,23 @@ class _Group:
 class ExemplarMemory:
     """Stored (input, label, active outputs) triples, per class within a budget; a `ReplaySource`."""
 
-    def __init__(self, per_class: int = 20, total: int | None = None, selection: Selection = "herding", seed: int = 0):
+    def __init__(
+        self,
+        per_class: int = 20,
+        total: int | None = None,
+        selection: Selection = "herding",
+        replay: ReplayMode = "concat",
+        seed: int = 0,
+    ) -> None:
         if per_class < 1:
             raise ValueError(f"per_class must be at least 1, got {per_class}")
         if total is not None and total < 1:
             raise ValueError(f"total must be at least 1, got {total}")
         if selection not in ("herding", "reservoir"):
             raise ValueError(f"unknown selection {selection!r}; expected 'herding' or 'reservoir'")
+        if replay not in ("concat", "batch"):
+            raise ValueError(f"unknown replay mode {replay!r}; expected 'concat' or 'batch'")
+        self.replay: ReplayMode = replay
         self.per_class = per_class
         self.total = total
         self.selection: Selection = selection
@@ -57,6 +72,7 @@ class ExemplarMemory:
             "per_class": self.per_class,
             "total": self.total,
             "selection": self.selection,
+            "replay": self.replay,
             "seed": self.seed,
         }
 
@@ -212,7 +228,7 @@ class ExemplarMemory:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if not state:
-            self.__init__(self.per_class, self.total, self.selection, self.seed)  # type: ignore[misc]
+            self.__init__(**self.hparams())  # type: ignore[misc, arg-type]
             return
         self.inputs = state["inputs"].clone()
         self.targets = state["targets"].clone()

@@ -167,9 +167,11 @@ def train(
     replay: ReplaySource | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train on one experience (or several trained together, or a DataLoader of (inputs, targets)) for
-    ``config.epochs`` epochs with the method's penalty, checking ``should_stop`` between batches."""
+    ``config.epochs`` epochs with the method's penalty, checking ``should_stop`` between batches and calling
+    ``after_step`` after every optimisation step (e.g. to project weights onto a constraint)."""
     device = resolve_device(config.device)
     model.to(device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -202,6 +204,8 @@ def train(
                 if replay is not None:
                     x, y, mask = _with_replay(x, y, mask, replay, _num_outputs(model, x), generator, device)
                 loss = training_step(model, method, optimizer, x, y, mask)
+                if after_step is not None:
+                    after_step()
                 epoch_losses.append(loss)
                 step += 1
                 if progress is not None:

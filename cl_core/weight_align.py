@@ -4,7 +4,11 @@ Learning", eqs. 5–7).
 After an update that added classes, the head's new-class rows have larger norms than the old ones (the new
 classes were seen far more often), so their logits win too often.  WA rescales the new rows by
     γ = mean(‖w_old‖) / mean(‖w_new‖),   ŵ_new = γ · w_new.
-Our head has a bias, so the new rows' biases are scaled by the same γ: every new-class logit is multiplied by γ.
+The norm only measures a logit's scale when the features and the weights are non-negative: the paper clips the
+head's weights to be non-negative after every optimisation step (Sec. 3.3; features are ReLU outputs), and so
+do we while a `+wa` method trains (`clip_nonnegative`).  Without the clipping, old rows that kept training grow
+larger than the new ones, γ exceeds 1 and aligning makes the bias worse (we measured this on split MNIST).
+The biases are left as they are by default, as the reference implementations do (PyCIL, FACIL).
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from torch import nn
 
 
 @torch.no_grad()
-def align_weights(head: nn.Linear, new_classes: Sequence[int]) -> float | None:
+def clip_nonnegative(head: nn.Linear) -> None:
+    """Keep the head's weights non-negative (applied after every optimisation step)."""
+    head.weight.clamp_(min=0.0)
+
+
+@torch.no_grad()
+def align_weights(head: nn.Linear, new_classes: Sequence[int], *, scale_bias: bool = False) -> float | None:
     """Rescale the rows of ``new_classes`` to the old rows' mean norm; returns γ (None when nothing to align)."""
     new = sorted(set(int(c) for c in new_classes))
     if not new:
@@ -30,6 +40,6 @@ def align_weights(head: nn.Linear, new_classes: Sequence[int]) -> float | None:
     norms = head.weight.norm(dim=1)
     gamma = float(norms[~is_new].mean() / norms[is_new].mean().clamp_min(1e-12))
     head.weight[is_new] *= gamma
-    if head.bias is not None:
+    if scale_bias and head.bias is not None:
         head.bias[is_new] *= gamma
     return gamma
