@@ -16,7 +16,9 @@ from torch import Tensor, nn
 
 from cl_core.experience import Experience
 from cl_core.memory import ExemplarMemory
-from cl_core.methods import ContinualMethod, build_method
+from cl_core.methods import MAS, ContinualMethod, build_method
+from cl_core.methods.base import ConsolidationReport
+from cl_core.methods.combined import Combined
 from cl_core.naming import MethodSpec, parse_method_name
 from cl_core.trainer import Progress, TrainConfig, TrainResult, train
 from cl_core.weight_align import align_weights, clip_nonnegative
@@ -33,14 +35,27 @@ class LearnReport:
 
 
 class Learner:
-    """A method plus an optional exemplar memory and weight aligning, with one state dict for all of it."""
+    """A method plus an optional exemplar memory, weight aligning and a companion MAS for unlabeled data, with one
+    state dict for all of it.
 
-    def __init__(self, spec: MethodSpec, method: ContinualMethod, memory: ExemplarMemory | None = None) -> None:
+    ``unlabeled`` is a MAS that measures importance on unlabeled data only (it never trains the weights); its
+    penalty is added to the method's while training.  The service's ``auto`` learner uses it beside online EWC.
+    """
+
+    def __init__(
+        self,
+        spec: MethodSpec,
+        method: ContinualMethod,
+        memory: ExemplarMemory | None = None,
+        unlabeled: MAS | None = None,
+    ) -> None:
         if spec.replay != (memory is not None):
             raise ValueError(f"{spec.name!r}: an exemplar memory is used exactly when the name has '+replay'")
         self.spec = spec
         self.method = method
         self.memory = memory
+        self.unlabeled = unlabeled
+        self.experiences = 0  # labeled experiences learned so far
 
     @classmethod
     def build(
@@ -49,17 +64,24 @@ class Learner:
         *,
         method_hparams: dict[str, Any] | None = None,
         memory_hparams: dict[str, Any] | None = None,
+        unlabeled_hparams: dict[str, Any] | None = None,
     ) -> Learner:
-        """Parse ``name`` (``base[+replay][+wa]``) and build its parts."""
+        """Parse ``name`` (``base[+replay][+wa]``) and build its parts (a companion MAS if ``unlabeled_hparams``)."""
         spec = parse_method_name(name)
         method = build_method(spec.base, **(method_hparams or {}))
         memory = ExemplarMemory(**(memory_hparams or {})) if spec.replay else None
-        return cls(spec, method, memory)
+        unlabeled = MAS(**unlabeled_hparams) if unlabeled_hparams is not None else None
+        return cls(spec, method, memory, unlabeled)
 
     @classmethod
     def from_hparams(cls, hparams: dict[str, Any]) -> Learner:
         """Rebuild an empty learner from `hparams` (then `load_state_dict` restores what it learned)."""
-        return cls.build(hparams["name"], method_hparams=hparams.get("method"), memory_hparams=hparams.get("memory"))
+        return cls.build(
+            hparams["name"],
+            method_hparams=hparams.get("method"),
+            memory_hparams=hparams.get("memory"),
+            unlabeled_hparams=hparams.get("unlabeled"),
+        )
 
     @property
     def name(self) -> str:
@@ -70,7 +92,24 @@ class Learner:
             "name": self.spec.name,
             "method": self.method.hparams(),
             "memory": None if self.memory is None else self.memory.hparams(),
+            "unlabeled": None if self.unlabeled is None else self.unlabeled.hparams(),
         }
+
+    def _training_method(self) -> ContinualMethod:
+        return self.method if self.unlabeled is None else Combined([self.method, self.unlabeled])
+
+    def _align(self, model: nn.Module, new_classes: Sequence[int]) -> tuple[nn.Linear | None, str | None]:
+        """The head to constrain and align, or why weight aligning is skipped this time."""
+        head = getattr(model, "head", None)
+        if not self.spec.weight_align or not isinstance(head, nn.Linear):
+            return None, None
+        old_rows = torch.ones(head.out_features, dtype=torch.bool, device=head.weight.device)
+        old_rows[list(new_classes)] = False
+        if self.experiences > 0 and bool((head.weight[old_rows] < 0).any()):
+            # The constraint must hold from the first training on; clipping a head trained without it (imported
+            # weights, a method switch) would change every old logit at the first step.
+            return None, "weight aligning skipped: the head was trained without its non-negativity constraint"
+        return head, None
 
     def learn(
         self,
@@ -83,20 +122,21 @@ class Learner:
     ) -> LearnReport:
         """Train on one experience (several are trained together, as joint training does), then consolidate."""
         experiences = [data] if isinstance(data, Experience) else list(data)
-        head = getattr(model, "head", None)
-        aligning = self.spec.weight_align and isinstance(head, nn.Linear)
-        after_step = (lambda: clip_nonnegative(head)) if aligning else None  # type: ignore[arg-type]
+        new_classes = sorted({c for e in experiences for c in e.new_classes})
+        head, skipped = self._align(model, new_classes)
+        after_step = (lambda: clip_nonnegative(head)) if head is not None else None
         rehearsal: list[Experience] = []
         replay = None
         if self.memory is not None and self.memory.replay == "concat":
             rehearsal = self.memory.as_experiences()
         elif self.memory is not None:
             replay = self.memory
-        self.method.prepare(model)
+        method = self._training_method()
+        method.prepare(model)
         try:
             result = train(
                 model,
-                self.method,
+                method,
                 experiences + rehearsal,
                 config,
                 replay=replay,
@@ -105,11 +145,10 @@ class Learner:
                 after_step=after_step,
             )
         finally:
-            self.method.finish(model)
-        new_classes = sorted({c for e in experiences for c in e.new_classes})
+            method.finish(model)
         if result.stopped:
             return LearnReport(result, 0.0, 0, None, True, "stopped before the end; nothing consolidated")
-        gamma = align_weights(head, new_classes) if aligning else None  # type: ignore[arg-type]
+        gamma = align_weights(head, new_classes) if head is not None else None
         seconds, samples = 0.0, 0
         for experience in experiences:
             report = self.method.consolidate(model, experience)
@@ -117,36 +156,49 @@ class Learner:
             samples += report.samples
             if self.memory is not None:
                 self.memory.update(model, experience)
+        self.experiences += 1
         protected = self.memory is not None or not new_classes or self.spec.base == "joint"
-        note = None
+        notes = [skipped] if skipped else []
         if not protected:
-            note = (
+            notes.append(
                 "new classes were added without an exemplar memory: retention of the old classes is not "
                 "protected (regularisation alone collapses in class-incremental learning)"
             )
-        return LearnReport(result, seconds, samples, gamma, protected, note)
+        return LearnReport(result, seconds, samples, gamma, protected, "; ".join(notes) or None)
 
-    def observe(self, model: nn.Module, experience: Experience) -> float:
-        """Consolidate without training (e.g. MAS importance from unlabeled data); returns the seconds spent."""
-        return self.method.consolidate(model, experience).seconds
+    def observe(self, model: nn.Module, inputs: Tensor) -> ConsolidationReport:
+        """Measure importance on unlabeled inputs without training: the companion MAS when there is one, else the
+        method itself (MAS, SLNID, and EWC variants with the true Fisher need no labels)."""
+        experience = Experience(inputs)
+        target = self.unlabeled if self.unlabeled is not None else self.method
+        return target.consolidate(model, experience)
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {f"method.{k}": v for k, v in self.method.state_dict().items()}
         if self.memory is not None:
             state.update({f"memory.{k}": v for k, v in self.memory.state_dict().items()})
+        if self.unlabeled is not None:
+            state.update({f"unlabeled.{k}": v for k, v in self.unlabeled.state_dict().items()})
+        state["learner.experiences"] = torch.tensor(self.experiences)
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        method = {k.removeprefix("method."): v for k, v in state.items() if k.startswith("method.")}
-        memory = {k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")}
-        unknown = [k for k in state if not k.startswith(("method.", "memory."))]
-        if unknown:
-            raise ValueError(f"unexpected learner state keys: {unknown[:3]}")
-        if memory and self.memory is None:
+        parts: dict[str, dict[str, Tensor]] = {"method": {}, "memory": {}, "unlabeled": {}, "learner": {}}
+        for key, value in state.items():
+            prefix, _, rest = key.partition(".")
+            if prefix not in parts or not rest:
+                raise ValueError(f"unexpected learner state key {key!r}")
+            parts[prefix][rest] = value
+        if parts["memory"] and self.memory is None:
             raise ValueError(f"{self.name!r} has no exemplar memory, but the state holds one")
-        self.method.load_state_dict(method)
+        if parts["unlabeled"] and self.unlabeled is None:
+            raise ValueError(f"{self.name!r} has no companion MAS, but the state holds one")
+        self.method.load_state_dict(parts["method"])
         if self.memory is not None:
-            self.memory.load_state_dict(memory)
+            self.memory.load_state_dict(parts["memory"])
+        if self.unlabeled is not None:
+            self.unlabeled.load_state_dict(parts["unlabeled"])
+        self.experiences = int(parts["learner"].get("experiences", torch.tensor(0)))
 
 
 def evaluate_accuracy(

@@ -149,3 +149,43 @@ def test_batch_replay_protects_even_short_training(two_class_tasks) -> None:  # 
     )
     plain = run_scenario(two_class_tasks, "finetune", config=TrainConfig(epochs=2))
     assert replayed.acc_matrix[1][0] > plain.acc_matrix[1][0] + 0.6
+
+
+def test_companion_mas_learns_importance_from_unlabeled_data_only() -> None:
+    spec = ModelSpec("mlp", (4,), ["a", "b"], {"hidden": [8]})
+    model = build_model(spec, seed=0)
+    learner = Learner.build("online-ewc+replay+wa", method_hparams={"lam": 2.0}, unlabeled_hparams={"lam": 3.0})
+    learner.learn(model, labeled({0: 6, 1: 6}), TrainConfig(epochs=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = learner.observe(model, torch.rand(7, 4))
+    assert report.samples == 7 and learner.unlabeled is not None and learner.unlabeled.importance
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # never trains the weights
+    with torch.no_grad():
+        model.body.fc1.weight.add_(0.1)
+    total = learner._training_method().penalty(model)
+    assert float(total.detach()) == pytest.approx(
+        float(learner.method.penalty(model).detach() + learner.unlabeled.penalty(model).detach())
+    )
+    restored = Learner.from_hparams(learner.hparams())
+    restored.load_state_dict(load(save(learner.state_dict())))
+    assert restored.experiences == 1 and restored.unlabeled is not None
+    assert torch.equal(
+        restored.unlabeled.importance["body.fc1.weight"], learner.unlabeled.importance["body.fc1.weight"]
+    )
+
+
+def test_weight_aligning_is_skipped_for_a_head_trained_without_its_constraint() -> None:
+    spec = ModelSpec("mlp", (4,), ["a", "b"], {"hidden": [8]})
+    model = build_model(spec, seed=0)
+    plain = Learner.build("ewc+replay")
+    plain.learn(model, labeled({0: 6, 1: 6}), TrainConfig(epochs=1))
+    assert bool((model.head.weight < 0).any())
+    learner = Learner.build("ewc+replay+wa")
+    learner.load_state_dict({**plain.state_dict()})
+    head_before = model.head.weight.detach().clone()
+    new = grow_classes(model, spec, ["c"])
+    report = learner.learn(
+        model, Experience(torch.rand(6, 4), torch.full((6,), 2), new_classes=tuple(new)), TrainConfig(epochs=1)
+    )
+    assert report.gamma is None and "skipped" in (report.note or "")
+    assert bool((model.head.weight[:2] < 0).any()) and not torch.equal(model.head.weight[:2], head_before)

@@ -1,0 +1,149 @@
+"""The store interface: models, versions, method state, samples, updates and the live-version pointer.
+
+Two implementations share it: `LocalStore` (a directory; the embedded default) and `RedisStore` (distributed
+mode).  Everything above the store (worker pipeline, service) talks to this interface only, and the contract tests
+in tests/registry run against both.
+
+Rules every implementation keeps:
+* a version becomes visible only once its weights, state and metadata are all written (atomic commit);
+* the live pointer changes by compare-and-set, so two writers can never both promote;
+* accepted samples are durable when `append_samples` returns; an update `claim`s the pending ones and they stay
+  pending until `ack` names the committed version that consumed them (a crashed update loses nothing);
+* tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.samples import Claim, SampleSet
+
+LiveListener = Callable[[str, int | None], None]
+"""Called with (model name, new live version or None) whenever a live pointer changes."""
+
+UNSET: Any = object()
+
+
+class Subscription(ABC):
+    @abstractmethod
+    def close(self) -> None:
+        """Stop delivering notifications."""
+
+
+class Store(ABC):
+    """Where models, versions, method state, samples and updates live."""
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the backend cannot be reached."""
+
+    def close(self) -> None:
+        """Release connections and background threads."""
+
+    # -- models ---------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def create_model(self, record: ModelRecord) -> None:
+        """Conflict if the name is taken."""
+
+    @abstractmethod
+    def get_model(self, name: str) -> ModelRecord:
+        """NotFound if absent."""
+
+    @abstractmethod
+    def list_models(self) -> list[ModelRecord]: ...
+
+    @abstractmethod
+    def delete_model(self, name: str) -> None:
+        """Remove the model and everything it owns (versions, samples, updates, pointer)."""
+
+    # -- versions -------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def commit_version(
+        self, record: VersionRecord, weights: bytes, state: bytes, *, fence: int | None = None
+    ) -> VersionRecord:
+        """Store a new version atomically; the store assigns ``record.version`` (next number) and returns the
+        record as stored.  ``fence`` is the update lock's token: a stale token is a Conflict."""
+
+    @abstractmethod
+    def get_version(self, name: str, version: int) -> VersionRecord: ...
+
+    @abstractmethod
+    def list_versions(self, name: str) -> list[VersionRecord]:
+        """All versions, oldest first."""
+
+    @abstractmethod
+    def read_weights(self, name: str, version: int) -> bytes: ...
+
+    @abstractmethod
+    def read_state(self, name: str, version: int) -> bytes: ...
+
+    # -- the live pointer -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def live_version(self, name: str) -> int | None: ...
+
+    @abstractmethod
+    def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
+        """Point ``name`` at ``version`` (recording who did it on the version); with ``expected`` given, only if
+        the pointer still holds that value (compare-and-set).  Returns False when the comparison failed."""
+
+    @abstractmethod
+    def subscribe(self, listener: LiveListener) -> Subscription:
+        """Deliver every change of any live pointer (from this process or, with Redis, any replica)."""
+
+    # -- samples --------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def append_samples(
+        self, name: str, inputs: Tensor, labels: Sequence[str | None], holdout_fraction: float
+    ) -> tuple[list[str], list[bool]]:
+        """Store samples durably before returning their ids and held-out flags (`samples.holdout_flags`)."""
+
+    @abstractmethod
+    def claim(self, name: str, *, limit: int | None = None) -> Claim:
+        """The pending samples (training and held-out), in arrival order; at most ``limit`` training samples."""
+
+    @abstractmethod
+    def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
+        """Mark a claim consumed by ``version``; its held-out samples become that version's experience."""
+
+    @abstractmethod
+    def experiences(self, name: str) -> list[ExperienceRecord]:
+        """Every committed experience, oldest first."""
+
+    @abstractmethod
+    def experience_samples(self, name: str, version: int) -> SampleSet:
+        """The held-out samples of the experience that ``version`` consumed (empty if none)."""
+
+    @abstractmethod
+    def pending_counts(self, name: str) -> dict[str, Any]:
+        """What is waiting for the next update: {"labeled": n, "unlabeled": n, "held_out": n,
+        "per_class": {label: n}} (training samples only in per_class)."""
+
+    # -- updates --------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def put_update(self, record: UpdateRecord) -> None:
+        """Create or replace an update record."""
+
+    @abstractmethod
+    def get_update(self, name: str, update_id: str) -> UpdateRecord: ...
+
+    @abstractmethod
+    def list_updates(self, name: str) -> list[UpdateRecord]:
+        """Oldest first."""
+
+    # -- the per-model update lock --------------------------------------------------------------------------------
+    @abstractmethod
+    def acquire_update_lock(self, name: str, owner: str, ttl_s: float) -> int | None:
+        """A fencing token (strictly increasing per model) if the lock was free or expired, else None."""
+
+    @abstractmethod
+    def refresh_update_lock(self, name: str, token: int, ttl_s: float) -> bool:
+        """Extend a held lock; False if it was lost."""
+
+    @abstractmethod
+    def release_update_lock(self, name: str, token: int) -> None: ...

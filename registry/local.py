@@ -1,0 +1,383 @@
+"""The embedded default store: a directory on local disk, for one process.
+
+Layout (format 1, recorded in ``FORMAT``)::
+
+    models/<name>/model.json                    ModelRecord
+    models/<name>/live.json                     {"version": int | null}
+    models/<name>/versions/<v>/meta.json        VersionRecord        ┐ written in a temporary directory,
+    models/<name>/versions/<v>/model.safetensors                     │ then renamed into place: a version is
+    models/<name>/versions/<v>/state.safetensors                     ┘ visible only once complete
+    models/<name>/samples/<seq>.safetensors     one ingestion batch: inputs, with labels, ids and held-out
+                                                flags in its JSON metadata
+    models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed
+    models/<name>/counters.json                 labeled samples seen per class (the held-out policy)
+    models/<name>/updates/<id>.json             UpdateRecord
+
+Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file; a crash
+between the steps of a multi-file change leaves the store consistent (a version without experience record is a
+candidate whose samples are still pending, and the next update trains on them again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from registry import tensors
+from registry.base import UNSET, LiveListener, Store, Subscription
+from registry.errors import Conflict, NotFound, StoreUnavailable
+from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
+from registry.samples import Claim, SampleSet, holdout_flags
+
+FORMAT_VERSION = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode())
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class _LocalSubscription(Subscription):
+    def __init__(self, store: LocalStore, listener: LiveListener) -> None:
+        self._store, self._listener = store, listener
+
+    def close(self) -> None:
+        self._store._listeners.discard(self._listener)
+
+
+class LocalStore(Store):
+    """A directory store for the embedded mode (one process; threads are serialised per model)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / "FORMAT"
+        if marker.exists():
+            found = _read_json(marker).get("format")
+            if found != FORMAT_VERSION:
+                raise StoreUnavailable(f"{self.root} holds store format {found}; this version reads {FORMAT_VERSION}")
+        else:
+            _write_json(marker, {"format": FORMAT_VERSION})
+        (self.root / "models").mkdir(exist_ok=True)
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+        self._listeners: set[LiveListener] = set()
+        self._update_locks: dict[str, tuple[int, float]] = {}  # name → (token, expires at)
+        self._fences: dict[str, int] = {}
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _lock(self, name: str) -> threading.RLock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.RLock())
+
+    def _dir(self, name: str) -> Path:
+        path = self.root / "models" / name
+        if not (path / "model.json").exists():
+            raise NotFound(f"model {name!r} does not exist")
+        return path
+
+    def _version_dir(self, name: str, version: int) -> Path:
+        path = self._dir(name) / "versions" / str(version)
+        if not (path / "meta.json").exists():
+            raise NotFound(f"model {name!r} has no version {version}")
+        return path
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def ping(self) -> None:
+        if not (self.root / "models").is_dir() or not os.access(self.root, os.W_OK):
+            raise StoreUnavailable(f"store directory {self.root} is not writable")
+
+    # -- models ---------------------------------------------------------------------------------------------------
+    def create_model(self, record: ModelRecord) -> None:
+        path = self.root / "models" / record.name
+        with self._lock(record.name):
+            if (path / "model.json").exists():
+                raise Conflict(f"model {record.name!r} already exists")
+            if path.exists():  # leftovers of a crashed create or delete
+                shutil.rmtree(path)
+            staging = Path(tempfile.mkdtemp(dir=self.root / "models", prefix=f".create-{record.name}-"))
+            _write_json(staging / "model.json", record.to_json())
+            _write_json(staging / "live.json", {"version": None})
+            os.rename(staging, path)
+            _fsync_dir(path.parent)
+
+    def get_model(self, name: str) -> ModelRecord:
+        return ModelRecord.from_json(_read_json(self._dir(name) / "model.json"))
+
+    def list_models(self) -> list[ModelRecord]:
+        out = []
+        for path in sorted((self.root / "models").iterdir()):
+            if not path.name.startswith(".") and (path / "model.json").exists():
+                out.append(ModelRecord.from_json(_read_json(path / "model.json")))
+        return out
+
+    def delete_model(self, name: str) -> None:
+        with self._lock(name):
+            path = self._dir(name)
+            graveyard = self.root / "models" / f".deleted-{name}-{uuid.uuid4().hex}"
+            os.rename(path, graveyard)  # atomic: the model vanishes at once
+            shutil.rmtree(graveyard, ignore_errors=True)
+            self._update_locks.pop(name, None)
+        self._notify(name, None)
+
+    # -- versions -------------------------------------------------------------------------------------------------
+    def _versions(self, name: str) -> list[int]:
+        vdir = self._dir(name) / "versions"
+        if not vdir.exists():
+            return []
+        return sorted(int(p.name) for p in vdir.iterdir() if p.name.isdigit() and (p / "meta.json").exists())
+
+    def _check_fence(self, name: str, fence: int | None) -> None:
+        if fence is not None and fence != self._fences.get(name):
+            raise Conflict(f"update lock of {name!r} was lost (fencing token {fence} is stale)")
+
+    def commit_version(
+        self, record: VersionRecord, weights: bytes, state: bytes, *, fence: int | None = None
+    ) -> VersionRecord:
+        name = record.model
+        with self._lock(name):
+            self._check_fence(name, fence)
+            vdir = self._dir(name) / "versions"
+            vdir.mkdir(exist_ok=True)
+            existing = self._versions(name)
+            record.version = (existing[-1] + 1) if existing else 1
+            staging = Path(tempfile.mkdtemp(dir=vdir, prefix=".commit-"))
+            try:
+                write_atomic(staging / "model.safetensors", weights)
+                write_atomic(staging / "state.safetensors", state)
+                _write_json(staging / "meta.json", record.to_json())
+                os.rename(staging, vdir / str(record.version))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            _fsync_dir(vdir)
+        return record
+
+    def get_version(self, name: str, version: int) -> VersionRecord:
+        return VersionRecord.from_json(_read_json(self._version_dir(name, version) / "meta.json"))
+
+    def list_versions(self, name: str) -> list[VersionRecord]:
+        with self._lock(name):
+            return [self.get_version(name, v) for v in self._versions(name)]
+
+    def read_weights(self, name: str, version: int) -> bytes:
+        return (self._version_dir(name, version) / "model.safetensors").read_bytes()
+
+    def read_state(self, name: str, version: int) -> bytes:
+        return (self._version_dir(name, version) / "state.safetensors").read_bytes()
+
+    # -- live pointer ---------------------------------------------------------------------------------------------
+    def live_version(self, name: str) -> int | None:
+        value = _read_json(self._dir(name) / "live.json").get("version")
+        return None if value is None else int(value)
+
+    def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
+        with self._lock(name):
+            current = self.live_version(name)
+            if expected is not UNSET and current != expected:
+                return False
+            meta_path = self._version_dir(name, version) / "meta.json"
+            meta = _read_json(meta_path)
+            meta.setdefault("promotions", []).append(Promotion(by, time.time(), current).to_json())
+            _write_json(meta_path, meta)
+            _write_json(self._dir(name) / "live.json", {"version": version})
+        self._notify(name, version)
+        return True
+
+    def subscribe(self, listener: LiveListener) -> Subscription:
+        self._listeners.add(listener)
+        return _LocalSubscription(self, listener)
+
+    def _notify(self, name: str, version: int | None) -> None:
+        for listener in list(self._listeners):
+            listener(name, version)
+
+    # -- samples --------------------------------------------------------------------------------------------------
+    def _batches(self, name: str) -> list[Path]:
+        sdir = self._dir(name) / "samples"
+        return sorted(sdir.glob("*.safetensors")) if sdir.exists() else []
+
+    @staticmethod
+    def _seq(path: Path) -> int:
+        return int(path.name.split(".")[0])
+
+    def append_samples(
+        self, name: str, inputs: Tensor, labels: Sequence[str | None], holdout_fraction: float
+    ) -> tuple[list[str], list[bool]]:
+        with self._lock(name):
+            mdir = self._dir(name)
+            counters_path = mdir / "counters.json"
+            counts = _read_json(counters_path) if counters_path.exists() else {}
+            held = holdout_flags(labels, counts, holdout_fraction)
+            batches = self._batches(name)
+            seq = (self._seq(batches[-1]) + 1) if batches else 1
+            ids = [f"{seq}-{i}" for i in range(len(labels))]
+            meta = {"labels": list(labels), "held_out": held, "ids": ids, "at": time.time()}
+            write_atomic(mdir / "samples" / f"{seq:012d}.safetensors", tensors.dumps({"inputs": inputs}, meta))
+            _write_json(counters_path, counts)  # after the data: a crash here only shifts the held-out rhythm
+        return ids, held
+
+    def _read_batch(self, path: Path) -> tuple[SampleSet, list[bool]]:
+        data = path.read_bytes()
+        meta = tensors.metadata(data)
+        return SampleSet(tensors.loads(data)["inputs"], meta["labels"], meta["ids"]), meta["held_out"]
+
+    def _experiences(self, name: str) -> list[ExperienceRecord]:
+        path = self._dir(name) / "experiences.json"
+        return [ExperienceRecord.from_json(e) for e in _read_json(path)] if path.exists() else []
+
+    def _consumed_upto(self, name: str) -> int:
+        return max((int(e.claim["upto"]) for e in self._experiences(name)), default=0)
+
+    def claim(self, name: str, *, limit: int | None = None) -> Claim:
+        with self._lock(name):
+            start = self._consumed_upto(name)
+            shape = self.get_model(name).input_shape
+            train, held, upto, taken = [], [], start, 0
+            for path in self._batches(name):
+                seq = self._seq(path)
+                if seq <= start:
+                    continue
+                batch, flags = self._read_batch(path)
+                n_train = sum(not f for f in flags)
+                if limit is not None and taken and taken + n_train > limit:
+                    break
+                train.append(batch.select([not f for f in flags]))
+                held.append(batch.select(flags))
+                taken += n_train
+                upto = seq
+            return Claim(
+                SampleSet.concat(train, shape), SampleSet.concat(held, shape), {"from": start, "upto": upto}
+            )
+
+    def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
+        with self._lock(name):
+            self._check_fence(name, fence)
+            experiences = self._experiences(name)
+            if int(claim.token["from"]) != self._consumed_upto(name):
+                raise Conflict(f"samples of {name!r} were consumed by another update since this claim")
+            record = ExperienceRecord(
+                version=version,
+                update_id=update_id,
+                claim=dict(claim.token),
+                labeled=len(claim.train.labeled),
+                unlabeled=len(claim.train.unlabeled),
+                held_out=len(claim.held_out),
+            )
+            _write_json(self._dir(name) / "experiences.json", [e.to_json() for e in [*experiences, record]])
+
+    def experiences(self, name: str) -> list[ExperienceRecord]:
+        with self._lock(name):
+            return self._experiences(name)
+
+    def experience_samples(self, name: str, version: int) -> SampleSet:
+        with self._lock(name):
+            shape = self.get_model(name).input_shape
+            for e in self._experiences(name):
+                if e.version == version:
+                    lo, hi = int(e.claim["from"]), int(e.claim["upto"])
+                    parts = []
+                    for path in self._batches(name):
+                        if lo < self._seq(path) <= hi:
+                            batch, flags = self._read_batch(path)
+                            parts.append(batch.select(flags))
+                    return SampleSet.concat(parts, shape)
+            return SampleSet.concat([], shape)
+
+    def pending_counts(self, name: str) -> dict[str, Any]:
+        with self._lock(name):
+            start = self._consumed_upto(name)
+            labeled = unlabeled = held_out = 0
+            per_class: dict[str, int] = {}
+            for path in self._batches(name):
+                if self._seq(path) <= start:
+                    continue
+                meta = tensors.metadata(path.read_bytes())
+                for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
+                    if flag:
+                        held_out += 1
+                    elif label is None:
+                        unlabeled += 1
+                    else:
+                        labeled += 1
+                        per_class[label] = per_class.get(label, 0) + 1
+            return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
+
+    # -- updates --------------------------------------------------------------------------------------------------
+    def put_update(self, record: UpdateRecord) -> None:
+        with self._lock(record.model):
+            _write_json(self._dir(record.model) / "updates" / f"{record.update_id}.json", record.to_json())
+
+    def get_update(self, name: str, update_id: str) -> UpdateRecord:
+        path = self._dir(name) / "updates" / f"{update_id}.json"
+        if not path.exists() or not update_id.replace("-", "").isalnum():
+            raise NotFound(f"model {name!r} has no update {update_id!r}")
+        return UpdateRecord.from_json(_read_json(path))
+
+    def list_updates(self, name: str) -> list[UpdateRecord]:
+        udir = self._dir(name) / "updates"
+        records = [UpdateRecord.from_json(_read_json(p)) for p in udir.glob("*.json")] if udir.exists() else []
+        return sorted(records, key=lambda r: (r.created_at, r.update_id))
+
+    # -- update lock (in-process; the embedded mode is one process) ------------------------------------------------
+    def acquire_update_lock(self, name: str, owner: str, ttl_s: float) -> int | None:
+        with self._lock(name):
+            self._dir(name)
+            held = self._update_locks.get(name)
+            if held is not None and held[1] > time.monotonic():
+                return None
+            token = self._fences.get(name, 0) + 1
+            self._fences[name] = token
+            self._update_locks[name] = (token, time.monotonic() + ttl_s)
+            return token
+
+    def refresh_update_lock(self, name: str, token: int, ttl_s: float) -> bool:
+        with self._lock(name):
+            held = self._update_locks.get(name)
+            if held is None or held[0] != token:
+                return False
+            self._update_locks[name] = (token, time.monotonic() + ttl_s)
+            return True
+
+    def release_update_lock(self, name: str, token: int) -> None:
+        with self._lock(name):
+            held = self._update_locks.get(name)
+            if held is not None and held[0] == token:
+                del self._update_locks[name]

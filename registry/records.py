@@ -1,0 +1,108 @@
+"""The store's records: JSON-able dataclasses, the same for every backend.
+
+Tensors never travel in these records (they go as safetensors bytes); a record is the metadata beside them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Self
+
+UpdateStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+FINISHED: tuple[UpdateStatus, ...] = ("succeeded", "failed", "rejected", "cancelled")
+
+
+def now() -> float:
+    return time.time()
+
+
+class _JSON:
+    """to_json / from_json for flat dataclasses of JSON values (unknown keys from newer writers are ignored)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class ModelRecord(_JSON):
+    """A model's configuration: its architecture and how it learns.  Its versions are stored apart."""
+
+    name: str
+    architecture: str
+    input_shape: list[int]
+    classes: list[str]  # the initial classes (a version's spec holds the classes it can predict)
+    options: dict[str, Any] = field(default_factory=dict)
+    method: str = "auto"
+    method_hparams: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=now)
+    created_by: str | None = None
+
+
+@dataclass
+class Promotion(_JSON):
+    by: str | None
+    at: float
+    previous: int | None
+
+
+@dataclass
+class VersionRecord(_JSON):
+    """An immutable snapshot's metadata: lineage, how it was made, what it saw and how it scored."""
+
+    model: str
+    version: int
+    parent: int | None
+    spec: dict[str, Any]  # cl_core.models.ModelSpec JSON (classes included)
+    learner: dict[str, Any]  # cl_core.learner.Learner.hparams() (empty: no learner state yet)
+    method: str
+    train_config: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, Any] = field(default_factory=dict)  # labeled, unlabeled, held_out, new_classes
+    metrics: dict[str, Any] = field(default_factory=dict)
+    status: Literal["candidate", "rejected", "imported"] = "candidate"
+    update_id: str | None = None
+    triggered_by: str | None = None
+    promotions: list[dict[str, Any]] = field(default_factory=list)  # Promotion JSON, oldest first
+    created_at: float = field(default_factory=now)
+
+
+@dataclass
+class UpdateRecord(_JSON):
+    """One requested update and where it stands."""
+
+    update_id: str
+    model: str
+    method: str
+    status: UpdateStatus = "queued"
+    progress: float = 0.0
+    version: int | None = None
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    triggered_by: str | None = None
+    reason: str | None = None  # "api", "policy: …"
+    attempts: int = 0
+    created_at: float = field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass
+class ExperienceRecord(_JSON):
+    """The samples one committed update consumed; its held-out part is that experience's evaluation data."""
+
+    version: int
+    update_id: str | None
+    claim: dict[str, Any]  # backend-specific description of what was consumed
+    labeled: int = 0
+    unlabeled: int = 0
+    held_out: int = 0
+    at: float = field(default_factory=now)

@@ -1,0 +1,165 @@
+"""The store contract: what every backend guarantees (run against each backend)."""
+
+import threading
+
+import pytest
+import torch
+
+from registry import Conflict, ModelRecord, NotFound, Store, UpdateRecord, VersionRecord
+from registry import tensors as st
+
+
+def model(name: str = "digits") -> ModelRecord:
+    return ModelRecord(name=name, architecture="mlp", input_shape=[3], classes=["a"], options={"hidden": [4]})
+
+
+def version(name: str = "digits", parent: int | None = None) -> VersionRecord:
+    return VersionRecord(model=name, version=0, parent=parent, spec={"classes": ["a"]}, learner={}, method="auto")
+
+
+def test_models_are_created_listed_and_deleted(store: Store) -> None:
+    store.create_model(model("a"))
+    store.create_model(model("b"))
+    with pytest.raises(Conflict):
+        store.create_model(model("a"))
+    assert [m.name for m in store.list_models()] == ["a", "b"]
+    assert store.get_model("a").options == {"hidden": [4]}
+    assert store.live_version("a") is None
+    store.delete_model("a")
+    with pytest.raises(NotFound):
+        store.get_model("a")
+    assert [m.name for m in store.list_models()] == ["b"]
+
+
+def test_versions_are_numbered_and_read_back_exactly(store: Store) -> None:
+    store.create_model(model())
+    weights = st.dumps({"w": torch.arange(6.0).reshape(2, 3)}, {"note": "x"})
+    state = st.dumps({"method.importance.w": torch.ones(2, 3)})
+    first = store.commit_version(version(), weights, state)
+    second = store.commit_version(version(parent=1), weights, state)
+    assert (first.version, second.version) == (1, 2)
+    assert store.read_weights("digits", 1) == weights and store.read_state("digits", 2) == state
+    assert st.metadata(store.read_weights("digits", 1)) == {"note": "x"}
+    assert [v.version for v in store.list_versions("digits")] == [1, 2]
+    assert store.get_version("digits", 2).parent == 1
+    with pytest.raises(NotFound):
+        store.get_version("digits", 3)
+    with pytest.raises(NotFound):
+        store.read_weights("nope", 1)
+
+
+def test_promotion_is_compare_and_set_and_notifies(store: Store) -> None:
+    store.create_model(model())
+    for _ in range(2):
+        store.commit_version(version(), st.dumps({}), st.dumps({}))
+    seen: list[tuple[str, int | None]] = []
+    subscription = store.subscribe(lambda name, v: seen.append((name, v)))
+    assert store.promote("digits", 1, by="alice", expected=None)
+    assert not store.promote("digits", 2, by="bob", expected=None)  # stale expectation
+    assert store.live_version("digits") == 1
+    assert store.promote("digits", 2, by="bob", expected=1)
+    assert store.promote("digits", 1, by="carol")  # unconditional (rollback)
+    assert store.live_version("digits") == 1
+    promotions = store.get_version("digits", 1).promotions
+    assert [(p["by"], p["previous"]) for p in promotions] == [("alice", None), ("carol", 2)]
+    _wait_for(lambda: len(seen) >= 3)
+    assert seen[:3] == [("digits", 1), ("digits", 2), ("digits", 1)]
+    subscription.close()
+
+
+def test_only_one_of_many_concurrent_promoters_wins(store: Store) -> None:
+    store.create_model(model())
+    for _ in range(8):
+        store.commit_version(version(), st.dumps({}), st.dumps({}))
+    wins = []
+    barrier = threading.Barrier(8)
+
+    def attempt(v: int) -> None:
+        barrier.wait()
+        if store.promote("digits", v, by=str(v), expected=None):
+            wins.append(v)
+
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and store.live_version("digits") == wins[0]
+
+
+def test_samples_are_held_out_by_class_claimed_and_acknowledged(store: Store) -> None:
+    store.create_model(model())
+    labels = ["a"] * 10 + ["b"] * 5 + [None] * 3
+    ids, held = store.append_samples("digits", torch.rand(18, 3), labels, 0.2)
+    assert len(set(ids)) == 18
+    assert [i for i, h in enumerate(held) if h] == [4, 9, 14]  # the 5th and 10th "a", the 5th "b"
+    counts = store.pending_counts("digits")
+    assert counts == {"labeled": 12, "unlabeled": 3, "held_out": 3, "per_class": {"a": 8, "b": 4}}
+    claim = store.claim("digits")
+    assert len(claim.train) == 15 and len(claim.held_out) == 3
+    assert claim.train.labels.count(None) == 3
+    # nothing acknowledged: the next claim sees the same samples (a crashed update loses nothing)
+    again = store.claim("digits")
+    assert again.train.ids == claim.train.ids
+    store.append_samples("digits", torch.rand(2, 3), ["c", "c"], 0.2)  # arrives during the update
+    store.ack("digits", claim, version=1, update_id="u1")
+    pending = store.claim("digits")
+    assert pending.train.labels == ["c", "c"]
+    assert store.experience_samples("digits", 1).ids == claim.held_out.ids
+    assert len(store.experience_samples("digits", 7)) == 0
+    [experience] = store.experiences("digits")
+    assert (experience.version, experience.labeled, experience.unlabeled, experience.held_out) == (1, 12, 3, 3)
+    with pytest.raises(Conflict):
+        store.ack("digits", claim, version=2, update_id="u2")  # already consumed
+
+
+def test_sample_inputs_round_trip_exactly(store: Store) -> None:
+    store.create_model(model())
+    x = torch.rand(4, 3)
+    store.append_samples("digits", x, ["a", None, "a", "b"], 0.0)
+    claim = store.claim("digits")
+    assert torch.equal(claim.train.inputs, x) and claim.train.labels == ["a", None, "a", "b"]
+
+
+def test_claim_limit_takes_whole_batches_in_order(store: Store) -> None:
+    store.create_model(model())
+    for k in range(3):
+        store.append_samples("digits", torch.full((4, 3), float(k)), ["a"] * 4, 0.0)
+    claim = store.claim("digits", limit=8)
+    assert len(claim.train) == 8 and float(claim.train.inputs.max()) == 1.0
+
+
+def test_update_records(store: Store) -> None:
+    store.create_model(model())
+    store.put_update(UpdateRecord(update_id="u1", model="digits", method="auto"))
+    record = store.get_update("digits", "u1")
+    record.status, record.progress = "running", 0.5
+    store.put_update(record)
+    assert store.get_update("digits", "u1").progress == 0.5
+    store.put_update(UpdateRecord(update_id="u2", model="digits", method="mas"))
+    assert [u.update_id for u in store.list_updates("digits")] == ["u1", "u2"]
+    with pytest.raises(NotFound):
+        store.get_update("digits", "u3")
+
+
+def test_update_lock_is_exclusive_fenced_and_expires(store: Store) -> None:
+    store.create_model(model())
+    token = store.acquire_update_lock("digits", "w1", ttl_s=30)
+    assert token is not None
+    assert store.acquire_update_lock("digits", "w2", ttl_s=30) is None
+    assert store.refresh_update_lock("digits", token, ttl_s=30)
+    store.release_update_lock("digits", token)
+    second = store.acquire_update_lock("digits", "w2", ttl_s=0.05)
+    assert second is not None and second > token
+    _wait_for(lambda: store.acquire_update_lock("digits", "w3", ttl_s=30) is not None)
+    with pytest.raises(Conflict):  # the expired holder's token no longer commits
+        store.commit_version(version(), st.dumps({}), st.dumps({}), fence=second)
+
+
+def _wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
