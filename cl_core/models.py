@@ -9,6 +9,7 @@ for the old rows stays valid while the new rows start with none.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -167,7 +168,9 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> Classifier:
             raise ValueError(
                 f"architecture {spec.architecture!r} must map inputs to flat features, got {tuple(features.shape)}"
             )
-        return Classifier(body, features.shape[1], len(spec.classes))
+        with warnings.catch_warnings():  # a head without classes yet is legitimate; nn.Linear warns about it
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            return Classifier(body, features.shape[1], len(spec.classes))
 
 
 def grow_classes(model: Classifier, spec: ModelSpec, names: Sequence[str], *, seed: int = 0) -> list[int]:

@@ -122,7 +122,8 @@ class Store(ABC):
     @abstractmethod
     def pending_counts(self, name: str) -> dict[str, Any]:
         """What is waiting for the next update: {"labeled": n, "unlabeled": n, "held_out": n,
-        "per_class": {label: n}} (training samples only in per_class)."""
+        "per_class": {label: n}}; ``labeled`` excludes the held-out samples, ``per_class`` counts every labeled
+        sample posted (held-out ones included)."""
 
     # -- updates --------------------------------------------------------------------------------------------------
     @abstractmethod

@@ -264,7 +264,7 @@ class LocalStore(Store):
         return [ExperienceRecord.from_json(e) for e in _read_json(path)] if path.exists() else []
 
     def _consumed_upto(self, name: str) -> int:
-        return max((int(e.claim["upto"]) for e in self._experiences(name)), default=0)
+        return max((int(str(e.claim["upto"])) for e in self._experiences(name)), default=0)
 
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
         with self._lock(name):
@@ -283,15 +283,13 @@ class LocalStore(Store):
                 held.append(batch.select(flags))
                 taken += n_train
                 upto = seq
-            return Claim(
-                SampleSet.concat(train, shape), SampleSet.concat(held, shape), {"from": start, "upto": upto}
-            )
+            return Claim(SampleSet.concat(train, shape), SampleSet.concat(held, shape), {"from": start, "upto": upto})
 
     def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
         with self._lock(name):
             self._check_fence(name, fence)
             experiences = self._experiences(name)
-            if int(claim.token["from"]) != self._consumed_upto(name):
+            if int(str(claim.token["from"])) != self._consumed_upto(name):
                 raise Conflict(f"samples of {name!r} were consumed by another update since this claim")
             record = ExperienceRecord(
                 version=version,
@@ -331,13 +329,14 @@ class LocalStore(Store):
                     continue
                 meta = tensors.metadata(path.read_bytes())
                 for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
+                    if label is not None:
+                        per_class[label] = per_class.get(label, 0) + 1
                     if flag:
                         held_out += 1
                     elif label is None:
                         unlabeled += 1
                     else:
                         labeled += 1
-                        per_class[label] = per_class.get(label, 0) + 1
             return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
 
     # -- updates --------------------------------------------------------------------------------------------------

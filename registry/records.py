@@ -21,7 +21,7 @@ class _JSON:
     """to_json / from_json for flat dataclasses of JSON values (unknown keys from newer writers are ignored)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload, no-any-return]
+        return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:

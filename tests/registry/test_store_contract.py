@@ -94,7 +94,7 @@ def test_samples_are_held_out_by_class_claimed_and_acknowledged(store: Store) ->
     assert len(set(ids)) == 18
     assert [i for i, h in enumerate(held) if h] == [4, 9, 14]  # the 5th and 10th "a", the 5th "b"
     counts = store.pending_counts("digits")
-    assert counts == {"labeled": 12, "unlabeled": 3, "held_out": 3, "per_class": {"a": 8, "b": 4}}
+    assert counts == {"labeled": 12, "unlabeled": 3, "held_out": 3, "per_class": {"a": 10, "b": 5}}
     claim = store.claim("digits")
     assert len(claim.train) == 15 and len(claim.held_out) == 3
     assert claim.train.labels.count(None) == 3

@@ -1,0 +1,87 @@
+"""The FastAPI application: routers by resource, one error shape, offline docs, runtime built in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+
+from service import schemas
+from service.errors import install_error_handlers
+from service.observability import ApiMetrics, RequestGuard
+from service.routers import health, models, predict, reports, samples, updates, versions
+from service.runtime import build_runtime, start
+from service.settings import Settings
+
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new application; nothing is loaded until its lifespan starts."""
+    settings = settings or Settings()
+    registry = CollectorRegistry()
+    api_metrics = ApiMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await run_in_threadpool(build_runtime, settings, registry, api_metrics)
+        app.state.runtime = runtime
+        await run_in_threadpool(start, runtime)
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="continual-serve",
+        version="1",
+        summary="PyTorch models that keep learning from production data without forgetting.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        responses=ERRORS,  # type: ignore[arg-type]
+    )
+    install_error_handlers(app)
+    for router in (
+        models.router,
+        predict.router,
+        samples.router,
+        updates.router,
+        versions.router,
+        reports.router,
+        health.router,
+    ):
+        app.include_router(router)
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="continual-serve API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="continual-serve API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
+
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, metrics=api_metrics)
+    return app

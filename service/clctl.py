@@ -1,0 +1,304 @@
+"""``clctl``: the service from the command line (built on `service.client.Client`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.client import Client, ServiceError
+
+app = typer.Typer(
+    help="Talk to a continual-serve service (CL_URL, CL_API_KEY).", no_args_is_help=True, add_completion=False
+)
+console = Console()
+state: dict[str, Any] = {}
+
+
+@app.callback()
+def main(
+    url: str = typer.Option(None, envvar="CL_URL", help="service URL (default http://127.0.0.1:8000)"),
+    key: str = typer.Option(None, envvar="CL_API_KEY", help="API key"),
+) -> None:
+    state["url"], state["key"] = url, key
+
+
+def client() -> Client:
+    return Client(state.get("url"), state.get("key"))
+
+
+def load_file(path: Path) -> tuple[np.ndarray, list[Any] | None]:
+    """Inputs and labels from .npz (arrays 'inputs' and optional 'labels') or .csv (optional 'label' column)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:  # never unpickle
+            labels = data["labels"].tolist() if "labels" in data.files else None
+            return data["inputs"].astype(np.float32), labels
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        header, body = rows[0], rows[1:]
+        if "label" in header:
+            at = header.index("label")
+            labels = [row[at] or None for row in body]
+            values = [[float(v) for i, v in enumerate(row) if i != at] for row in body]
+            return np.asarray(values, dtype=np.float32), labels
+        return np.asarray([[float(v) for v in row] for row in body], dtype=np.float32), None
+    raise typer.BadParameter(f"{path}: expected a .npz or .csv file")
+
+
+def fail(exc: ServiceError) -> None:
+    console.print(f"[red]error[/red] {exc}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List the models."""
+    try:
+        rows = client().models()
+    except ServiceError as exc:
+        fail(exc)
+    table = Table("name", "architecture", "live version", "classes", "pending labeled", "state")
+    for m in rows:
+        table.add_row(
+            m["name"],
+            m["architecture"],
+            str(m["live_version"]),
+            ", ".join(m["classes"]),
+            str(m["pending"]["labeled"]),
+            m["state"],
+        )
+    console.print(table)
+
+
+@app.command()
+def create(
+    name: str,
+    architecture: str = typer.Option("mlp"),
+    input_shape: str = typer.Option(..., help="comma-separated, e.g. 784 or 1,28,28"),
+    classes: str = typer.Option("", help="comma-separated initial classes"),
+    options: str = typer.Option("{}", help="architecture options as JSON"),
+    method: str = typer.Option("auto"),
+) -> None:
+    """Create a model."""
+    try:
+        info = client().create_model(
+            name,
+            architecture,
+            [int(d) for d in input_shape.split(",")],
+            classes=[c for c in classes.split(",") if c],
+            options=json.loads(options),
+            method=method,
+        )
+    except ServiceError as exc:
+        fail(exc)
+    console.print(f"created {info['name']}")
+
+
+@app.command()
+def predict(
+    name: str,
+    file: Path = typer.Option(None, help=".npz or .csv of inputs"),
+    input: str = typer.Option(None, "--input", help="one input as JSON"),
+    limit: int = typer.Option(10, help="predict the first N inputs of the file"),
+    top_k: int = typer.Option(None, help="also show the k most probable labels"),
+) -> None:
+    """Predict labels with the live version."""
+    if (file is None) == (input is None):
+        raise typer.BadParameter("give --file or --input")
+    inputs = [json.loads(input)] if input is not None else load_file(file)[0][:limit].tolist()
+    labels = None if file is None else load_file(file)[1]
+    try:
+        answer = client().predict(name, inputs, top_k)
+    except ServiceError as exc:
+        fail(exc)
+    table = Table(title=f"{name} version {answer['version']}")
+    table.add_column("#")
+    if labels is not None:
+        table.add_column("true label")
+    table.add_column("predicted")
+    table.add_column("probability")
+    if top_k:
+        table.add_column("top k")
+    for i, p in enumerate(answer["predictions"]):
+        row = [str(i)] + ([str(labels[i])] if labels is not None else []) + [p["label"], f"{p['probability']:.3f}"]
+        if top_k:
+            row.append(", ".join(f"{t['label']}:{t['probability']:.2f}" for t in p["top_k"]))
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def samples(name: str, file: Path = typer.Option(..., help=".npz or .csv"), chunk: int = typer.Option(500)) -> None:
+    """Post samples from a file (labels optional), with a progress bar."""
+    inputs, labels = load_file(file)
+    update_ids = set()
+    totals = {"accepted": 0, "held_out": 0}
+    new: list[str] = []
+    with _bar() as bar:
+        task = bar.add_task("posting samples", total=len(inputs))
+        try:
+            for answer in client().post_samples_chunked(
+                name, inputs, labels, chunk=chunk, on_chunk=lambda n: bar.advance(task, n)
+            ):
+                totals["accepted"] += answer["accepted"]
+                totals["held_out"] += answer["held_out"]
+                new += [c for c in answer["new_classes"] if c not in new]
+                if answer.get("update_id"):
+                    update_ids.add(answer["update_id"])
+        except ServiceError as exc:
+            fail(exc)
+    console.print(f"accepted {totals['accepted']} ({totals['held_out']} held out); new classes: {new or 'none'}")
+    for update_id in update_ids:
+        console.print(f"the update policy started update {update_id}: clctl update {name} --follow {update_id}")
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+@app.command()
+def update(
+    name: str,
+    method: str = typer.Option(None, help="'auto' or e.g. 'mas+replay+wa' (default: the model's)"),
+    wait: bool = typer.Option(False, help="wait with a live progress bar"),
+    follow: str = typer.Option(None, help="follow an existing update instead of starting one"),
+) -> None:
+    """Start an update (or follow one) and optionally wait for it."""
+    c = client()
+    try:
+        update_id = follow or c.start_update(name, method)["update_id"]
+        if not (wait or follow):
+            console.print(f"queued update {update_id}")
+            return
+        with _bar() as bar:
+            task = bar.add_task("queued", total=100)
+
+            def show(status: dict[str, Any]) -> None:
+                bar.update(task, completed=round(100 * status["progress"]), description=status["status"])
+
+            status = c.wait_update(name, update_id, on_progress=show)
+    except ServiceError as exc:
+        fail(exc)
+    console.print(
+        f"{status['status']}: version {status['version']}" + (f" — {status['error']}" if status["error"] else "")
+    )
+    if status["status"] in ("failed", "rejected"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(name: str, update_id: str) -> None:
+    """Cancel a queued or running update."""
+    try:
+        console.print(client().cancel_update(name, update_id)["status"])
+    except ServiceError as exc:
+        fail(exc)
+
+
+@app.command()
+def versions(name: str) -> None:
+    """Versions with lineage and held-out accuracy."""
+    try:
+        rows = client().versions(name)
+    except ServiceError as exc:
+        fail(exc)
+    table = Table(
+        "version", "parent", "status", "method", "classes", "held-out acc", "BWT", "forgetting", "promoted by"
+    )
+    for v in rows:
+        m = v["metrics"]
+        table.add_row(
+            str(v["version"]),
+            str(v["parent"]),
+            v["status"],
+            v["method"],
+            str(len(v["classes"])),
+            _fmt(m.get("accuracy")),
+            _fmt(m.get("bwt")),
+            _fmt(m.get("forgetting")),
+            ", ".join(str(p["by"]) for p in v["promotions"]),
+        )
+    console.print(table)
+
+
+@app.command()
+def promote(name: str, version: int) -> None:
+    """Serve a version (rollback = promote an older one)."""
+    try:
+        answer = client().promote(name, version)
+    except ServiceError as exc:
+        fail(exc)
+    console.print(f"{name}: version {answer['live_version']} is live (was {answer['previous']})")
+
+
+@app.command()
+def metrics(name: str) -> None:
+    """The forgetting report: held-out accuracy per class, ACC, BWT, forgetting."""
+    try:
+        report = client().metrics(name)
+    except ServiceError as exc:
+        fail(exc)
+    console.print(
+        f"{name} version {report['live_version']}: held-out accuracy {_fmt(report['accuracy'])} on "
+        f"{report['held_out_samples']} samples; ACC {_fmt(report['acc'])}, BWT {_fmt(report['bwt'])}, "
+        f"forgetting {_fmt(report['forgetting'])}"
+    )
+    table = Table("class", "held-out accuracy")
+    for label, value in report["per_class_accuracy"].items():
+        table.add_row(label, _fmt(value))
+    console.print(table)
+    matrix = report["matrix"]
+    if matrix["columns"]:
+        grid = Table("version \\ experience", *[str(c) for c in matrix["columns"]], title="accuracy matrix")
+        for row, values in zip(matrix["rows"], matrix["values"], strict=True):
+            grid.add_row(str(row), *[_fmt(v) for v in values], *[""] * (len(matrix["columns"]) - len(values)))
+        console.print(grid)
+
+
+@app.command()
+def delete(name: str, yes: bool = typer.Option(False, "--yes", help="do not ask")) -> None:
+    """Delete a model and all its data."""
+    if not yes:
+        typer.confirm(f"delete {name} with all its versions and data?", abort=True)
+    try:
+        client().delete_model(name)
+    except ServiceError as exc:
+        fail(exc)
+    console.print(f"deleted {name}")
+
+
+@app.command("demo-data")
+def demo_data(
+    digits: str = typer.Option("5-9", help="e.g. 5-9 or 0,2,4"),
+    out: Path = typer.Option(Path("digits.npz")),
+    split: str = typer.Option("train", help="'train' (for posting) or 'test' (never trained on)"),
+) -> None:
+    """Write MNIST-5k digits (784 floats in [0, 1] and labels) to a .npz file."""
+    from service.demo import demo_digits
+
+    if "-" in digits:
+        lo, hi = (int(d) for d in digits.split("-"))
+        chosen = list(range(lo, hi + 1))
+    else:
+        chosen = [int(d) for d in digits.split(",")]
+    inputs, labels = demo_digits(chosen, split)
+    np.savez(out, inputs=np.asarray(inputs, dtype=np.float32), labels=np.asarray(labels))
+    console.print(f"wrote {len(labels)} samples of digits {chosen} ({split} split) to {out}")
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,51 @@
+"""``clserve``: run the service (uvicorn) on the embedded default or, with CL_REDIS_URL, in distributed mode."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    host: str | None = typer.Option(None, help="address to listen on (default 127.0.0.1, or CL_HOST)"),
+    port: int | None = typer.Option(None, help="port (default 8000, or CL_PORT)"),
+    data_dir: Path | None = typer.Option(None, help="directory of the embedded store (or CL_DATA_DIR)"),
+    demo: bool = typer.Option(False, help="create and train the 'digits' model (MNIST digits 0-4), then serve it"),
+    insecure: bool = typer.Option(False, help="allow a non-loopback address without API keys"),
+    log_level: str = typer.Option("info", help="debug, info, warning, error"),
+) -> None:
+    """Serve models that keep learning from the data their users post."""
+    overrides: dict[str, object] = {}
+    for key, value in (("host", host), ("port", port), ("data_dir", data_dir)):
+        if value is not None:
+            overrides[key] = value
+    if insecure:
+        overrides["insecure"] = True
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if not settings.is_loopback() and not settings.api_keys and not settings.insecure:
+        typer.echo(
+            f"refusing to listen on {settings.host} without API keys: set CL_API_KEYS or pass --insecure", err=True
+        )
+        raise typer.Exit(2)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    server = uvicorn.Server(config)
+    if demo:
+        from service.demo import run_demo
+
+        threading.Thread(target=run_demo, args=(server, settings), name="demo", daemon=True).start()
+    server.run()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,160 @@
+"""A Python client of the service (what ``clctl`` is built on).  I/O goes through an injected `httpx.Client`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ServiceError(Exception):
+    """A 4xx/5xx answer, with the service's detail, field and index."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None, index: int | None = None) -> None:
+        where = f" (field {field}{'' if index is None else f', index {index}'})" if field else ""
+        super().__init__(f"{status}: {detail}{where}")
+        self.status, self.detail, self.field, self.index = status, detail, field, index
+
+
+def _jsonable(inputs: Any) -> list[Any]:
+    return np.asarray(inputs, dtype=np.float32).tolist() if not isinstance(inputs, list) else inputs
+
+
+class Client:
+    """``Client(url, key)`` or ``Client(http=httpx.Client(...))`` (tests pass a transport)."""
+
+    def __init__(
+        self, url: str | None = None, key: str | None = None, *, http: httpx.Client | None = None, timeout: float = 60
+    ) -> None:
+        url = url or os.environ.get("CL_URL", DEFAULT_URL)
+        key = key or os.environ.get("CL_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = http or httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text}
+            raise ServiceError(response.status_code, body.get("detail", ""), body.get("field"), body.get("index"))
+        return None if response.status_code == 204 else response.json()
+
+    # -- models ----------------------------------------------------------------------------------------------------
+    def create_model(self, name: str, architecture: str, input_shape: Sequence[int], **fields: Any) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            "/v1/models",
+            json={"name": name, "architecture": architecture, "input_shape": list(input_shape), **fields},
+        )
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/models")["models"]
+
+    def model(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/models/{name}")
+
+    def delete_model(self, name: str) -> None:
+        self._call("DELETE", f"/v1/models/{name}")
+
+    def import_weights(self, name: str, safetensors_bytes: bytes) -> dict[str, Any]:
+        return self._call(
+            "PUT",
+            f"/v1/models/{name}/weights",
+            content=safetensors_bytes,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def predict(self, name: str, inputs: Any, top_k: int | None = None) -> dict[str, Any]:
+        params = {"top_k": top_k} if top_k else None
+        return self._call("POST", f"/v1/models/{name}/predict", json={"inputs": _jsonable(inputs)}, params=params)
+
+    def post_samples(self, name: str, inputs: Any, labels: Sequence[Any] | None = None) -> dict[str, Any]:
+        rows = _jsonable(inputs)
+        labels = list(labels) if labels is not None else [None] * len(rows)
+        samples = [{"input": x, "label": y} for x, y in zip(rows, labels, strict=True)]
+        return self._call("POST", f"/v1/models/{name}/samples", json={"samples": samples})
+
+    def post_samples_chunked(
+        self,
+        name: str,
+        inputs: Any,
+        labels: Sequence[Any] | None = None,
+        *,
+        chunk: int = 500,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Post in chunks (one durable batch each), yielding every answer."""
+        array = np.asarray(inputs, dtype=np.float32)
+        for start in range(0, len(array), chunk):
+            part = None if labels is None else list(labels[start : start + chunk])
+            answer = self.post_samples(name, array[start : start + chunk], part)
+            if on_chunk is not None:
+                on_chunk(len(array[start : start + chunk]))
+            yield answer
+
+    # -- updates and versions --------------------------------------------------------------------------------------
+    def start_update(self, name: str, method: str | None = None) -> dict[str, Any]:
+        return self._call("POST", f"/v1/models/{name}/updates", json={"method": method} if method else {})
+
+    def update(self, name: str, update_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/models/{name}/updates/{update_id}")
+
+    def updates(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/models/{name}/updates")["updates"]
+
+    def cancel_update(self, name: str, update_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/models/{name}/updates/{update_id}")
+
+    def wait_update(
+        self,
+        name: str,
+        update_id: str,
+        *,
+        timeout: float = 600,
+        poll: float = 0.25,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the update has finished (succeeded, failed, rejected or cancelled)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.update(name, update_id)
+            if on_progress is not None:
+                on_progress(status)
+            if status["status"] in ("succeeded", "failed", "rejected", "cancelled"):
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"update {update_id} still {status['status']} after {timeout} s")
+            time.sleep(poll)
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/models/{name}/versions")["versions"]
+
+    def promote(self, name: str, version: int) -> dict[str, Any]:
+        return self._call("POST", f"/v1/models/{name}/versions/{version}/promote")
+
+    def metrics(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/models/{name}/metrics")
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/healthz")
+
+    def ready(self) -> dict[str, Any]:
+        return self._call("GET", "/readyz")

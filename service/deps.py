@@ -1,0 +1,45 @@
+"""Dependencies as `Annotated` aliases: the runtime's parts and the caller's scope."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+
+from registry import Store
+from service.auth import Principal, authenticate, authorize
+from service.runtime import Runtime
+from service.schemas import NAME_PATTERN
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_store(runtime: RuntimeDep) -> Store:
+    return runtime.store
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+
+
+def _caller(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return authenticate(runtime.settings, authorization)
+
+
+def _needs(scope: str):  # type: ignore[no-untyped-def]
+    def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
+        return authorize(caller, scope)
+
+    return dependency
+
+
+PredictCaller = Annotated[Principal, Depends(_needs("predict"))]
+TrainCaller = Annotated[Principal, Depends(_needs("train"))]
+AdminCaller = Annotated[Principal, Depends(_needs("admin"))]
+
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the model's name")]

@@ -1,0 +1,224 @@
+"""Prometheus metrics (base units in names, bounded labels) and a lightweight ASGI middleware that times
+requests and enforces the body-size and media-type limits before any handler runs.
+
+Two groups: the API's (requests, predictions, live versions, held-out accuracy, BWT, forgetting) and the
+updates' (durations, outcomes), each exported by the process where it happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from registry import UpdateRecord
+from service.errors import BodyTooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UPDATE_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class ApiMetrics:
+    """What an API process measures."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "cl_http_requests_total",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "cl_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "cl_predictions_total", "inputs predicted, by model and version", ["model", "version"], registry=registry
+        )
+        self.batch_size = Histogram(
+            "cl_predict_batch_inputs",
+            "inputs per micro-batched forward pass",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        )
+        self.samples = Counter(
+            "cl_samples_ingested_total",
+            "accepted samples by kind (labeled, unlabeled, held_out)",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.live_version = Gauge("cl_model_live_version", "the version being served", ["model"], registry=registry)
+        self.promotion_time = Gauge(
+            "cl_model_live_since_timestamp_seconds", "when the served version went live", ["model"], registry=registry
+        )
+        self.accuracy = Gauge(
+            "cl_model_heldout_accuracy_ratio",
+            "live version's accuracy on all held-out data",
+            ["model"],
+            registry=registry,
+        )
+        self.class_accuracy = Gauge(
+            "cl_model_heldout_class_accuracy_ratio",
+            "live version's held-out accuracy per class",
+            ["model", "class"],
+            registry=registry,
+        )
+        self.acc = Gauge("cl_model_acc_ratio", "average accuracy over experiences (ACC)", ["model"], registry=registry)
+        self.bwt = Gauge("cl_model_bwt_ratio", "backward transfer along the live lineage", ["model"], registry=registry)
+        self.forgetting = Gauge(
+            "cl_model_forgetting_ratio", "average forgetting along the live lineage", ["model"], registry=registry
+        )
+        self.queue_depth = Gauge("cl_update_queue_depth", "updates waiting to start", ["model"], registry=registry)
+
+    def observe_live(self, model: str, version: int | None, metrics: dict[str, Any], max_classes: int) -> None:
+        """Export a newly served version's figures (and drop the previous per-class series)."""
+        if version is None:
+            self.forget_model(model)
+            return
+        self.live_version.labels(model).set(version)
+        self.promotion_time.labels(model).set(time.time())
+        for gauge, key in (
+            (self.accuracy, "accuracy"),
+            (self.acc, "acc"),
+            (self.bwt, "bwt"),
+            (self.forgetting, "forgetting"),
+        ):
+            value = metrics.get(key)
+            gauge.labels(model).set(float("nan") if value is None else value)
+        self._clear_classes(model)
+        per_class = metrics.get("per_class_accuracy", {})
+        if len(per_class) <= max_classes:
+            for label, value in per_class.items():
+                self.class_accuracy.labels(model, label).set(value)
+
+    def _clear_classes(self, model: str) -> None:
+        for labels in list(self.class_accuracy._metrics):
+            if labels[0] == model:
+                self.class_accuracy.remove(*labels)
+
+    def forget_model(self, model: str) -> None:
+        for gauge in (
+            self.live_version,
+            self.promotion_time,
+            self.accuracy,
+            self.acc,
+            self.bwt,
+            self.forgetting,
+            self.queue_depth,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model)
+        self._clear_classes(model)
+
+
+class UpdateMetrics:
+    """What a process that runs updates measures."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "cl_updates_total", "finished updates by outcome", ["model", "outcome"], registry=registry
+        )
+        self.duration = Histogram(
+            "cl_update_duration_seconds",
+            "wall time of an update, start to finish",
+            ["model"],
+            buckets=UPDATE_BUCKETS,
+            registry=registry,
+        )
+        self.running = Gauge("cl_updates_running", "updates running now", ["model"], registry=registry)
+
+    def observe(self, record: UpdateRecord) -> None:
+        self.outcomes.labels(record.model, record.status).inc()
+        if record.started_at is not None and record.finished_at is not None:
+            self.duration.labels(record.model).observe(max(0.0, record.finished_at - record.started_at))
+
+
+class RequestGuard:
+    """Pure ASGI middleware: 413 for oversized bodies, 415 for wrong media types, request metrics by route."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: ApiMetrics | None) -> None:
+        self.app, self.max_body, self.metrics = app, max_body_bytes, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        problem = self._check_headers(scope)
+        try:
+            if problem is not None:
+                await _reply(send_wrapper, *problem)
+                return
+            await self.app(scope, self._limited(receive, send_wrapper), send_wrapper)
+        finally:
+            if self.metrics is not None:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                method = scope.get("method", "")
+                self.metrics.requests.labels(method, route, str(status_holder["status"])).inc()
+                self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+
+    def _check_headers(self, scope: Scope) -> tuple[int, str, str | None] | None:
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return None
+        headers = dict(scope.get("headers", []))
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return 413, f"the body is larger than the limit of {self.max_body} bytes", None
+        if length == b"0":
+            return None
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        expected = b"application/octet-stream" if scope.get("path", "").endswith("/weights") else b"application/json"
+        if (length is not None or b"transfer-encoding" in headers) and media != expected:
+            return (
+                415,
+                f"the body must be {expected.decode()}, got {media.decode() or 'no content type'}",
+                "content-type",
+            )
+        return None
+
+    def _limited(self, receive: Receive, send: Send) -> Receive:
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        return wrapped
+
+
+async def _reply(send: Send, status: int, detail: str, field: str | None) -> None:
+    body = json.dumps({"detail": detail, "field": field, "index": None}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,41 @@
+"""/healthz (process up), /readyz (store reachable, models loaded), /metrics (Prometheus).  No key needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from registry import StoreError
+from service.deps import RuntimeDep
+from service.errors import ApiError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(runtime: RuntimeDep) -> dict[str, object]:
+    try:
+        runtime.store.ping()
+    except StoreError as exc:
+        raise ApiError(503, f"the store is unreachable: {exc}", headers={"Retry-After": "5"}) from exc
+    if not runtime.server.ready:
+        raise ApiError(503, "models are still loading", headers={"Retry-After": "1"})
+    return {"status": "ready", "models": runtime.server.served()}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(runtime: RuntimeDep) -> Response:
+    depth: dict[str, int] = {}
+    try:
+        for model in runtime.store.list_models():
+            depth[model.name] = sum(u.status == "queued" for u in runtime.store.list_updates(model.name))
+    except StoreError:
+        pass  # keep exporting what the process knows
+    for name, value in depth.items():
+        runtime.api_metrics.queue_depth.labels(name).set(value)
+    return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,116 @@
+"""/v1/models: create, list, describe, import weights, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from cl_core.models import ModelSpec, architectures, build_model
+from registry import ModelRecord
+from service import schemas
+from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep
+from service.errors import ApiError
+from service.ingest import labels_of
+from service.views import model_info, version_info
+from worker.learners import validate_method
+from worker.pipeline import LockLost, import_weights
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _updating(runtime: RuntimeDep, name: str) -> bool:
+    return any(u.status == "running" for u in runtime.store.list_updates(name))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.ModelInfo)
+def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCaller) -> schemas.ModelInfo:
+    """Create a model from a registered architecture; it has no live version until its first update or import."""
+    if body.architecture not in architectures():
+        raise ApiError(
+            422,
+            f"unknown architecture {body.architecture!r}; known: {', '.join(architectures())}",
+            field="architecture",
+        )
+    if any(d < 1 or d > 100_000 for d in body.input_shape):
+        raise ApiError(422, f"input_shape dimensions must be in 1..100000, got {body.input_shape}", field="input_shape")
+    classes = labels_of(body.classes)
+    if len(set(classes)) != len(classes):
+        raise ApiError(422, "class names must be unique", field="classes")
+    try:
+        method = validate_method(body.method, runtime.settings)
+        spec = ModelSpec(body.architecture, tuple(body.input_shape), [c for c in classes if c], dict(body.options))
+        build_model(spec)  # the options and shape must build
+    except ValueError as exc:
+        raise ApiError(422, str(exc), field="method" if "method" in str(exc) else "options") from exc
+    record = ModelRecord(
+        name=body.name,
+        architecture=body.architecture,
+        input_shape=list(body.input_shape),
+        classes=list(spec.classes),
+        options=dict(body.options),
+        method=method,
+        method_hparams=dict(body.method_hparams),
+        created_by=caller.name,
+    )
+    runtime.store.create_model(record)
+    return model_info(runtime.store, runtime.server, record, False)
+
+
+@router.get("", response_model=schemas.ModelList)
+def list_models(runtime: RuntimeDep, _: PredictCaller) -> schemas.ModelList:
+    return schemas.ModelList(
+        models=[
+            model_info(runtime.store, runtime.server, r, _updating(runtime, r.name))
+            for r in runtime.store.list_models()
+        ]
+    )
+
+
+@router.get("/{name}", response_model=schemas.ModelInfo, responses={404: {"model": schemas.ErrorBody}})
+def get_model(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> schemas.ModelInfo:
+    record = runtime.store.get_model(name)
+    return model_info(runtime.store, runtime.server, record, _updating(runtime, name))
+
+
+@router.put(
+    "/{name}/weights",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.VersionInfo,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def import_model_weights(
+    name: ModelName, request: Request, runtime: RuntimeDep, caller: AdminCaller
+) -> schemas.VersionInfo:
+    """Import pretrained weights (a safetensors file matching the architecture) as a new version."""
+    await run_in_threadpool(runtime.store.get_model, name)
+    data = await request.body()
+    try:
+        record = await run_in_threadpool(
+            import_weights, runtime.store, name, data, by=caller.name, settings=runtime.settings
+        )
+    except ValueError as exc:
+        raise ApiError(422, str(exc), field="body") from exc
+    except LockLost as exc:
+        raise ApiError(409, str(exc)) from exc
+    live = await run_in_threadpool(runtime.store.live_version, name)
+    if runtime.settings.auto_promote and await run_in_threadpool(
+        lambda: runtime.store.promote(name, record.version, by=caller.name, expected=live)
+    ):
+        live = record.version
+        await run_in_threadpool(runtime.server.refresh, name)
+    return version_info(await run_in_threadpool(runtime.store.get_version, name, record.version), live)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(name: ModelName, runtime: RuntimeDep, _: AdminCaller) -> None:
+    """Remove the model with its versions, samples, held-out data, exemplar memory and updates."""
+    for update in runtime.store.list_updates(name):
+        if not update.finished:
+            runtime.executor.cancel(name, update.update_id)
+    runtime.store.delete_model(name)
+    runtime.server.refresh(name)

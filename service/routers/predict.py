@@ -1,0 +1,53 @@
+"""/v1/models/{name}/predict: micro-batched predictions from the live version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from service import schemas
+from service.deps import ModelName, PredictCaller, RuntimeDep
+from service.errors import ApiError
+from service.ingest import to_tensor
+
+router = APIRouter(prefix="/v1/models", tags=["predict"])
+
+
+@router.post(
+    "/{name}/predict",
+    response_model=schemas.PredictResponse,
+    responses={404: {"model": schemas.ErrorBody}, 409: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody}},
+)
+async def predict(
+    name: ModelName,
+    body: schemas.PredictRequest,
+    runtime: RuntimeDep,
+    _: PredictCaller,
+    top_k: Annotated[int | None, Query(ge=1, le=1000, description="also return the k most probable labels")] = None,
+) -> schemas.PredictResponse:
+    live = runtime.server.current(name)
+    if live is None:
+        await run_in_threadpool(runtime.store.get_model, name)  # 404 for an unknown model
+        raise ApiError(409, f"model {name!r} has no live version yet: post samples and run an update first")
+    if len(body.inputs) > runtime.settings.max_inputs_per_predict:
+        raise ApiError(413, f"at most {runtime.settings.max_inputs_per_predict} inputs per request", field="inputs")
+    inputs = to_tensor(body.inputs, live.input_shape, "inputs")
+    live, probs = await runtime.batchers.get(name).infer(inputs)
+    runtime.api_metrics.predictions.labels(name, str(live.version)).inc(len(inputs))
+    best_p, best_i = probs.max(dim=1)
+    classes = live.classes
+    predictions = [
+        schemas.Prediction(label=classes[i], probability=p)
+        for i, p in zip(best_i.tolist(), best_p.tolist(), strict=True)
+    ]
+    if top_k is not None:
+        k = min(top_k, len(classes))
+        top_p, top_i = torch.topk(probs, k, dim=1)
+        for prediction, ps, idx in zip(predictions, top_p.tolist(), top_i.tolist(), strict=True):
+            prediction.top_k = [
+                schemas.LabelProbability(label=classes[i], probability=p) for i, p in zip(idx, ps, strict=True)
+            ]
+    return schemas.PredictResponse(model=name, version=live.version, predictions=predictions)

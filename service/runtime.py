@@ -1,0 +1,96 @@
+"""Everything a running service holds: built in the lifespan (never at import), torn down at shutdown."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from cl_core.models import register_architecture
+from registry import Store, open_store
+from service.batching import Batchers
+from service.observability import ApiMetrics, UpdateMetrics
+from service.serving import LiveModel, ModelServer
+from service.settings import Settings
+from worker.executor import Executor, InProcessExecutor
+from worker.scheduling import UpdatePolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    server: ModelServer
+    executor: Executor
+    batchers: Batchers
+    policy: UpdatePolicy
+    registry: CollectorRegistry
+    api_metrics: ApiMetrics
+    update_metrics: UpdateMetrics | None
+    notes: list[str] = field(default_factory=list)
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.server.stop()
+        await self.batchers.close()
+        self.store.close()
+
+
+def register_operator_architectures(settings: Settings) -> None:
+    """Import the operator's own body factories (``{"name": "package.module:factory"}``)."""
+    for name, target in settings.architectures.items():
+        module_name, _, attribute = target.partition(":")
+        factory = getattr(importlib.import_module(module_name), attribute)
+        register_architecture(name, factory)
+
+
+def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: ApiMetrics) -> Runtime:
+    register_operator_architectures(settings)
+    store = open_store(settings.data_dir, settings.redis_url)
+    update_metrics: UpdateMetrics | None = None
+    executor: Executor
+    if settings.redis_url:
+        from worker.celery_executor import CeleryExecutor  # distributed mode only
+
+        executor = CeleryExecutor(store, settings)
+    else:
+        update_metrics = UpdateMetrics(registry)  # updates run in this process: measure them here
+        executor = InProcessExecutor(
+            store, settings, max_parallel=settings.update_workers, on_finish=update_metrics.observe
+        )
+    server = ModelServer(store, device=settings.device, reload_interval_s=settings.reload_interval_s)
+
+    def export(name: str, live: LiveModel | None) -> None:
+        api_metrics.observe_live(
+            name,
+            None if live is None else live.version,
+            {} if live is None else live.metrics,
+            settings.max_class_labels,
+        )
+
+    server.on_swap(export)
+    batchers = Batchers(
+        server,
+        max_batch=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000,
+        queue_limit=settings.predict_queue_limit,
+    )
+    policy = UpdatePolicy(
+        min_samples_per_new_class=settings.policy_min_samples_per_new_class,
+        after_labeled=settings.policy_after_labeled,
+        method=settings.policy_method,
+    )
+    return Runtime(settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics)
+
+
+def start(runtime: Runtime) -> None:
+    runtime.server.start()
+    runtime.executor.start()
+    if not runtime.settings.redis_url:
+        resumed = runtime.executor.recover(runtime.store)
+        if resumed:
+            log.info("re-queued %d update(s) interrupted by the last shutdown", len(resumed))

@@ -1,0 +1,194 @@
+"""Request and response bodies (the OpenAPI document at /docs is generated from these).
+
+Field names that clients, docs and tests rely on are part of the public API: predict answers
+``{"model", "version", "predictions": [{"label", "probability"}]}``; a model has ``live_version`` and ``classes``;
+samples answer ``accepted`` and, when one was triggered, ``update_id``; an update's status has ``update_id``,
+``status``, ``progress``, ``version``, ``error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from typing_extensions import TypeAliasType
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+# A number or a nested list of numbers (one input, shaped like the model's input shape).  Strict: no strings or
+# booleans; finite: NaN and ±Infinity (which JSON parsers let through) are rejected.
+Tensorish = TypeAliasType("Tensorish", "StrictFloat | StrictInt | list[Tensorish]")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    field: str | None = None
+    index: int | None = None
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+class ModelCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="becomes paths and keys: lowercase letters, digits, - and _")
+    architecture: str = Field(description="a registered architecture: 'mlp', 'cnn' or an operator's own")
+    input_shape: list[int] = Field(min_length=1, max_length=4, description="shape of one input, e.g. [784]")
+    classes: list[StrictStr | StrictInt] = Field(default_factory=list, max_length=10_000)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="architecture options, e.g. {'hidden': [400, 400]}"
+    )
+    method: str = Field("auto", description="default update method: 'auto' or e.g. 'mas+replay+wa'")
+    method_hparams: dict[str, Any] = Field(
+        default_factory=dict, description="e.g. {'lam': 100, 'memory': {'per_class': 20}}"
+    )
+
+
+class PendingCounts(BaseModel):
+    labeled: int = Field(description="labeled training samples waiting for the next update")
+    unlabeled: int
+    held_out: int = Field(description="labeled samples kept for evaluation")
+    per_class: dict[str, int] = Field(description="labeled samples per class, held-out ones included")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    input_shape: list[int]
+    options: dict[str, Any]
+    method: str
+    method_hparams: dict[str, Any]
+    classes: list[str]
+    live_version: int | None
+    versions: int
+    pending: PendingCounts
+    pending_new_classes: list[str]
+    state: Literal["no live version", "serving", "updating"]
+    created_at: float
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+# -- predict -----------------------------------------------------------------------------------------------------
+class PredictRequest(Strict):
+    inputs: list[Tensorish] = Field(min_length=1, description="inputs, each nested like the model's input shape")
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float
+    top_k: list[LabelProbability] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+# -- samples -----------------------------------------------------------------------------------------------------
+class Sample(Strict):
+    input: Tensorish
+    label: StrictStr | StrictInt | None = Field(None, description="absent or null: unlabeled; a number: its decimal")
+
+
+class SamplesRequest(Strict):
+    samples: list[Sample] = Field(min_length=1)
+
+
+class SamplesResponse(BaseModel):
+    accepted: int
+    labeled: int
+    unlabeled: int
+    held_out: int
+    new_classes: list[str]
+    ids: list[str]
+    update_id: str | None = None
+
+
+# -- updates -----------------------------------------------------------------------------------------------------
+class UpdateRequest(Strict):
+    method: str | None = Field(
+        None, description="'auto' or a method name such as 'mas+replay+wa'; default: the model's"
+    )
+
+
+class UpdateAccepted(BaseModel):
+    update_id: str
+    status: str
+
+
+class UpdateStatus(BaseModel):
+    update_id: str
+    model: str
+    method: str
+    status: Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+    progress: float
+    version: int | None
+    error: str | None
+    metrics: dict[str, Any]
+    triggered_by: str | None
+    reason: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+class UpdateList(BaseModel):
+    updates: list[UpdateStatus]
+
+
+# -- versions ----------------------------------------------------------------------------------------------------
+class VersionInfo(BaseModel):
+    version: int
+    parent: int | None
+    status: str
+    live: bool
+    method: str
+    hyperparameters: dict[str, Any]
+    train_config: dict[str, Any]
+    classes: list[str]
+    samples: dict[str, Any]
+    metrics: dict[str, Any]
+    update_id: str | None
+    triggered_by: str | None
+    promotions: list[dict[str, Any]]
+    created_at: float
+
+
+class VersionList(BaseModel):
+    versions: list[VersionInfo]
+
+
+class Promoted(BaseModel):
+    model: str
+    live_version: int
+    previous: int | None
+
+
+# -- forgetting report -------------------------------------------------------------------------------------------
+class AccuracyMatrixBody(BaseModel):
+    rows: list[int | None] = Field(description="versions along the live lineage")
+    columns: list[int | None] = Field(description="experiences: the version whose update brought the data")
+    values: list[list[float | None]]
+
+
+class ForgettingReport(BaseModel):
+    model: str
+    live_version: int | None
+    held_out_samples: int
+    accuracy: float | None
+    per_class_accuracy: dict[str, float]
+    acc: float | None
+    bwt: float | None
+    forgetting: float | None
+    matrix: AccuracyMatrixBody
+    gate: dict[str, Any] | None

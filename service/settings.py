@@ -1,0 +1,74 @@
+"""All of the service's settings in one place: ``CL_*`` environment variables (pydantic-settings).
+
+The update, store and gate settings come from `worker.config.WorkerSettings`, which distributed workers read too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from worker.config import WorkerSettings
+
+Scope = Literal["predict", "train", "admin"]
+SCOPE_RANK: dict[str, int] = {"predict": 0, "train": 1, "admin": 2}
+
+
+class Settings(WorkerSettings):
+    """Service settings (``CL_`` prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix="CL_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: dict[str, Scope] = Field(
+        default_factory=dict, description='JSON object key → scope ("predict" ⊂ "train" ⊂ "admin"); empty: no auth'
+    )
+    insecure: bool = Field(False, description="allow a non-loopback address without API keys")
+
+    # limits
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_samples_per_request: int = Field(10_000, ge=1)
+    max_inputs_per_predict: int = Field(1024, ge=1)
+
+    # ingestion and the update policy
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of each labeled class kept for evaluation")
+    policy_min_samples_per_new_class: int = Field(
+        20, ge=1, description="start an update when every new class has this many"
+    )
+    policy_after_labeled: int = Field(0, ge=0, description="…or after this many new labeled samples (0: off)")
+    policy_method: str = Field("auto", description="method of policy-triggered updates")
+    update_workers: int = Field(1, ge=1, le=64, description="models updated in parallel (embedded executor)")
+
+    # micro-batching of predictions
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0, description="wait this long for more requests, only under load")
+    predict_queue_limit: int = Field(4096, ge=1, description="queued predict inputs per model before 503")
+
+    # metrics
+    max_class_labels: int = Field(100, ge=0, description="per-class gauges only for models with at most this many")
+
+    # hot reload
+    reload_interval_s: float = Field(5.0, gt=0, description="re-read live pointers this often (missed messages)")
+
+    # operator-registered architectures: {"name": "package.module:factory"}
+    architectures: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_long(cls, keys: dict[str, str]) -> dict[str, str]:
+        for key in keys:
+            if len(key) < 16:
+                raise ValueError("API keys must be at least 16 characters")
+        return keys
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,70 @@
+"""Records as the API shows them."""
+
+from __future__ import annotations
+
+from registry import ModelRecord, Store, UpdateRecord, VersionRecord
+from service import schemas
+from service.serving import ModelServer
+
+
+def model_info(store: Store, server: ModelServer, record: ModelRecord, updating: bool) -> schemas.ModelInfo:
+    live = store.live_version(record.name)
+    if live is not None:
+        classes = list(store.get_version(record.name, live).spec.get("classes", []))
+    else:
+        classes = list(record.classes)
+    pending = store.pending_counts(record.name)
+    versions = len(store.list_versions(record.name))
+    state = "updating" if updating else ("serving" if live is not None else "no live version")
+    return schemas.ModelInfo(
+        name=record.name,
+        architecture=record.architecture,
+        input_shape=record.input_shape,
+        options=record.options,
+        method=record.method,
+        method_hparams=record.method_hparams,
+        classes=classes,
+        live_version=live,
+        versions=versions,
+        pending=schemas.PendingCounts(**pending),
+        pending_new_classes=sorted(c for c in pending["per_class"] if c not in classes),
+        state=state,
+        created_at=record.created_at,
+    )
+
+
+def update_status(record: UpdateRecord) -> schemas.UpdateStatus:
+    return schemas.UpdateStatus(
+        update_id=record.update_id,
+        model=record.model,
+        method=record.method,
+        status=record.status,
+        progress=record.progress,
+        version=record.version,
+        error=record.error,
+        metrics=record.metrics,
+        triggered_by=record.triggered_by,
+        reason=record.reason,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+    )
+
+
+def version_info(record: VersionRecord, live: int | None) -> schemas.VersionInfo:
+    return schemas.VersionInfo(
+        version=record.version,
+        parent=record.parent,
+        status="live" if record.version == live else record.status,
+        live=record.version == live,
+        method=record.method,
+        hyperparameters=record.learner,
+        train_config=record.train_config,
+        classes=list(record.spec.get("classes", [])),
+        samples=record.samples,
+        metrics=record.metrics,
+        update_id=record.update_id,
+        triggered_by=record.triggered_by,
+        promotions=record.promotions,
+        created_at=record.created_at,
+    )

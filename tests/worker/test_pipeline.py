@@ -1,0 +1,143 @@
+"""The update pipeline on the local store: versions, lineage, held-out metrics, the gate, failures."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cl_core.data import load_mnist5k
+from registry import LocalStore, ModelRecord, Store, UpdateRecord
+from registry import tensors as st
+from worker.config import WorkerSettings
+from worker.evaluation import accuracy_matrix, lineage
+from worker.pipeline import LockLost, import_weights, load_version, run_update
+from worker.scheduling import new_update_id
+
+SETTINGS = WorkerSettings(epochs=4, device="cpu", max_forgetting=0.05)
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[int, torch.Tensor]:
+    train = load_mnist5k().train
+    return {d: train.inputs[train.labels == d][:100] for d in range(10)}
+
+
+def make_store(tmp_path: Path, classes: list[str] | None = None) -> Store:
+    store = LocalStore(tmp_path / "store")
+    store.create_model(
+        ModelRecord(
+            name="digits", architecture="mlp", input_shape=[784], classes=classes or [], options={"hidden": [64]}
+        )
+    )
+    return store
+
+
+def post(store: Store, digits: dict[int, torch.Tensor], which: list[int], n: int = 100, shuffle: bool = False) -> None:
+    x = torch.cat([digits[d][:n] for d in which])
+    labels = [str(d) for d in which for _ in range(n)]
+    if shuffle:
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+        labels = [labels[i] for i in perm.tolist()]
+        labels = [str((int(y) + 1) % 10) for y in labels]
+    store.append_samples("digits", x, labels, 0.2)
+
+
+def update(store: Store, method: str = "auto", settings: WorkerSettings = SETTINGS) -> UpdateRecord:
+    record = UpdateRecord(update_id=new_update_id(), model="digits", method=method, triggered_by="test")
+    store.put_update(record)
+    return run_update(store, "digits", record.update_id, settings)
+
+
+def test_first_update_creates_and_promotes_a_version(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
+    store = make_store(tmp_path)
+    post(store, digits, [0, 1, 2])
+    result = update(store)
+    assert result.status == "succeeded", result.error
+    assert result.version == 1 and store.live_version("digits") == 1 and result.progress == 1.0
+    meta = store.get_version("digits", 1)
+    assert meta.spec["classes"] == ["0", "1", "2"] and meta.parent is None
+    assert meta.samples["labeled"] == 240 and meta.samples["held_out"] == 60
+    assert meta.metrics["held_out_samples"] == 60 and meta.metrics["accuracy"] > 0.8
+    assert set(meta.metrics["per_class_accuracy"]) == {"0", "1", "2"}
+    assert meta.promotions[0]["by"].startswith("auto-promote")
+    assert store.claim("digits").train.labels == []  # consumed
+    loaded = load_version(store, "digits", 1)
+    assert loaded.model.num_classes == 3 and loaded.learner_hparams["name"] == "online-ewc+replay+wa"
+
+
+def test_new_classes_grow_the_head_keep_old_ones_and_build_the_matrix(
+    tmp_path: Path, digits: dict[int, torch.Tensor]
+) -> None:
+    store = make_store(tmp_path)
+    post(store, digits, [0, 1, 2])
+    update(store)
+    post(store, digits, [3, 4], n=60)
+    result = update(store, settings=WorkerSettings(epochs=4, device="cpu", max_forgetting=0.5))
+    assert result.status == "succeeded", result.error
+    meta = store.get_version("digits", 2)
+    assert meta.parent == 1 and meta.spec["classes"] == ["0", "1", "2", "3", "4"]
+    assert meta.samples["new_classes"] == ["3", "4"]
+    matrix = accuracy_matrix(lineage(store, "digits", 2))
+    assert matrix.rows == [1, 2] and matrix.columns == [1, 2]
+    assert matrix.values[1][0] == meta.metrics["experience_accuracy"]["1"]
+    assert meta.metrics["acc"] == pytest.approx(sum(matrix.values[1]) / 2)
+    assert meta.metrics["bwt"] == pytest.approx(matrix.values[1][0] - matrix.values[0][0])
+    gate = meta.metrics["gate"]
+    assert gate["old_classes"] == ["0", "1", "2"] and gate["samples"] == 60 and gate["passed"]
+
+
+def test_label_shuffled_update_is_rejected_and_live_version_stays(
+    tmp_path: Path, digits: dict[int, torch.Tensor]
+) -> None:
+    store = make_store(tmp_path)
+    post(store, digits, [0, 1, 2])
+    update(store)
+    post(store, digits, [0, 1, 2], shuffle=True)
+    result = update(store, "finetune")
+    assert result.status == "rejected" and "forgetting gate" in (result.error or "")
+    assert result.version == 2 and store.live_version("digits") == 1
+    assert store.get_version("digits", 2).status == "rejected"
+    assert not store.get_version("digits", 2).metrics["gate"]["passed"]
+
+
+def test_failed_update_keeps_samples_pending_and_live_version(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
+    store = make_store(tmp_path)
+    result = update(store)
+    assert result.status == "failed" and "no pending samples" in (result.error or "")
+    post(store, digits, [0, 1])
+    bad = update(store, "ewc", WorkerSettings(epochs=1, device="no-such-device"))
+    assert bad.status == "failed"
+    assert store.live_version("digits") is None and store.pending_counts("digits")["labeled"] == 160
+
+
+def test_unlabeled_samples_only_update_importance(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
+    store = make_store(tmp_path)
+    post(store, digits, [0, 1])
+    update(store)
+    store.append_samples("digits", digits[5][:30], [None] * 30, 0.2)
+    result = update(store)
+    assert result.status == "succeeded", result.error
+    v1, v2 = (load_version(store, "digits", v) for v in (1, 2))
+    for key, value in v1.model.state_dict().items():
+        assert torch.equal(value, v2.model.state_dict()[key]), key  # weights untouched
+    assert any(k.startswith("unlabeled.importance.") for k in v2.learner_state)
+    assert not any(k.startswith("unlabeled.importance.") for k in v1.learner_state)
+
+
+def test_lock_held_elsewhere_and_weight_import(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
+    store = make_store(tmp_path, classes=["a", "b"])
+    token = store.acquire_update_lock("digits", "other", 60)
+    record = UpdateRecord(update_id=new_update_id(), model="digits", method="auto")
+    store.put_update(record)
+    with pytest.raises(LockLost):
+        run_update(store, "digits", record.update_id, SETTINGS)
+    assert token is not None
+    store.release_update_lock("digits", token)
+    base = load_version(store, "digits", None)
+    weights = st.dumps(base.model.state_dict())
+    imported = import_weights(store, "digits", weights, by="admin", settings=SETTINGS)
+    assert imported.version == 1 and imported.status == "imported"
+    with pytest.raises(ValueError, match="do not fit"):
+        import_weights(store, "digits", st.dumps({"x": torch.zeros(1)}), by="admin", settings=SETTINGS)
+    with pytest.raises(ValueError, match="safetensors"):
+        import_weights(store, "digits", b"not safetensors", by="admin", settings=SETTINGS)

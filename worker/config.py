@@ -1,0 +1,60 @@
+"""Settings an update needs, read from ``CL_*`` environment variables (the service's settings extend these).
+
+Distributed workers read the same variables as the API replicas, so one environment configures both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cl_core.trainer import TrainConfig
+
+
+class WorkerSettings(BaseSettings):
+    """Store, training, method and gate settings."""
+
+    model_config = SettingsConfigDict(env_prefix="CL_", extra="ignore")
+
+    # where things live
+    data_dir: Path = Field(Path("./cl-data"), description="directory of the embedded store")
+    redis_url: str | None = Field(None, description="redis://… selects the Redis store and Celery executor")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', …")
+
+    # training (the benchmark protocol's defaults)
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    max_samples_per_update: int | None = Field(None, ge=1, description="train on at most this many pending samples")
+    importance_max_samples: int | None = Field(2000, ge=1, description="samples used to estimate importance")
+
+    # the `auto` method: online EWC on labeled data (+ replay, weight aligning), MAS on unlabeled data
+    exemplar_memory: bool = Field(True, description="keep exemplars for replay (switch off for privacy)")
+    memory_per_class: int = Field(20, ge=1)
+    memory_total: int | None = Field(None, ge=1)
+    auto_ewc_lambda: float = Field(100.0, ge=0)
+    auto_ewc_gamma: float = Field(1.0, ge=0, le=1)
+    auto_mas_lambda: float = Field(0.1, ge=0)
+
+    # the forgetting gate
+    max_forgetting: float = Field(0.05, ge=0, le=1, description="largest allowed drop of old-class accuracy")
+    auto_promote: bool = Field(True, description="promote candidates that pass the gate")
+
+    # one update at a time per model
+    update_lock_ttl_s: float = Field(120.0, gt=0, description="the lock expires unless refreshed this often")
+
+    def train_config(self, seed: int | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed if seed is None else seed,
+            device=self.device,
+        )
+
+    def memory_hparams(self) -> dict[str, Any]:
+        return {"per_class": self.memory_per_class, "total": self.memory_total}

@@ -1,0 +1,158 @@
+"""Executors run queued updates: in-process threads (embedded default) or Celery workers (distributed mode).
+
+The service only calls `submit` and `cancel`; where the update runs is configuration, as with Airflow's
+Sequential/Celery executors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+
+from registry import Store, UpdateRecord
+from worker.config import WorkerSettings
+from worker.pipeline import LockLost, run_update
+
+log = logging.getLogger(__name__)
+
+FinishListener = Callable[[UpdateRecord], None]
+
+
+class Executor(ABC):
+    """Runs updates stored as queued; one at a time per model."""
+
+    @abstractmethod
+    def submit(self, name: str, update_id: str) -> None:
+        """Schedule a stored, queued update."""
+
+    @abstractmethod
+    def cancel(self, name: str, update_id: str) -> None:
+        """Ask a queued or running update to stop (between batches)."""
+
+    @abstractmethod
+    def queue_depth(self) -> int:
+        """Updates waiting to start (this process's view)."""
+
+    def start(self) -> None:
+        """Begin executing (threads, connections)."""
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking work; with ``wait``, let running updates reach their end."""
+
+    def recover(self, store: Store) -> list[str]:
+        """Re-queue updates a crash left queued or running; returns their ids."""
+        resumed = []
+        for model in store.list_models():
+            for record in store.list_updates(model.name):
+                if record.status in ("queued", "running"):
+                    if record.status == "running":
+                        record.status, record.progress = "queued", 0.0
+                        store.put_update(record)
+                    self.submit(model.name, record.update_id)
+                    resumed.append(record.update_id)
+        return resumed
+
+
+class InProcessExecutor(Executor):
+    """Worker threads in the API process: one update at a time per model, ``max_parallel`` models at once."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: WorkerSettings,
+        *,
+        max_parallel: int = 1,
+        on_finish: FinishListener | None = None,
+    ) -> None:
+        self.store, self.settings = store, settings
+        self._queues: dict[str, deque[str]] = {}
+        self._running: dict[str, str] = {}  # model → update id
+        self._cancelled: set[str] = set()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"update-worker-{i}", daemon=True) for i in range(max_parallel)
+        ]
+        self._on_finish = on_finish
+
+    def start(self) -> None:
+        for thread in self._threads:
+            if not thread.is_alive():
+                thread.start()
+
+    def submit(self, name: str, update_id: str) -> None:
+        with self._cond:
+            queue = self._queues.setdefault(name, deque())
+            if update_id not in queue and self._running.get(name) != update_id:
+                queue.append(update_id)
+            self._cond.notify_all()
+
+    def cancel(self, name: str, update_id: str) -> None:
+        with self._cond:
+            self._cancelled.add(update_id)
+            queue = self._queues.get(name)
+            if queue is not None and update_id in queue:
+                queue.remove(update_id)
+                record = self.store.get_update(name, update_id)
+                record.status, record.error = "cancelled", "cancelled before it started"
+                self.store.put_update(record)
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def running(self) -> dict[str, str]:
+        with self._cond:
+            return dict(self._running)
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._cond:
+            self._stopping = True
+            if not wait:
+                self._cancelled.update(self._running.values())
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+
+    def _next(self) -> tuple[str, str] | None:
+        """The next (model, update) whose model is idle; waits for one.  None when shutting down."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                for name, queue in self._queues.items():
+                    if queue and name not in self._running:
+                        update_id = queue.popleft()
+                        self._running[name] = update_id
+                        return name, update_id
+                self._cond.wait()
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            name, update_id = job
+            try:
+                record = run_update(self.store, name, update_id, self.settings, should_stop=self._stopper(update_id))
+                if self._on_finish is not None:
+                    self._on_finish(record)
+            except LockLost:
+                log.warning("update %s of %s waits: another worker holds the lock", update_id, name)
+                self._requeue_later(name, update_id)
+            except Exception:
+                log.exception("update %s of %s could not run", update_id, name)
+            finally:
+                with self._cond:
+                    self._running.pop(name, None)
+                    self._cancelled.discard(update_id)
+                    self._cond.notify_all()
+
+    def _stopper(self, update_id: str) -> Callable[[], bool]:
+        return lambda: update_id in self._cancelled
+
+    def _requeue_later(self, name: str, update_id: str, delay_s: float = 1.0) -> None:
+        timer = threading.Timer(delay_s, self.submit, args=(name, update_id))
+        timer.daemon = True
+        timer.start()

@@ -1,0 +1,61 @@
+"""Which learner an update uses: the service's ``auto`` choice, or a method name such as ``mas+replay+wa``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from cl_core.learner import Learner
+from cl_core.methods import METHODS
+from cl_core.naming import parse_method_name
+from worker.config import WorkerSettings
+
+AUTO = "auto"
+
+
+def validate_method(method: str, settings: WorkerSettings) -> str:
+    """The canonical name of a method the service can run (ValueError naming the problem otherwise)."""
+    if method == AUTO:
+        return AUTO
+    spec = parse_method_name(method)
+    if spec.base == "joint":
+        raise ValueError("'joint' retrains on everything at once; it is a benchmark bound, not an update method")
+    if spec.replay and not settings.exemplar_memory:
+        raise ValueError(f"{method!r} needs an exemplar memory, which is switched off (CL_EXEMPLAR_MEMORY=false)")
+    return spec.name
+
+
+def build_learner(method: str, settings: WorkerSettings, overrides: dict[str, Any] | None = None) -> Learner:
+    """A fresh learner.  ``auto`` is online EWC on labeled data with exemplar replay (unless the memory is switched
+    off) and weight aligning, plus MAS importance from unlabeled data.  ``overrides`` (the model's method
+    settings) may set "lam", "gamma", … for the method, "memory" for the exemplar memory and "unlabeled" for the
+    companion MAS."""
+    overrides = dict(overrides or {})
+    memory = {**settings.memory_hparams(), **overrides.pop("memory", {})}
+    unlabeled = overrides.pop("unlabeled", None)
+    if method == AUTO:
+        name = "online-ewc+replay+wa" if settings.exemplar_memory else "online-ewc+wa"
+        method_hparams = {
+            "lam": settings.auto_ewc_lambda,
+            "gamma": settings.auto_ewc_gamma,
+            "max_samples": settings.importance_max_samples,
+            **overrides,
+        }
+        unlabeled = {
+            "lam": settings.auto_mas_lambda,
+            "max_samples": settings.importance_max_samples,
+            **(unlabeled or {}),
+        }
+    else:
+        name = validate_method(method, settings)
+        method_hparams = overrides
+        accepted = inspect.signature(METHODS[parse_method_name(name).base]).parameters
+        if "max_samples" in accepted and "max_samples" not in method_hparams:
+            method_hparams["max_samples"] = settings.importance_max_samples
+    spec = parse_method_name(name)
+    return Learner.build(
+        name,
+        method_hparams=method_hparams,
+        memory_hparams=memory if spec.replay else None,
+        unlabeled_hparams=unlabeled,
+    )

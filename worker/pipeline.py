@@ -1,0 +1,319 @@
+"""One update, start to finish: load the live version → claim pending samples → grow the head for new classes →
+train and consolidate with cl_core → evaluate on held-out data → commit the version → acknowledge the samples →
+promote if the forgetting gate passes.
+
+The same function runs in the embedded executor's thread and in a Celery task.  It holds the model's update lock
+for its whole run (refreshing it), commits and acknowledges with the lock's fencing token, and records progress
+in the store so every API replica can report it.  A crash before the acknowledgement leaves the samples pending;
+a crash before the commit leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cl_core.experience import Experience
+from cl_core.learner import Learner
+from cl_core.models import Classifier, ModelSpec, build_model, grow_classes
+from registry import Conflict, SampleSet, Store, UpdateRecord, VersionRecord
+from registry import tensors as st
+from worker.config import WorkerSettings
+from worker.evaluation import EvaluationData, gate, lineage, predict_labels, version_metrics
+from worker.learners import build_learner
+
+log = logging.getLogger(__name__)
+
+
+class UpdateCancelled(Exception):
+    """The update was cancelled between batches; nothing was committed."""
+
+
+class LockLost(Exception):
+    """Another worker holds the model's update lock."""
+
+
+@dataclass
+class Loaded:
+    """A model version in memory, ready to train or serve."""
+
+    version: int | None
+    spec: ModelSpec
+    model: Classifier
+    learner_hparams: dict[str, Any]
+    learner_state: dict[str, torch.Tensor]
+
+
+def load_version(store: Store, name: str, version: int | None, seed: int = 0) -> Loaded:
+    """A stored version (or, for None, a freshly initialised model from the model's record)."""
+    if version is None:
+        record = store.get_model(name)
+        spec = ModelSpec(record.architecture, tuple(record.input_shape), list(record.classes), dict(record.options))
+        return Loaded(None, spec, build_model(spec, seed=seed), {}, {})
+    meta = store.get_version(name, version)
+    spec = ModelSpec.from_json(meta.spec)
+    model = build_model(spec)
+    model.load_state_dict(st.loads(store.read_weights(name, version)))
+    state = st.loads(store.read_state(name, version)) if meta.learner else {}
+    return Loaded(version, spec, model, meta.learner, state)
+
+
+def restore_learner(
+    loaded: Loaded, method: str, settings: WorkerSettings, overrides: dict[str, Any]
+) -> tuple[Learner, str | None]:
+    """The parent's learner when the method is unchanged, else a fresh one (carrying the exemplar memory over and
+    measuring the new method's importance on it).  Returns the learner and a note when something was reset."""
+    fresh = build_learner(method, settings, overrides)
+    if (
+        loaded.learner_hparams
+        and loaded.learner_hparams.get("name") == fresh.name
+        and loaded.learner_hparams.get("service_method") == method
+    ):
+        learner = Learner.from_hparams(loaded.learner_hparams)
+        learner.load_state_dict(loaded.learner_state)
+        return learner, None
+    note = None
+    if loaded.version is not None:
+        fresh.experiences = 1  # the weights were trained before (an earlier method, or imported)
+        previous = loaded.learner_hparams.get("service_method") or "imported weights"
+        note = f"method changed from {previous!r} to {method!r}: importance restarts"
+        old_memory = {k.removeprefix("memory."): v for k, v in loaded.learner_state.items() if k.startswith("memory.")}
+        if fresh.memory is not None and old_memory:
+            fresh.memory.load_state_dict(old_memory)
+            for experience in fresh.memory.as_experiences():
+                fresh.method.consolidate(loaded.model, experience)
+            note += " (measured on the carried-over exemplar memory)"
+    return fresh, note
+
+
+class _Reporter:
+    """Writes progress to the store at most every half second (and always at the end)."""
+
+    def __init__(self, store: Store, record: UpdateRecord) -> None:
+        self.store, self.record, self._last = store, record, 0.0
+
+    def __call__(self, fraction: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= 0.5:
+            self.record.progress = round(min(max(fraction, 0.0), 1.0), 4)
+            self.store.put_update(self.record)
+            self._last = now
+
+
+class _LockKeeper:
+    """Refreshes the update lock in the background; records if it was lost."""
+
+    def __init__(self, store: Store, name: str, token: int, ttl_s: float) -> None:
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+        def refresh() -> None:
+            while not self._stop.wait(ttl_s / 3):
+                try:
+                    if not store.refresh_update_lock(name, token, ttl_s):
+                        self.lost.set()
+                        return
+                except Exception:  # a store hiccup: try again at the next tick, the TTL leaves room
+                    log.warning("could not refresh the update lock of %s", name, exc_info=True)
+
+        self._thread = threading.Thread(target=refresh, name=f"lock-{name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def run_update(
+    store: Store,
+    name: str,
+    update_id: str,
+    settings: WorkerSettings,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    owner: str | None = None,
+) -> UpdateRecord:
+    """Run a queued update to its end and return its final record (status succeeded, rejected, failed or cancelled).
+
+    Raises `LockLost` (without touching the record) when another worker holds the model's lock."""
+    token = store.acquire_update_lock(name, owner or f"worker-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
+    if token is None:
+        raise LockLost(f"another update of {name!r} is running")
+    keeper = _LockKeeper(store, name, token, settings.update_lock_ttl_s)
+    record = store.get_update(name, update_id)
+    try:
+        if record.finished:
+            return record  # idempotent: a redelivered task finds its work done
+        record.status, record.started_at, record.attempts = "running", time.time(), record.attempts + 1
+        record.error = None
+        store.put_update(record)
+        stop = _stopper(should_stop, keeper)
+        try:
+            outcome = _update(store, name, record, settings, token, _Reporter(store, record), stop)
+        except UpdateCancelled:
+            record.status, record.error = "cancelled", "cancelled before it finished; nothing was committed"
+        except Exception as exc:  # the update fails; the live version keeps serving
+            log.exception("update %s of %s failed", update_id, name)
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        else:
+            record.status, record.version, record.metrics, record.error = outcome
+            record.progress = 1.0
+        record.finished_at = time.time()
+        store.put_update(record)
+        return record
+    finally:
+        keeper.stop()
+        store.release_update_lock(name, token)
+
+
+def _stopper(should_stop: Callable[[], bool] | None, keeper: _LockKeeper) -> Callable[[], bool]:
+    def stop() -> bool:
+        if keeper.lost.is_set():
+            raise Conflict("the update lock was lost; another worker may be running this model")
+        return bool(should_stop and should_stop())
+
+    return stop
+
+
+def _update(
+    store: Store,
+    name: str,
+    record: UpdateRecord,
+    settings: WorkerSettings,
+    token: int,
+    report: _Reporter,
+    stop: Callable[[], bool],
+) -> tuple[Any, int, dict[str, Any], str | None]:
+    model_record = store.get_model(name)
+    parent = store.live_version(name)
+    loaded = load_version(store, name, parent, seed=settings.seed)
+    learner, note = restore_learner(loaded, record.method, settings, model_record.method_hparams)
+    claim = store.claim(name, limit=settings.max_samples_per_update)
+    labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
+    if len(labeled) == 0 and len(unlabeled) == 0:
+        raise ValueError("no pending samples to learn from")
+    report(0.05, force=True)
+
+    spec, model = loaded.spec, loaded.model
+    old_classes = list(spec.classes)
+    chain = lineage(store, name, parent)
+    evaluation = EvaluationData.gather(store, name, chain, claim.held_out)
+    everything = evaluation.all(spec.input_shape)
+    parent_predictions = predict_labels(model, old_classes, everything.inputs) if parent is not None else None
+
+    new_labels = [label for label in dict.fromkeys(labeled.labels) if label is not None and label not in spec.classes]
+    new_classes = grow_classes(model, spec, new_labels, seed=settings.seed)
+    config = settings.train_config(seed=settings.seed + len(chain))
+    gamma = importance_s = None
+    if len(labeled):
+        targets = torch.tensor([spec.classes.index(label) for label in labeled.labels], dtype=torch.long)  # type: ignore[arg-type]
+        experience = Experience(labeled.inputs, targets, None, tuple(new_classes))
+        result = learner.learn(
+            model,
+            experience,
+            config,
+            progress=lambda p: report(0.05 + 0.8 * p.fraction),
+            should_stop=stop,
+        )
+        if result.train.stopped:
+            raise UpdateCancelled()
+        gamma, importance_s = result.gamma, result.importance_seconds
+        note = "; ".join(n for n in (note, result.note) if n) or None
+    if len(unlabeled):
+        observed = learner.observe(model, unlabeled.inputs)
+        importance_s = (importance_s or 0.0) + observed.seconds
+    report(0.88, force=True)
+    model.to("cpu")
+
+    candidate_predictions = predict_labels(model, spec.classes, everything.inputs)
+    verdict = gate(
+        parent_predictions, candidate_predictions, everything.labels, old_classes, parent, settings.max_forgetting
+    )
+    metrics = version_metrics(model, spec.classes, evaluation, chain, spec.input_shape, verdict)
+    hparams = {**learner.hparams(), "service_method": record.method}
+    version = VersionRecord(
+        model=name,
+        version=0,
+        parent=parent,
+        spec=spec.to_json(),
+        learner=hparams,
+        method=record.method,
+        train_config={"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed},
+        samples={
+            "labeled": len(labeled),
+            "unlabeled": len(unlabeled),
+            "held_out": len(claim.held_out),
+            "new_classes": new_labels,
+            "weight_align_gamma": gamma,
+            "importance_s": importance_s,
+            "note": note,
+        },
+        metrics=metrics,
+        status="candidate" if verdict.passed else "rejected",
+        update_id=record.update_id,
+        triggered_by=record.triggered_by,
+    )
+    if stop():
+        raise UpdateCancelled()
+    committed = store.commit_version(version, st.dumps(model.state_dict()), st.dumps(learner.state_dict()), fence=token)
+    store.ack(name, claim, committed.version, record.update_id, fence=token)
+    report(0.97, force=True)
+    if not verdict.passed:
+        return "rejected", committed.version, metrics, f"rejected by the forgetting gate: {verdict.describe()}"
+    promoted_by = f"auto-promote ({record.update_id})"
+    if settings.auto_promote and not store.promote(name, committed.version, by=promoted_by, expected=parent):
+        metrics["promotion"] = "not promoted: the live version changed while the update ran"
+    return "succeeded", committed.version, metrics, None
+
+
+def import_weights(
+    store: Store, name: str, weights: bytes, *, by: str | None, settings: WorkerSettings
+) -> VersionRecord:
+    """Commit pretrained weights (checked against the architecture) as a new version with no learner state."""
+    token = store.acquire_update_lock(name, f"import-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
+    if token is None:
+        raise LockLost(f"an update of {name!r} is running; import the weights when it has finished")
+    try:
+        parent = store.live_version(name)
+        base = load_version(store, name, parent)
+        try:
+            state = st.loads(weights)
+        except ValueError as exc:
+            raise ValueError(f"the body is not a safetensors file: {exc}") from exc
+        expected = base.model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise ValueError(
+                    f"weights do not fit: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+                )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"weights contain NaN or Inf in {key}")
+        base.model.load_state_dict(state)
+        chain = lineage(store, name, parent)
+        evaluation = EvaluationData.gather(store, name, chain, SampleSet.concat([], base.spec.input_shape))
+        metrics = version_metrics(base.model, base.spec.classes, evaluation, chain, base.spec.input_shape)
+        record = VersionRecord(
+            model=name,
+            version=0,
+            parent=parent,
+            spec=base.spec.to_json(),
+            learner={},
+            method="import",
+            metrics=metrics,
+            status="imported",
+            triggered_by=by,
+        )
+        return store.commit_version(record, st.dumps(base.model.state_dict()), st.dumps({}), fence=token)
+    finally:
+        store.release_update_lock(name, token)

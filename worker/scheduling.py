@@ -1,0 +1,61 @@
+"""Requesting updates: explicit ones from the API, and automatic ones from the update policy.
+
+Policy triggers merge: while an update of a model is still queued, a new trigger joins it instead of queueing
+another.  Explicit requests always queue their own update (they may name another method).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from registry import Store, UpdateRecord
+from worker.executor import Executor
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """Trigger an update when every new class has ``min_samples_per_new_class`` samples, or after
+    ``after_labeled`` new labeled samples (0 disables that rule)."""
+
+    min_samples_per_new_class: int = 20
+    after_labeled: int = 0
+    method: str = "auto"
+
+    def reason(self, pending: dict[str, Any], known_classes: list[str]) -> str | None:
+        """Why an update should start now, or None."""
+        per_class: dict[str, int] = pending.get("per_class", {})
+        new = {c: n for c, n in per_class.items() if c not in known_classes}
+        if new and all(n >= self.min_samples_per_new_class for n in new.values()):
+            return f"policy: new classes {sorted(new)} have ≥ {self.min_samples_per_new_class} samples each"
+        if self.after_labeled and pending.get("labeled", 0) >= self.after_labeled:
+            return f"policy: {pending['labeled']} new labeled samples (≥ {self.after_labeled})"
+        return None
+
+
+def new_update_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_update(
+    store: Store,
+    executor: Executor,
+    name: str,
+    method: str,
+    *,
+    triggered_by: str | None,
+    reason: str,
+    merge: bool = False,
+) -> UpdateRecord:
+    """Store a queued update and hand it to the executor; with ``merge``, join an update that is still queued."""
+    if merge:
+        for record in reversed(store.list_updates(name)):
+            if record.status == "queued":
+                return record
+    record = UpdateRecord(
+        update_id=new_update_id(), model=name, method=method, triggered_by=triggered_by, reason=reason
+    )
+    store.put_update(record)
+    executor.submit(name, record.update_id)
+    return record
