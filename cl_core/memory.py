@@ -228,7 +228,7 @@ class ExemplarMemory:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if not state:
-            self.__init__(**self.hparams())  # type: ignore[misc, arg-type]
+            self.__init__(**self.hparams())  # type: ignore[misc]
             return
         self.inputs = state["inputs"].clone()
         self.targets = state["targets"].clone()

@@ -30,8 +30,9 @@ def to_tensor(values: Sequence[Any], input_shape: Sequence[int], field: str, whe
                     f"{field}[{index}] is ragged: nested lists of unequal length", field=field, index=index
                 ) from None
             if item.shape != shape:
+                place = where.format(field=field, index=index)
                 raise InvalidData(
-                    f"{where.format(field=field, index=index)} has shape {list(item.shape)}, the model expects {list(shape)}",
+                    f"{place} has shape {list(item.shape)}, the model expects {list(shape)}",
                     field=field,
                     index=index,
                 )

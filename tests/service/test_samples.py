@@ -21,7 +21,7 @@ def test_samples_are_counted_held_out_and_trigger_the_policy(client: TestClient)
 
 def test_bad_samples_store_nothing(client: TestClient) -> None:
     create(client)
-    x, y = blobs(["a"], 4)
+    x, _ = blobs(["a"], 4)
     cases = [
         ([{"input": x[0], "label": "a"}, {"input": x[1][:5], "label": "a"}], "input", 1),
         ([{"input": x[0], "label": "a"}, {"input": x[1], "label": True}], "label", 1),
@@ -46,7 +46,7 @@ def test_bad_samples_store_nothing(client: TestClient) -> None:
 def test_sample_limits(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(max_samples_per_request=3)
     create(client)
-    x, y = blobs(["a"], 4)
+    x, _ = blobs(["a"], 4)
     response = client.post("/v1/models/m/samples", json={"samples": [{"input": v, "label": "a"} for v in x]})
     assert response.status_code == 413 and response.json()["field"] == "samples"
 
