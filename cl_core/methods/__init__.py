@@ -9,8 +9,10 @@ from cl_core.methods.ewc import EWC
 from cl_core.methods.finetune import FineTune
 from cl_core.methods.mas import MAS
 from cl_core.methods.online_ewc import OnlineEWC
+from cl_core.methods.rewc import REWC
+from cl_core.methods.slnid import SLNID
 
-METHODS: dict[str, type[ContinualMethod]] = {cls.name: cls for cls in (FineTune, EWC, OnlineEWC, MAS)}
+METHODS: dict[str, type[ContinualMethod]] = {cls.name: cls for cls in (FineTune, EWC, OnlineEWC, MAS, REWC, SLNID)}
 
 
 def build_method(base: str, **hparams: Any) -> ContinualMethod:
@@ -28,6 +30,8 @@ __all__ = [
     "EWC",
     "MAS",
     "METHODS",
+    "REWC",
+    "SLNID",
     "ConsolidationReport",
     "ContinualMethod",
     "FineTune",
