@@ -41,9 +41,8 @@ def run_demo(server: uvicorn.Server, settings: Settings) -> None:
         except ServiceError:
             client.create_model(DEMO_MODEL, "mlp", [784], options={"hidden": [400, 400]})
             inputs, labels = demo_digits([0, 1, 2, 3, 4])
-            update_id = None
-            for answer in client.post_samples_chunked(DEMO_MODEL, inputs, labels):
-                update_id = answer.get("update_id") or update_id
+            # one request: the update policy then starts exactly one update, on all of it
+            update_id = client.post_samples(DEMO_MODEL, inputs, labels).get("update_id")
             if update_id is None:
                 update_id = client.start_update(DEMO_MODEL)["update_id"]
             status = client.wait_update(DEMO_MODEL, update_id)

@@ -49,6 +49,7 @@ def register_operator_architectures(settings: Settings) -> None:
 
 
 def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: ApiMetrics) -> Runtime:
+    settings.apply_threads()
     register_operator_architectures(settings)
     store = open_store(settings.data_dir, settings.redis_url)
     update_metrics: UpdateMetrics | None = None

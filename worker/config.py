@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +24,7 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = Field(Path("./cl-data"), description="directory of the embedded store")
     redis_url: str | None = Field(None, description="redis://… selects the Redis store and Celery executor")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', …")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
 
     # training (the benchmark protocol's defaults)
     epochs: int = Field(10, ge=1, le=1000)
@@ -34,8 +36,8 @@ class WorkerSettings(BaseSettings):
 
     # the `auto` method: online EWC on labeled data (+ replay, weight aligning), MAS on unlabeled data
     exemplar_memory: bool = Field(True, description="keep exemplars for replay (switch off for privacy)")
-    memory_per_class: int = Field(20, ge=1)
-    memory_total: int | None = Field(None, ge=1)
+    memory_per_class: int = Field(200, ge=1, description="exemplars kept per class (the benchmark protocol uses 20)")
+    memory_total: int | None = Field(10_000, ge=1, description="exemplars kept in all; classes share it equally")
     auto_ewc_lambda: float = Field(100.0, ge=0)
     auto_ewc_gamma: float = Field(1.0, ge=0, le=1)
     auto_mas_lambda: float = Field(0.1, ge=0)
@@ -46,6 +48,11 @@ class WorkerSettings(BaseSettings):
 
     # one update at a time per model
     update_lock_ttl_s: float = Field(120.0, gt=0, description="the lock expires unless refreshed this often")
+
+    def apply_threads(self) -> None:
+        """Pin torch's CPU threads (several processes on one machine should not oversubscribe it)."""
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
 
     def train_config(self, seed: int | None = None) -> TrainConfig:
         return TrainConfig(
