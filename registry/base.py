@@ -65,10 +65,17 @@ class Store(ABC):
     # -- versions -------------------------------------------------------------------------------------------------
     @abstractmethod
     def commit_version(
-        self, record: VersionRecord, weights: bytes, state: bytes, *, fence: int | None = None
+        self,
+        record: VersionRecord,
+        weights: bytes,
+        state: bytes,
+        *,
+        fence: int | None = None,
+        number: int | None = None,
     ) -> VersionRecord:
-        """Store a new version atomically; the store assigns ``record.version`` (next number) and returns the
-        record as stored.  ``fence`` is the update lock's token: a stale token is a Conflict."""
+        """Store a new version atomically; the store assigns ``record.version`` (the next number, or ``number``
+        when importing: it must exceed every existing one) and returns the record as stored.  ``fence`` is the
+        update lock's token: a stale token is a Conflict."""
 
     @abstractmethod
     def get_version(self, name: str, version: int) -> VersionRecord: ...
@@ -82,6 +89,14 @@ class Store(ABC):
 
     @abstractmethod
     def read_state(self, name: str, version: int) -> bytes: ...
+
+    @abstractmethod
+    def rewrite_state(self, name: str, version: int, state: bytes) -> None:
+        """Replace a version's method state (only to scrub deleted samples out of its exemplar memory)."""
+
+    @abstractmethod
+    def delete_version(self, name: str, version: int) -> None:
+        """Remove a version that is not live (retention)."""
 
     # -- the live pointer -----------------------------------------------------------------------------------------
     @abstractmethod
@@ -99,9 +114,17 @@ class Store(ABC):
     # -- samples --------------------------------------------------------------------------------------------------
     @abstractmethod
     def append_samples(
-        self, name: str, inputs: Tensor, labels: Sequence[str | None], holdout_fraction: float
+        self,
+        name: str,
+        inputs: Tensor,
+        labels: Sequence[str | None],
+        holdout_fraction: float,
+        *,
+        request_key: str | None = None,
     ) -> tuple[list[str], list[bool]]:
-        """Store samples durably before returning their ids and held-out flags (`samples.holdout_flags`)."""
+        """Store samples durably before returning their ids (decimal strings of a per-model counter) and held-out
+        flags (`samples.holdout_flags`).  With ``request_key``, a second call with the same key stores nothing
+        and returns the first call's ids and flags (idempotent ingestion, kept until retention drops the batch)."""
 
     @abstractmethod
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
@@ -120,6 +143,24 @@ class Store(ABC):
         """The held-out samples of the experience that ``version`` consumed (empty if none)."""
 
     @abstractmethod
+    def delete_samples(self, name: str, ids: Sequence[str]) -> int:
+        """Forget samples by id: pending ones are never trained, stored ones are dropped, and the ids are kept as
+        tombstones (`deleted_ids`) so exemplar memories can drop them too.  Returns how many were found."""
+
+    @abstractmethod
+    def deleted_ids(self, name: str) -> set[int]:
+        """Ids of every sample deleted on request."""
+
+    @abstractmethod
+    def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
+        """Drop consumed training samples and held-out samples older than ``max_age_s`` or beyond the newest
+        ``max_samples`` (pending samples are kept until trained).  Returns {"training": n, "held_out": n}."""
+
+    @abstractmethod
+    def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
+        """Record held-out samples as ``version``'s experience directly (importing a model from another store)."""
+
+    @abstractmethod
     def pending_counts(self, name: str) -> dict[str, Any]:
         """What is waiting for the next update: {"labeled": n, "unlabeled": n, "held_out": n,
         "per_class": {label: n}}; ``labeled`` excludes the held-out samples, ``per_class`` counts every labeled
@@ -131,11 +172,24 @@ class Store(ABC):
         """Create or replace an update record."""
 
     @abstractmethod
+    def create_update(self, record: UpdateRecord) -> UpdateRecord:
+        """Store a new update unless one with its id exists; returns the stored one (idempotent requests)."""
+
+    @abstractmethod
     def get_update(self, name: str, update_id: str) -> UpdateRecord: ...
 
     @abstractmethod
     def list_updates(self, name: str) -> list[UpdateRecord]:
         """Oldest first."""
+
+    # -- idempotent answers ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def remember(self, name: str, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        """Keep an answer under a request key for ``ttl_s`` seconds."""
+
+    @abstractmethod
+    def recall(self, name: str, key: str) -> dict[str, Any] | None:
+        """The answer kept under a request key, if it has not expired."""
 
     # -- the per-model update lock --------------------------------------------------------------------------------
     @abstractmethod

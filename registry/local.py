@@ -7,11 +7,13 @@ Layout (format 1, recorded in ``FORMAT``)::
     models/<name>/versions/<v>/meta.json        VersionRecord        ┐ written in a temporary directory,
     models/<name>/versions/<v>/model.safetensors                     │ then renamed into place: a version is
     models/<name>/versions/<v>/state.safetensors                     ┘ visible only once complete
-    models/<name>/samples/<seq>.safetensors     one ingestion batch: inputs, with labels, ids and held-out
-                                                flags in its JSON metadata
+    models/<name>/samples/<seq>.safetensors     one ingestion batch: inputs, with labels, ids, held-out flags,
+                                                arrival time and request key in its JSON metadata
     models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed
-    models/<name>/counters.json                 labeled samples seen per class (the held-out policy)
+    models/<name>/counters.json                 next batch and sample numbers, labeled samples per class
+    models/<name>/deleted.json                  ids of samples deleted on request (tombstones)
     models/<name>/updates/<id>.json             UpdateRecord
+    models/<name>/answers/<digest>.json         idempotent answers with their expiry
 
 Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file; a crash
 between the steps of a multi-file change leaves the store consistent (a version without experience record is a
@@ -20,6 +22,7 @@ candidate whose samples are still pending, and the next update trains on them ag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -101,6 +104,8 @@ class LocalStore(Store):
         self._listeners: set[LiveListener] = set()
         self._update_locks: dict[str, tuple[int, float]] = {}  # name → (token, expires at)
         self._fences: dict[str, int] = {}
+        self._request_index: dict[str, dict[str, int]] = {}  # name → request key → batch seq (rebuilt on open)
+        self._pruned: dict[str, float] = {}  # name → when expired answers were last removed
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _lock(self, name: str) -> threading.RLock:
@@ -169,15 +174,23 @@ class LocalStore(Store):
             raise Conflict(f"update lock of {name!r} was lost (fencing token {fence} is stale)")
 
     def commit_version(
-        self, record: VersionRecord, weights: bytes, state: bytes, *, fence: int | None = None
+        self,
+        record: VersionRecord,
+        weights: bytes,
+        state: bytes,
+        *,
+        fence: int | None = None,
+        number: int | None = None,
     ) -> VersionRecord:
         name = record.model
         with self._lock(name):
             self._check_fence(name, fence)
             vdir = self._dir(name) / "versions"
             vdir.mkdir(exist_ok=True)
-            existing = self._versions(name)
-            record.version = (existing[-1] + 1) if existing else 1
+            last = max(self._versions(name), default=self._counters(name).get("last_version", 0))
+            if number is not None and number <= last:
+                raise Conflict(f"version {number} of {name!r} is not after the newest ({last})")
+            record.version = number if number is not None else last + 1
             staging = Path(tempfile.mkdtemp(dir=vdir, prefix=".commit-"))
             try:
                 write_atomic(staging / "model.safetensors", weights)
@@ -188,6 +201,9 @@ class LocalStore(Store):
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             _fsync_dir(vdir)
+            counters = self._counters(name)
+            counters["last_version"] = record.version  # numbers are never reused, even after retention
+            self._write_counters(name, counters)
         return record
 
     def get_version(self, name: str, version: int) -> VersionRecord:
@@ -202,6 +218,19 @@ class LocalStore(Store):
 
     def read_state(self, name: str, version: int) -> bytes:
         return (self._version_dir(name, version) / "state.safetensors").read_bytes()
+
+    def rewrite_state(self, name: str, version: int, state: bytes) -> None:
+        with self._lock(name):
+            write_atomic(self._version_dir(name, version) / "state.safetensors", state)
+
+    def delete_version(self, name: str, version: int) -> None:
+        with self._lock(name):
+            path = self._version_dir(name, version)
+            if self.live_version(name) == version:
+                raise Conflict(f"version {version} of {name!r} is live; promote another one first")
+            graveyard = path.parent / f".deleted-{version}-{uuid.uuid4().hex}"
+            os.rename(path, graveyard)
+            shutil.rmtree(graveyard, ignore_errors=True)
 
     # -- live pointer ---------------------------------------------------------------------------------------------
     def live_version(self, name: str) -> int | None:
@@ -238,26 +267,101 @@ class LocalStore(Store):
     def _seq(path: Path) -> int:
         return int(path.name.split(".")[0])
 
+    def _counters(self, name: str) -> dict[str, Any]:
+        path = self._dir(name) / "counters.json"
+        counters: dict[str, Any] = _read_json(path) if path.exists() else {}
+        counters.setdefault("per_class", {})
+        counters.setdefault("next_sample", 1)
+        counters.setdefault("next_batch", 1)
+        return counters
+
+    def _write_counters(self, name: str, counters: dict[str, Any]) -> None:
+        _write_json(self._dir(name) / "counters.json", counters)
+
+    def _next_numbers(self, name: str, counters: dict[str, Any]) -> tuple[int, int]:
+        """The next batch and sample numbers, never below what the newest batch used (counters are written after
+        the batch, so a crash in between must not let a number be used twice)."""
+        seq, first = int(counters["next_batch"]), int(counters["next_sample"])
+        batches = self._batches(name)
+        if batches:
+            last = batches[-1]
+            seq = max(seq, self._seq(last) + 1)
+            ids = tensors.metadata(last.read_bytes())["ids"]
+            first = max(first, max((int(i) for i in ids), default=0) + 1)
+        return seq, first
+
+    def _requests(self, name: str) -> dict[str, int]:
+        """Request key → batch, rebuilt from the batches' metadata once per process (so a crash between writing a
+        batch and any index cannot let a retry store it twice)."""
+        index = self._request_index.get(name)
+        if index is None:
+            index = {}
+            for path in self._batches(name):
+                key = tensors.metadata(path.read_bytes()).get("request_key")
+                if key:
+                    index[key] = self._seq(path)
+            self._request_index[name] = index
+        return index
+
+    def _batch_path(self, name: str, seq: int) -> Path:
+        return self._dir(name) / "samples" / f"{seq:012d}.safetensors"
+
     def append_samples(
-        self, name: str, inputs: Tensor, labels: Sequence[str | None], holdout_fraction: float
+        self,
+        name: str,
+        inputs: Tensor,
+        labels: Sequence[str | None],
+        holdout_fraction: float,
+        *,
+        request_key: str | None = None,
     ) -> tuple[list[str], list[bool]]:
         with self._lock(name):
-            mdir = self._dir(name)
-            counters_path = mdir / "counters.json"
-            counts = _read_json(counters_path) if counters_path.exists() else {}
-            held = holdout_flags(labels, counts, holdout_fraction)
-            batches = self._batches(name)
-            seq = (self._seq(batches[-1]) + 1) if batches else 1
-            ids = [f"{seq}-{i}" for i in range(len(labels))]
-            meta = {"labels": list(labels), "held_out": held, "ids": ids, "at": time.time()}
-            write_atomic(mdir / "samples" / f"{seq:012d}.safetensors", tensors.dumps({"inputs": inputs}, meta))
-            _write_json(counters_path, counts)  # after the data: a crash here only shifts the held-out rhythm
+            if request_key is not None:
+                seq = self._requests(name).get(request_key)
+                if seq is not None and self._batch_path(name, seq).exists():
+                    meta = tensors.metadata(self._batch_path(name, seq).read_bytes())
+                    return list(meta["original_ids"]), list(meta["original_held_out"])
+            counters = self._counters(name)
+            held = holdout_flags(labels, counters["per_class"], holdout_fraction)
+            seq, first = self._next_numbers(name, counters)
+            ids = [str(first + i) for i in range(len(labels))]
+            meta = {
+                "labels": list(labels),
+                "held_out": held,
+                "ids": ids,
+                "at": time.time(),
+                "request_key": request_key,
+                "original_ids": ids if request_key is not None else None,  # the answer to repeat on a retry
+                "original_held_out": held if request_key is not None else None,
+            }
+            write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta))
+            counters["next_batch"], counters["next_sample"] = seq + 1, first + len(labels)
+            self._write_counters(name, counters)
+            if request_key is not None:
+                self._requests(name)[request_key] = seq
         return ids, held
 
     def _read_batch(self, path: Path) -> tuple[SampleSet, list[bool]]:
         data = path.read_bytes()
         meta = tensors.metadata(data)
         return SampleSet(tensors.loads(data)["inputs"], meta["labels"], meta["ids"]), meta["held_out"]
+
+    def _rewrite_batch(self, path: Path, keep: list[bool]) -> int:
+        """Keep only some rows of a batch (deleting the file when none remain); returns how many were dropped."""
+        data = path.read_bytes()
+        meta = tensors.metadata(data)
+        dropped = keep.count(False)
+        if dropped == 0:
+            return 0
+        if not any(keep):
+            path.unlink()
+            _fsync_dir(path.parent)
+            return dropped
+        inputs = tensors.loads(data)["inputs"][[i for i, k in enumerate(keep) if k]]
+        for key in ("labels", "held_out", "ids"):
+            meta[key] = [v for v, k in zip(meta[key], keep, strict=True) if k]
+        write_atomic(path, tensors.dumps({"inputs": inputs}, meta))
+        return dropped
 
     def _experiences(self, name: str) -> list[ExperienceRecord]:
         path = self._dir(name) / "experiences.json"
@@ -285,21 +389,45 @@ class LocalStore(Store):
                 upto = seq
             return Claim(SampleSet.concat(train, shape), SampleSet.concat(held, shape), {"from": start, "upto": upto})
 
+    def _append_experience(self, name: str, record: ExperienceRecord) -> None:
+        experiences = self._experiences(name)
+        _write_json(self._dir(name) / "experiences.json", [e.to_json() for e in [*experiences, record]])
+
     def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
         with self._lock(name):
             self._check_fence(name, fence)
-            experiences = self._experiences(name)
             if int(str(claim.token["from"])) != self._consumed_upto(name):
                 raise Conflict(f"samples of {name!r} were consumed by another update since this claim")
-            record = ExperienceRecord(
-                version=version,
-                update_id=update_id,
-                claim=dict(claim.token),
-                labeled=len(claim.train.labeled),
-                unlabeled=len(claim.train.unlabeled),
-                held_out=len(claim.held_out),
+            self._append_experience(
+                name,
+                ExperienceRecord(
+                    version=version,
+                    update_id=update_id,
+                    claim=dict(claim.token),
+                    labeled=len(claim.train.labeled),
+                    unlabeled=len(claim.train.unlabeled),
+                    held_out=len(claim.held_out),
+                ),
             )
-            _write_json(self._dir(name) / "experiences.json", [e.to_json() for e in [*experiences, record]])
+
+    def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
+        with self._lock(name):
+            start = self._consumed_upto(name)
+            if any(self._seq(p) > start for p in self._batches(name)):
+                raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
+            seq = start
+            if len(held_out):
+                counters = self._counters(name)
+                seq, first = self._next_numbers(name, counters)
+                ids = [str(first + i) for i in range(len(held_out))]
+                meta = {"labels": held_out.labels, "held_out": [True] * len(held_out), "ids": ids, "at": time.time()}
+                write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": held_out.inputs}, meta))
+                counters["next_batch"], counters["next_sample"] = seq + 1, first + len(held_out)
+                self._write_counters(name, counters)
+            self._append_experience(
+                name,
+                ExperienceRecord(version, update_id, {"from": start, "upto": seq}, held_out=len(held_out)),
+            )
 
     def experiences(self, name: str) -> list[ExperienceRecord]:
         with self._lock(name):
@@ -318,6 +446,42 @@ class LocalStore(Store):
                             parts.append(batch.select(flags))
                     return SampleSet.concat(parts, shape)
             return SampleSet.concat([], shape)
+
+    def delete_samples(self, name: str, ids: Sequence[str]) -> int:
+        wanted = {str(i) for i in ids}
+        with self._lock(name):
+            found = 0
+            for path in self._batches(name):
+                meta = tensors.metadata(path.read_bytes())
+                keep = [i not in wanted for i in meta["ids"]]
+                found += self._rewrite_batch(path, keep)
+            tombstones = self.deleted_ids(name) | {int(i) for i in wanted if i.isdigit()}
+            _write_json(self._dir(name) / "deleted.json", sorted(tombstones))
+            return found
+
+    def deleted_ids(self, name: str) -> set[int]:
+        path = self._dir(name) / "deleted.json"
+        return set(_read_json(path)) if path.exists() else set()
+
+    def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
+        dropped = {"training": 0, "held_out": 0}
+        with self._lock(name):
+            consumed = self._consumed_upto(name)
+            now, kept = time.time(), 0
+            for path in reversed(self._batches(name)):  # newest first: the newest max_samples survive
+                if self._seq(path) > consumed:
+                    continue  # pending samples stay until trained
+                meta = tensors.metadata(path.read_bytes())
+                old = max_age_s is not None and now - float(meta["at"]) > max_age_s
+                keep = []
+                for flag in meta["held_out"]:
+                    survive = not old and (max_samples is None or kept < max_samples)
+                    kept += survive
+                    keep.append(survive)
+                    if not survive:
+                        dropped["held_out" if flag else "training"] += 1
+                self._rewrite_batch(path, keep)
+        return dropped
 
     def pending_counts(self, name: str) -> dict[str, Any]:
         with self._lock(name):
@@ -345,15 +509,48 @@ class LocalStore(Store):
             _write_json(self._dir(record.model) / "updates" / f"{record.update_id}.json", record.to_json())
 
     def get_update(self, name: str, update_id: str) -> UpdateRecord:
+        if not update_id.replace("-", "").isalnum():
+            raise NotFound(f"model {name!r} has no update {update_id!r}")
         path = self._dir(name) / "updates" / f"{update_id}.json"
-        if not path.exists() or not update_id.replace("-", "").isalnum():
+        if not path.exists():
             raise NotFound(f"model {name!r} has no update {update_id!r}")
         return UpdateRecord.from_json(_read_json(path))
+
+    def create_update(self, record: UpdateRecord) -> UpdateRecord:
+        with self._lock(record.model):
+            try:
+                return self.get_update(record.model, record.update_id)
+            except NotFound:
+                self.put_update(record)
+                return record
 
     def list_updates(self, name: str) -> list[UpdateRecord]:
         udir = self._dir(name) / "updates"
         records = [UpdateRecord.from_json(_read_json(p)) for p in udir.glob("*.json")] if udir.exists() else []
         return sorted(records, key=lambda r: (r.created_at, r.update_id))
+
+    # -- idempotent answers ----------------------------------------------------------------------------------------
+    def _answer_path(self, name: str, key: str) -> Path:
+        return self._dir(name) / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+    def remember(self, name: str, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        with self._lock(name):
+            now = time.time()
+            adir = self._dir(name) / "answers"
+            if adir.exists() and now - self._pruned.get(name, 0.0) > 60:  # expired answers go, once a minute
+                self._pruned[name] = now
+                for path in adir.glob("*.json"):
+                    if _read_json(path)["expires"] < now:
+                        path.unlink(missing_ok=True)
+            _write_json(self._answer_path(name, key), {"expires": now + ttl_s, "value": value})
+
+    def recall(self, name: str, key: str) -> dict[str, Any] | None:
+        path = self._answer_path(name, key)
+        if not path.exists():
+            return None
+        entry = _read_json(path)
+        value: dict[str, Any] | None = entry["value"] if entry["expires"] >= time.time() else None
+        return value
 
     # -- update lock (in-process; the embedded mode is one process) ------------------------------------------------
     def acquire_update_lock(self, name: str, owner: str, ttl_s: float) -> int | None:

@@ -1,8 +1,8 @@
 """Prometheus metrics (base units in names, bounded labels) and a lightweight ASGI middleware that times
 requests and enforces the body-size and media-type limits before any handler runs.
 
-Two groups: the API's (requests, predictions, live versions, held-out accuracy, BWT, forgetting) and the
-updates' (durations, outcomes), each exported by the process where it happens.
+The API's metrics live here (requests, predictions, live versions, held-out accuracy, BWT, forgetting); the
+updates' metrics (`worker.metrics`) are exported by whichever process runs updates.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from registry import UpdateRecord
 from service.errors import BodyTooLarge
 
 Scope = MutableMapping[str, Any]
@@ -25,7 +24,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-UPDATE_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class ApiMetrics:
@@ -123,28 +121,6 @@ class ApiMetrics:
             with contextlib.suppress(KeyError):
                 gauge.remove(model)
         self._clear_classes(model)
-
-
-class UpdateMetrics:
-    """What a process that runs updates measures."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.outcomes = Counter(
-            "cl_updates_total", "finished updates by outcome", ["model", "outcome"], registry=registry
-        )
-        self.duration = Histogram(
-            "cl_update_duration_seconds",
-            "wall time of an update, start to finish",
-            ["model"],
-            buckets=UPDATE_BUCKETS,
-            registry=registry,
-        )
-        self.running = Gauge("cl_updates_running", "updates running now", ["model"], registry=registry)
-
-    def observe(self, record: UpdateRecord) -> None:
-        self.outcomes.labels(record.model, record.status).inc()
-        if record.started_at is not None and record.finished_at is not None:
-            self.duration.labels(record.model).observe(max(0.0, record.finished_at - record.started_at))
 
 
 class RequestGuard:

@@ -11,10 +11,11 @@ from prometheus_client import CollectorRegistry
 from cl_core.models import register_architecture
 from registry import Store, open_store
 from service.batching import Batchers
-from service.observability import ApiMetrics, UpdateMetrics
+from service.observability import ApiMetrics
 from service.serving import LiveModel, ModelServer
 from service.settings import Settings
 from worker.executor import Executor, InProcessExecutor
+from worker.metrics import UpdateMetrics
 from worker.scheduling import UpdatePolicy
 
 log = logging.getLogger(__name__)

@@ -163,3 +163,96 @@ def _wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyp
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+def test_sample_ids_are_increasing_numbers(store: Store) -> None:
+    store.create_model(model())
+    first, _ = store.append_samples("digits", torch.rand(3, 3), ["a", "a", None], 0.0)
+    second, _ = store.append_samples("digits", torch.rand(2, 3), ["b", None], 0.0)
+    numbers = [int(i) for i in first + second]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 5
+
+
+def test_ingestion_with_a_request_key_stores_once(store: Store) -> None:
+    store.create_model(model())
+    x = torch.rand(5, 3)
+    ids, held = store.append_samples("digits", x, ["a"] * 5, 0.2, request_key="k1")
+    again, held_again = store.append_samples("digits", torch.rand(5, 3), ["a"] * 5, 0.2, request_key="k1")
+    assert (again, held_again) == (ids, held)
+    assert store.pending_counts("digits")["per_class"] == {"a": 5}
+    other, _ = store.append_samples("digits", x, ["a"] * 5, 0.2, request_key="k2")
+    assert set(other).isdisjoint(ids)
+
+
+def test_deleted_samples_are_never_trained_and_leave_tombstones(store: Store) -> None:
+    store.create_model(model())
+    ids, _ = store.append_samples("digits", torch.rand(4, 3), ["a", "b", "a", "b"], 0.0)
+    claim = store.claim("digits")
+    store.ack("digits", claim, version=1, update_id="u")
+    pending, _ = store.append_samples("digits", torch.rand(3, 3), ["c", "c", "c"], 0.0)
+    assert store.delete_samples("digits", [ids[0], pending[1], "999999"]) == 2
+    assert store.claim("digits").train.ids == [pending[0], pending[2]]
+    assert store.deleted_ids("digits") >= {int(ids[0]), int(pending[1])}
+
+
+def test_retention_drops_old_consumed_data_but_keeps_pending(store: Store) -> None:
+    store.create_model(model())
+    store.append_samples("digits", torch.rand(10, 3), ["a"] * 10, 0.2)  # 8 training + 2 held out
+    store.ack("digits", store.claim("digits"), version=1, update_id="u1")
+    store.append_samples("digits", torch.rand(4, 3), ["a"] * 4, 0.0)  # pending
+    dropped = store.apply_retention("digits", max_age_s=None, max_samples=3)
+    assert dropped["training"] + dropped["held_out"] == 7
+    assert len(store.claim("digits").train) == 4  # pending untouched
+    held_left = len(store.experience_samples("digits", 1))
+    assert held_left == 2 - dropped["held_out"]
+    again = store.apply_retention("digits", max_age_s=0.0, max_samples=None)  # everything consumed is too old now
+    assert again["training"] + again["held_out"] == 3 and again["held_out"] == held_left
+    assert len(store.experience_samples("digits", 1)) == 0
+    assert len(store.claim("digits").train) == 4
+    assert store.apply_retention("digits", max_age_s=0.0, max_samples=0) == {"training": 0, "held_out": 0}
+
+
+def test_experiences_can_be_imported(store: Store) -> None:
+    store.create_model(model())
+    held = store.claim("digits").held_out  # empty, with the right shape
+    from registry import SampleSet
+
+    samples = SampleSet(torch.rand(3, 3), ["a", "b", "a"], [])
+    store.add_experience("digits", 4, samples, "u4")
+    store.add_experience("digits", 6, held, None)
+    got = store.experience_samples("digits", 4)
+    assert got.labels == ["a", "b", "a"] and torch.equal(got.inputs, samples.inputs)
+    assert [e.version for e in store.experiences("digits")] == [4, 6]
+    assert len(store.claim("digits").train) == 0
+
+
+def test_updates_are_created_once(store: Store) -> None:
+    store.create_model(model())
+    first = store.create_update(UpdateRecord(update_id="abc", model="digits", method="auto", reason="first"))
+    second = store.create_update(UpdateRecord(update_id="abc", model="digits", method="mas", reason="second"))
+    assert first.reason == second.reason == "first"
+
+
+def test_answers_are_remembered_until_they_expire(store: Store) -> None:
+    store.create_model(model())
+    store.remember("digits", "key", {"accepted": 3}, ttl_s=30)
+    assert store.recall("digits", "key") == {"accepted": 3}
+    store.remember("digits", "short", {"x": 1}, ttl_s=0.05)
+    _wait_for(lambda: store.recall("digits", "short") is None)
+    assert store.recall("digits", "unknown") is None
+
+
+def test_versions_can_be_numbered_scrubbed_and_deleted(store: Store) -> None:
+    store.create_model(model())
+    store.commit_version(version(), st.dumps({}), st.dumps({"a": torch.ones(1)}), number=3)
+    with pytest.raises(Conflict):
+        store.commit_version(version(), st.dumps({}), st.dumps({}), number=2)
+    assert store.commit_version(version(), st.dumps({}), st.dumps({})).version == 4
+    store.rewrite_state("digits", 3, st.dumps({"a": torch.zeros(1)}))
+    assert torch.equal(st.loads(store.read_state("digits", 3))["a"], torch.zeros(1))
+    store.promote("digits", 4, by="x")
+    with pytest.raises(Conflict):
+        store.delete_version("digits", 4)
+    store.delete_version("digits", 3)
+    assert [v.version for v in store.list_versions("digits")] == [4]
+    assert store.commit_version(version(), st.dumps({}), st.dumps({})).version == 5  # numbers are not reused

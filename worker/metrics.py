@@ -1,0 +1,32 @@
+"""Metrics of updates, exported by the process that runs them: the API process in the embedded mode, each Celery
+worker (its own HTTP endpoint) in distributed mode, so durations and failures are measured where they happen."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from registry import UpdateRecord
+
+UPDATE_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class UpdateMetrics:
+    """What a process that runs updates measures."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "cl_updates_total", "finished updates by outcome", ["model", "outcome"], registry=registry
+        )
+        self.duration = Histogram(
+            "cl_update_duration_seconds",
+            "wall time of an update, start to finish",
+            ["model"],
+            buckets=UPDATE_BUCKETS,
+            registry=registry,
+        )
+        self.running = Gauge("cl_updates_running", "updates running now", ["model"], registry=registry)
+
+    def observe(self, record: UpdateRecord) -> None:
+        self.outcomes.labels(record.model, record.status).inc()
+        if record.started_at is not None and record.finished_at is not None:
+            self.duration.labels(record.model).observe(max(0.0, record.finished_at - record.started_at))
