@@ -182,6 +182,13 @@ class Store(ABC):
     def list_updates(self, name: str) -> list[UpdateRecord]:
         """Oldest first."""
 
+    @abstractmethod
+    def request_cancel(self, name: str, update_id: str) -> None:
+        """Flag an update for cancellation (kept apart from the record, which its runner rewrites)."""
+
+    @abstractmethod
+    def cancel_requested(self, name: str, update_id: str) -> bool: ...
+
     # -- idempotent answers ----------------------------------------------------------------------------------------
     @abstractmethod
     def remember(self, name: str, key: str, value: dict[str, Any], ttl_s: float) -> None:

@@ -516,6 +516,13 @@ class LocalStore(Store):
             raise NotFound(f"model {name!r} has no update {update_id!r}")
         return UpdateRecord.from_json(_read_json(path))
 
+    def request_cancel(self, name: str, update_id: str) -> None:
+        self.get_update(name, update_id)
+        write_atomic(self._dir(name) / "updates" / f"{update_id}.cancel", b"")
+
+    def cancel_requested(self, name: str, update_id: str) -> bool:
+        return (self._dir(name) / "updates" / f"{update_id}.cancel").exists()
+
     def create_update(self, record: UpdateRecord) -> UpdateRecord:
         with self._lock(record.model):
             try:

@@ -24,13 +24,22 @@ FinishListener = Callable[[UpdateRecord], None]
 class Executor(ABC):
     """Runs updates stored as queued; one at a time per model."""
 
+    store: Store
+
     @abstractmethod
     def submit(self, name: str, update_id: str) -> None:
         """Schedule a stored, queued update."""
 
-    @abstractmethod
     def cancel(self, name: str, update_id: str) -> None:
-        """Ask a queued or running update to stop (between batches)."""
+        """Cancel a queued update at once; ask a running one to stop between batches (via the store, so that it
+        works wherever the update runs)."""
+        record = self.store.get_update(name, update_id)
+        if record.finished:
+            return
+        self.store.request_cancel(name, update_id)
+        if record.status == "queued":
+            record.status, record.error = "cancelled", "cancelled before it started"
+            self.store.put_update(record)
 
     @abstractmethod
     def queue_depth(self) -> int:
@@ -40,7 +49,7 @@ class Executor(ABC):
         """Begin executing (threads, connections)."""
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop taking work; with ``wait``, let running updates reach their end."""
+        """Stop taking work; running updates stop at their next batch and go back to the queue."""
 
     def recover(self, store: Store) -> list[str]:
         """Re-queue updates a crash left queued or running; returns their ids."""
@@ -70,7 +79,6 @@ class InProcessExecutor(Executor):
         self.store, self.settings = store, settings
         self._queues: dict[str, deque[str]] = {}
         self._running: dict[str, str] = {}  # model → update id
-        self._cancelled: set[str] = set()
         self._cond = threading.Condition()
         self._stopping = False
         self._threads = [
@@ -92,13 +100,10 @@ class InProcessExecutor(Executor):
 
     def cancel(self, name: str, update_id: str) -> None:
         with self._cond:
-            self._cancelled.add(update_id)
             queue = self._queues.get(name)
             if queue is not None and update_id in queue:
                 queue.remove(update_id)
-                record = self.store.get_update(name, update_id)
-                record.status, record.error = "cancelled", "cancelled before it started"
-                self.store.put_update(record)
+        super().cancel(name, update_id)
 
     def queue_depth(self) -> int:
         with self._cond:
@@ -109,14 +114,15 @@ class InProcessExecutor(Executor):
             return dict(self._running)
 
     def shutdown(self, wait: bool = True) -> None:
+        """Take no new work; running updates stop at their next batch and are re-queued (run again at the next
+        start, see `recover`).  With ``wait``, return once they have stopped."""
         with self._cond:
             self._stopping = True
-            if not wait:
-                self._cancelled.update(self._running.values())
             self._cond.notify_all()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join()
+        if wait:
+            for thread in self._threads:
+                if thread.is_alive():
+                    thread.join()
 
     def _next(self) -> tuple[str, str] | None:
         """The next (model, update) whose model is idle; waits for one.  None when shutting down."""
@@ -135,8 +141,8 @@ class InProcessExecutor(Executor):
         while (job := self._next()) is not None:
             name, update_id = job
             try:
-                record = run_update(self.store, name, update_id, self.settings, should_stop=self._stopper(update_id))
-                if self._on_finish is not None:
+                record = run_update(self.store, name, update_id, self.settings, preempted=lambda: self._stopping)
+                if self._on_finish is not None and record.finished:
                     self._on_finish(record)
             except LockLost:
                 log.warning("update %s of %s waits: another worker holds the lock", update_id, name)
@@ -146,11 +152,7 @@ class InProcessExecutor(Executor):
             finally:
                 with self._cond:
                     self._running.pop(name, None)
-                    self._cancelled.discard(update_id)
                     self._cond.notify_all()
-
-    def _stopper(self, update_id: str) -> Callable[[], bool]:
-        return lambda: update_id in self._cancelled
 
     def _requeue_later(self, name: str, update_id: str, delay_s: float = 1.0) -> None:
         timer = threading.Timer(delay_s, self.submit, args=(name, update_id))

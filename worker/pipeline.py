@@ -137,11 +137,13 @@ def run_update(
     update_id: str,
     settings: WorkerSettings,
     *,
-    should_stop: Callable[[], bool] | None = None,
+    preempted: Callable[[], bool] | None = None,
     owner: str | None = None,
 ) -> UpdateRecord:
     """Run a queued update to its end and return its final record (status succeeded, rejected, failed or cancelled).
 
+    The update stops between batches when it is cancelled (`Store.request_cancel`) or ``preempted()`` turns true
+    (a shutdown): then nothing is committed, and a preempted update goes back to "queued" to run again.
     Raises `LockLost` (without touching the record) when another worker holds the model's lock."""
     token = store.acquire_update_lock(name, owner or f"worker-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
     if token is None:
@@ -154,10 +156,15 @@ def run_update(
         record.status, record.started_at, record.attempts = "running", time.time(), record.attempts + 1
         record.error = None
         store.put_update(record)
-        stop = _stopper(should_stop, keeper)
+        stop = _Stopper(store, name, update_id, preempted, keeper)
         try:
             outcome = _update(store, name, record, settings, token, _Reporter(store, record), stop)
         except UpdateCancelled:
+            if stop.preempted:
+                record.status, record.progress, record.started_at = "queued", 0.0, None
+                record.error = "interrupted by a shutdown; it runs again from the start"
+                store.put_update(record)
+                return record
             record.status, record.error = "cancelled", "cancelled before it finished; nothing was committed"
         except Exception as exc:  # the update fails; the live version keeps serving
             log.exception("update %s of %s failed", update_id, name)
@@ -173,13 +180,34 @@ def run_update(
         store.release_update_lock(name, token)
 
 
-def _stopper(should_stop: Callable[[], bool] | None, keeper: _LockKeeper) -> Callable[[], bool]:
-    def stop() -> bool:
-        if keeper.lost.is_set():
-            raise Conflict("the update lock was lost; another worker may be running this model")
-        return bool(should_stop and should_stop())
+class _Stopper:
+    """Asked between batches whether to stop: a lost lock raises, a cancellation (read from the store at most
+    twice a second) or a preemption stops."""
 
-    return stop
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        update_id: str,
+        preempted: Callable[[], bool] | None,
+        keeper: _LockKeeper,
+    ) -> None:
+        self.store, self.name, self.update_id = store, name, update_id
+        self._preempted, self._keeper = preempted, keeper
+        self._checked, self._cancelled = 0.0, False
+        self.preempted = False
+
+    def __call__(self) -> bool:
+        if self._keeper.lost.is_set():
+            raise Conflict("the update lock was lost; another worker may be running this model")
+        if self._preempted is not None and self._preempted():
+            self.preempted = True
+            return True
+        now = time.monotonic()
+        if not self._cancelled and now - self._checked >= 0.5:
+            self._checked = now
+            self._cancelled = self.store.cancel_requested(self.name, self.update_id)
+        return self._cancelled
 
 
 def _update(

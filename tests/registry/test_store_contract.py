@@ -140,6 +140,11 @@ def test_update_records(store: Store) -> None:
     assert [u.update_id for u in store.list_updates("digits")] == ["u1", "u2"]
     with pytest.raises(NotFound):
         store.get_update("digits", "u3")
+    assert not store.cancel_requested("digits", "u1")
+    store.request_cancel("digits", "u1")
+    assert store.cancel_requested("digits", "u1") and not store.cancel_requested("digits", "u2")
+    store.put_update(store.get_update("digits", "u1"))  # rewriting the record keeps the flag
+    assert store.cancel_requested("digits", "u1")
 
 
 def test_update_lock_is_exclusive_fenced_and_expires(store: Store) -> None:

@@ -69,7 +69,7 @@ def test_report_along_two_versions(client: TestClient) -> None:
 
 
 def test_cancel_a_queued_update(make_client) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(epochs=200)
+    client = make_client(epochs=5000)
     create(client)
     post_samples(client, "m", *blobs(["a", "b"], 8))
     first = client.post("/v1/models/m/updates", json={}).json()["update_id"]

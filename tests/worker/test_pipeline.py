@@ -141,3 +141,20 @@ def test_lock_held_elsewhere_and_weight_import(tmp_path: Path, digits: dict[int,
         import_weights(store, "digits", st.dumps({"x": torch.zeros(1)}), by="admin", settings=SETTINGS)
     with pytest.raises(ValueError, match="safetensors"):
         import_weights(store, "digits", b"not safetensors", by="admin", settings=SETTINGS)
+
+
+def test_preempted_update_goes_back_to_the_queue_and_cancelled_one_commits_nothing(
+    tmp_path: Path, digits: dict[int, torch.Tensor]
+) -> None:
+    store = make_store(tmp_path)
+    post(store, digits, [0, 1], n=40)
+    record = UpdateRecord(update_id=new_update_id(), model="digits", method="auto")
+    store.put_update(record)
+    result = run_update(store, "digits", record.update_id, SETTINGS, preempted=lambda: True)
+    assert result.status == "queued" and "shutdown" in (result.error or "")
+    assert store.list_versions("digits") == [] and store.pending_counts("digits")["labeled"] == 64
+    store.request_cancel("digits", record.update_id)
+    assert store.cancel_requested("digits", record.update_id)
+    result = run_update(store, "digits", record.update_id, SETTINGS)
+    assert result.status == "cancelled" and store.list_versions("digits") == []
+    assert store.pending_counts("digits")["labeled"] == 64
