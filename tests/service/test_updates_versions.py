@@ -69,9 +69,9 @@ def test_report_along_two_versions(client: TestClient) -> None:
 
 
 def test_cancel_a_queued_update(make_client) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(epochs=5000)
+    client = make_client(epochs=1000, policy_min_samples_per_new_class=1000)
     create(client)
-    post_samples(client, "m", *blobs(["a", "b"], 8))
+    post_samples(client, "m", *blobs(["a", "b"], 40))
     first = client.post("/v1/models/m/updates", json={}).json()["update_id"]
     second = client.post("/v1/models/m/updates", json={}).json()["update_id"]
     assert client.delete(f"/v1/models/m/updates/{second}").json()["status"] == "cancelled"
