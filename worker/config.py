@@ -46,6 +46,9 @@ class WorkerSettings(BaseSettings):
     max_forgetting: float = Field(0.05, ge=0, le=1, description="largest allowed drop of old-class accuracy")
     auto_promote: bool = Field(True, description="promote candidates that pass the gate")
 
+    # retention
+    keep_versions: int | None = Field(20, ge=0, description="keep the newest N versions plus every promoted one")
+
     # one update at a time per model
     update_lock_ttl_s: float = Field(120.0, gt=0, description="the lock expires unless refreshed this often")
 

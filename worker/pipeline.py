@@ -28,6 +28,7 @@ from registry import tensors as st
 from worker.config import WorkerSettings
 from worker.evaluation import EvaluationData, gate, lineage, predict_labels, version_metrics
 from worker.learners import build_learner
+from worker.retention import prune_versions
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +295,12 @@ def _update(
     store.ack(name, claim, committed.version, record.update_id, fence=token)
     report(0.97, force=True)
     if not verdict.passed:
+        prune_versions(store, name, settings.keep_versions)
         return "rejected", committed.version, metrics, f"rejected by the forgetting gate: {verdict.describe()}"
     promoted_by = f"auto-promote ({record.update_id})"
     if settings.auto_promote and not store.promote(name, committed.version, by=promoted_by, expected=parent):
         metrics["promotion"] = "not promoted: the live version changed while the update ran"
+    prune_versions(store, name, settings.keep_versions)
     return "succeeded", committed.version, metrics, None
 
 

@@ -158,3 +158,19 @@ def test_preempted_update_goes_back_to_the_queue_and_cancelled_one_commits_nothi
     result = run_update(store, "digits", record.update_id, SETTINGS)
     assert result.status == "cancelled" and store.list_versions("digits") == []
     assert store.pending_counts("digits")["labeled"] == 64
+
+
+def test_retention_keeps_newest_and_promoted_versions(tmp_path: Path) -> None:
+    from registry import VersionRecord
+    from worker.retention import prune_versions
+
+    store = make_store(tmp_path)
+    for _ in range(6):
+        store.commit_version(
+            VersionRecord(model="digits", version=0, parent=None, spec={}, learner={}, method="x"), b"", b""
+        )
+    store.promote("digits", 2, by="a")
+    store.promote("digits", 3, by="a")
+    assert prune_versions(store, "digits", keep_last=2) == [1, 4]
+    assert [v.version for v in store.list_versions("digits")] == [2, 3, 5, 6]
+    assert prune_versions(store, "digits", keep_last=None) == []
