@@ -24,6 +24,7 @@ class Experience:
     targets: Tensor | None = None
     active_outputs: tuple[int, ...] | None = None
     new_classes: tuple[int, ...] = field(default_factory=tuple)
+    ids: Tensor | None = None  # the store's sample ids (int64), so an exemplar memory can honour deletions
 
     def __post_init__(self) -> None:
         check_inputs(self.inputs)
@@ -41,6 +42,8 @@ class Experience:
                         f"{list(self.active_outputs)}"
                     )
         self.new_classes = tuple(int(i) for i in self.new_classes)
+        if self.ids is not None and tuple(self.ids.shape) != (len(self.inputs),):
+            raise ValueError(f"ids must have one entry per sample, got shape {tuple(self.ids.shape)}")
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -57,4 +60,5 @@ class Experience:
             None if self.targets is None else self.targets[idx],
             self.active_outputs,
             self.new_classes,
+            None if self.ids is None else self.ids[idx],
         )

@@ -63,6 +63,7 @@ class ExemplarMemory:
         self.inputs: Tensor | None = None
         self.targets = torch.zeros(0, dtype=torch.long)
         self.groups = torch.zeros(0, dtype=torch.long)
+        self.ids = torch.zeros(0, dtype=torch.long)  # the store's sample ids (-1: unknown), for deletion requests
         self.active: list[tuple[int, ...] | None] = []
         self.seen: dict[int, int] = {}  # samples of each class offered so far (reservoir)
         self._updates = 0
@@ -97,24 +98,28 @@ class ExemplarMemory:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._updates)
         group = self._group(experience.active_outputs)
         labels = experience.targets.cpu()
+        ids = experience.ids.cpu() if experience.ids is not None else torch.full((len(labels),), -1)
+        tags = torch.stack([torch.full_like(ids, group), ids], dim=1)  # (group, sample id) per sample
+        old_tags = torch.stack([self.groups, self.ids], dim=1)
         all_classes = sorted(set(self.targets.tolist()) | set(labels.tolist()))
         quota = self.quota(len(all_classes))
-        keep_x, keep_y, keep_g = [], [], []
+        keep_x, keep_y, keep_t = [], [], []
         for cls in all_classes:
             old = (self.targets == cls).nonzero().flatten()
             new = (labels == cls).nonzero().flatten()
             old_x = self.inputs[old] if self.inputs is not None and len(old) else None
             new_x = experience.inputs[new].cpu()
             if self.selection == "reservoir":
-                x, g = self._reservoir(cls, old_x, self.groups[old], new_x, group, quota, generator)
+                x, t = self._reservoir(cls, old_x, old_tags[old], new_x, tags[new], quota, generator)
             else:
-                x, g = self._herding(model, old_x, self.groups[old], new_x, group, quota)
+                x, t = self._herding(model, old_x, old_tags[old], new_x, tags[new], quota)
             keep_x.append(x)
             keep_y.append(torch.full((len(x),), cls, dtype=torch.long))
-            keep_g.append(g)
+            keep_t.append(t)
         self.inputs = torch.cat(keep_x)
         self.targets = torch.cat(keep_y)
-        self.groups = torch.cat(keep_g)
+        kept = torch.cat(keep_t).reshape(-1, 2)
+        self.groups, self.ids = kept[:, 0].clone(), kept[:, 1].clone()
         self._drop_unused_groups()
 
     def _group(self, active: tuple[int, ...] | None) -> int:
@@ -133,38 +138,40 @@ class ExemplarMemory:
         self,
         cls: int,
         old_x: Tensor | None,
-        old_g: Tensor,
+        old_t: Tensor,
         new_x: Tensor,
-        group: int,
+        new_t: Tensor,
         quota: int,
         generator: torch.Generator,
     ) -> tuple[Tensor, Tensor]:
-        """Algorithm R: the i-th sample of a class replaces a random slot with probability quota / i."""
+        """Algorithm R: the i-th sample of a class replaces a random slot with probability quota / i.
+
+        ``*_t`` are each sample's (group, id) tags, carried along with the inputs."""
         xs = list(old_x) if old_x is not None else []
-        gs = old_g.tolist()
-        xs, gs = xs[:quota], gs[:quota]
+        ts = old_t.tolist()
+        xs, ts = xs[:quota], ts[:quota]
         seen = self.seen.get(cls, len(xs))
-        for x in new_x:
+        for x, t in zip(new_x, new_t.tolist(), strict=True):
             seen += 1
             if len(xs) < quota:
                 xs.append(x)
-                gs.append(group)
+                ts.append(t)
             else:
                 slot = int(torch.randint(0, seen, (1,), generator=generator))
                 if slot < quota:
                     xs[slot] = x
-                    gs[slot] = group
+                    ts[slot] = t
         self.seen[cls] = seen
         empty = new_x[:0] if old_x is None else old_x[:0]
-        return (torch.stack(xs) if xs else empty), torch.tensor(gs, dtype=torch.long)
+        return (torch.stack(xs) if xs else empty), torch.tensor(ts, dtype=torch.long).reshape(-1, 2)
 
     @torch.no_grad()
     def _herding(
-        self, model: nn.Module, old_x: Tensor | None, old_g: Tensor, new_x: Tensor, group: int, quota: int
+        self, model: nn.Module, old_x: Tensor | None, old_t: Tensor, new_x: Tensor, new_t: Tensor, quota: int
     ) -> tuple[Tensor, Tensor]:
         """iCaRL herding over the old exemplars and the new samples of one class together."""
         cand = new_x if old_x is None else torch.cat([old_x, new_x])
-        cand_g = torch.cat([old_g, torch.full((len(new_x),), group, dtype=torch.long)])
+        cand_g = torch.cat([old_t, new_t])
         if len(cand) <= quota:
             return cand, cand_g
         feats = _features(model, cand)
@@ -219,6 +226,7 @@ class ExemplarMemory:
             "inputs": self.inputs.contiguous(),
             "targets": self.targets.contiguous(),
             "groups": self.groups.contiguous(),
+            "ids": self.ids.contiguous(),
             "group_outputs": table,
             "group_all": torch.tensor([a is None for a in self.active], dtype=torch.bool),
             "seen_classes": torch.tensor(seen_classes, dtype=torch.long),
@@ -233,6 +241,7 @@ class ExemplarMemory:
         self.inputs = state["inputs"].clone()
         self.targets = state["targets"].clone()
         self.groups = state["groups"].clone()
+        self.ids = state["ids"].clone() if "ids" in state else torch.full_like(self.groups, -1)
         self.active = [
             None if bool(everything) else tuple(int(o) for o in row.tolist() if o >= 0)
             for row, everything in zip(state["group_outputs"], state["group_all"], strict=True)
@@ -241,11 +250,20 @@ class ExemplarMemory:
         self._updates = int(state["updates"])
 
     def keep_only(self, keep: Tensor) -> None:
-        """Drop exemplars where ``keep`` is False (deletion requests)."""
+        """Drop exemplars where ``keep`` is False."""
         if self.inputs is None:
             return
-        self.inputs, self.targets, self.groups = self.inputs[keep], self.targets[keep], self.groups[keep]
+        self.inputs, self.targets = self.inputs[keep], self.targets[keep]
+        self.groups, self.ids = self.groups[keep], self.ids[keep]
         self._drop_unused_groups()
+
+    def forget(self, ids: set[int]) -> int:
+        """Drop the exemplars of deleted samples; returns how many were held."""
+        if self.inputs is None or not ids:
+            return 0
+        gone = torch.isin(self.ids, torch.tensor(sorted(ids), dtype=torch.long))
+        self.keep_only(~gone)
+        return int(gone.sum())
 
 
 def _features(model: nn.Module, x: Tensor) -> Tensor:

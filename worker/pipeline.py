@@ -224,6 +224,8 @@ def _update(
     parent = store.live_version(name)
     loaded = load_version(store, name, parent, seed=settings.seed)
     learner, note = restore_learner(loaded, record.method, settings, model_record.method_hparams)
+    if learner.memory is not None:
+        learner.memory.forget(store.deleted_ids(name))  # samples deleted since the parent was committed
     claim = store.claim(name, limit=settings.max_samples_per_update)
     labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
     if len(labeled) == 0 and len(unlabeled) == 0:
@@ -243,7 +245,8 @@ def _update(
     gamma = importance_s = None
     if len(labeled):
         targets = torch.tensor([spec.classes.index(label) for label in labeled.labels], dtype=torch.long)  # type: ignore[arg-type]
-        experience = Experience(labeled.inputs, targets, None, tuple(new_classes))
+        ids = torch.tensor([int(i) for i in labeled.ids], dtype=torch.long) if labeled.ids else None
+        experience = Experience(labeled.inputs, targets, None, tuple(new_classes), ids)
         result = learner.learn(
             model,
             experience,
@@ -291,6 +294,8 @@ def _update(
     )
     if stop():
         raise UpdateCancelled()
+    if learner.memory is not None:
+        learner.memory.forget(store.deleted_ids(name))  # deleted while this update ran
     committed = store.commit_version(version, st.dumps(model.state_dict()), st.dumps(learner.state_dict()), fence=token)
     store.ack(name, claim, committed.version, record.update_id, fence=token)
     report(0.97, force=True)

@@ -189,3 +189,17 @@ def test_weight_aligning_is_skipped_for_a_head_trained_without_its_constraint() 
     )
     assert report.gamma is None and "skipped" in (report.note or "")
     assert bool((model.head.weight[:2] < 0).any()) and not torch.equal(model.head.weight[:2], head_before)
+
+
+def test_memory_keeps_sample_ids_and_forgets_them_on_request() -> None:
+    for selection in ("herding", "reservoir"):
+        memory = ExemplarMemory(per_class=3, selection=selection)  # type: ignore[arg-type]
+        data = labeled({0: 5, 1: 5})
+        data.ids = torch.arange(100, 110)
+        memory.update(Identity(), data)
+        assert len(memory) == 6 and set(memory.ids.tolist()) <= set(range(100, 110))
+        restored = ExemplarMemory(**memory.hparams())
+        restored.load_state_dict(load(save(memory.state_dict())))
+        assert torch.equal(restored.ids, memory.ids)
+        victim = int(memory.ids[0])
+        assert restored.forget({victim, 999}) == 1 and victim not in restored.ids.tolist() and len(restored) == 5

@@ -174,3 +174,21 @@ def test_retention_keeps_newest_and_promoted_versions(tmp_path: Path) -> None:
     assert prune_versions(store, "digits", keep_last=2) == [1, 4]
     assert [v.version for v in store.list_versions("digits")] == [2, 3, 5, 6]
     assert prune_versions(store, "digits", keep_last=None) == []
+
+
+def test_deleted_samples_leave_every_exemplar_memory(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
+    from worker.deletion import forget_samples
+
+    store = make_store(tmp_path)
+    post(store, digits, [0, 1], n=30)
+    assert update(store).status == "succeeded"
+    state = load_version(store, "digits", 1).learner_state
+    held_ids = [str(int(i)) for i in state["memory.ids"].tolist()[:5]]
+    assert len(held_ids) == 5 and all(int(i) > 0 for i in held_ids)
+    result = forget_samples(store, "digits", held_ids, SETTINGS)
+    assert result.exemplars == 5 and result.versions == 1
+    after = load_version(store, "digits", 1).learner_state["memory.ids"].tolist()
+    assert not set(map(int, held_ids)) & set(after)
+    post(store, digits, [2], n=30)
+    assert update(store).status in ("succeeded", "rejected")  # either way version 2 is committed
+    assert not set(map(int, held_ids)) & set(load_version(store, "digits", 2).learner_state["memory.ids"].tolist())

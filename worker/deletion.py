@@ -1,0 +1,57 @@
+"""Deleting samples on request: gone from the store, from future training and from every exemplar memory.
+
+Versions are immutable except here: a deleted sample's exemplar is scrubbed out of every stored version's method
+state, under the model's update lock so that no update commits a memory that still holds it (the pipeline also
+drops tombstoned ids before training and before committing).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cl_core.learner import Learner
+from registry import Store
+from registry import tensors as st
+from worker.config import WorkerSettings
+from worker.pipeline import LockLost
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    samples: int  # raw samples found and deleted
+    exemplars: int  # exemplar copies scrubbed from stored versions
+    versions: int  # versions whose state was rewritten
+
+
+def forget_samples(
+    store: Store, name: str, ids: Sequence[str], settings: WorkerSettings, *, wait_s: float = 60.0
+) -> Forgotten:
+    """Delete samples by id and scrub them from every version's exemplar memory."""
+    deleted = store.delete_samples(name, ids)
+    tombstones = store.deleted_ids(name)
+    deadline = time.monotonic() + wait_s
+    while (
+        token := store.acquire_update_lock(name, f"forget-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
+    ) is None:
+        if time.monotonic() > deadline:
+            raise LockLost(f"an update of {name!r} kept running; the samples are deleted, the scrub is not done yet")
+        time.sleep(0.2)
+    scrubbed = rewritten = 0
+    try:
+        for record in store.list_versions(name):
+            if not record.learner or not (record.learner.get("memory")):
+                continue
+            learner = Learner.from_hparams(record.learner)
+            learner.load_state_dict(st.loads(store.read_state(name, record.version)))
+            assert learner.memory is not None
+            removed = learner.memory.forget(tombstones)
+            if removed:
+                store.rewrite_state(name, record.version, st.dumps(learner.state_dict()))
+                scrubbed += removed
+                rewritten += 1
+    finally:
+        store.release_update_lock(name, token)
+    return Forgotten(deleted, scrubbed, rewritten)
