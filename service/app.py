@@ -83,5 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with_google_fonts=False,
         )
 
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, metrics=api_metrics)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        metrics=api_metrics,
+    )
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import uvicorn
 
 from service.app import create_app
 from service.settings import Settings
+from worker.audit import install_handler as install_audit_handler
 
 app = typer.Typer(add_completion=False)
 
@@ -38,7 +40,14 @@ def main(
         )
         raise typer.Exit(2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    install_audit_handler(sys.stdout)  # one JSON object per line, for log shippers
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
     server = uvicorn.Server(config)
     if demo:
         from service.demo import run_demo

@@ -28,7 +28,9 @@ StoreDep = Annotated[Store, Depends(get_store)]
 
 
 def _caller(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return authenticate(runtime.settings, authorization)
+    principal = authenticate(runtime.settings, authorization)
+    runtime.limiter.take(principal.name)
+    return principal
 
 
 def _needs(scope: str):  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -59,6 +59,12 @@ class ApiMetrics:
             ["model", "kind"],
             registry=registry,
         )
+        self.samples_dropped = Counter(
+            "cl_samples_dropped_total",
+            "raw samples removed, by reason (retention, deleted)",
+            ["model", "reason"],
+            registry=registry,
+        )
         self.live_version = Gauge("cl_model_live_version", "the version being served", ["model"], registry=registry)
         self.promotion_time = Gauge(
             "cl_model_live_since_timestamp_seconds", "when the served version went live", ["model"], registry=registry
@@ -81,6 +87,12 @@ class ApiMetrics:
             "cl_model_forgetting_ratio", "average forgetting along the live lineage", ["model"], registry=registry
         )
         self.queue_depth = Gauge("cl_update_queue_depth", "updates waiting to start", ["model"], registry=registry)
+        self.serving = Gauge(
+            "cl_model_serving",
+            "1 while this process serves a live version of the model, 0 while the model has none (set on scrape)",
+            ["model"],
+            registry=registry,
+        )
 
     def observe_live(self, model: str, version: int | None, metrics: dict[str, Any], max_classes: int) -> None:
         """Export a newly served version's figures (and drop the previous per-class series)."""
@@ -117,6 +129,7 @@ class ApiMetrics:
             self.bwt,
             self.forgetting,
             self.queue_depth,
+            self.serving,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(model)
@@ -126,8 +139,10 @@ class ApiMetrics:
 class RequestGuard:
     """Pure ASGI middleware: 413 for oversized bodies, 415 for wrong media types, request metrics by route."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: ApiMetrics | None) -> None:
-        self.app, self.max_body, self.metrics = app, max_body_bytes, metrics
+    UPLOADS: ClassVar[dict[str, bytes]] = {"/weights": b"application/octet-stream", "/import": b"application/zip"}
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int, metrics: ApiMetrics | None) -> None:
+        self.app, self.max_body, self.max_upload, self.metrics = app, max_body_bytes, max_upload_bytes, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -141,12 +156,14 @@ class RequestGuard:
                 status_holder["status"] = message["status"]
             await send(message)
 
-        problem = self._check_headers(scope)
+        upload = next((media for suffix, media in self.UPLOADS.items() if scope.get("path", "").endswith(suffix)), None)
+        limit = self.max_upload if upload is not None else self.max_body
+        problem = self._check_headers(scope, limit, upload or b"application/json")
         try:
             if problem is not None:
                 await _reply(send_wrapper, *problem)
                 return
-            await self.app(scope, self._limited(receive, send_wrapper), send_wrapper)
+            await self.app(scope, self._limited(receive, limit), send_wrapper)
         finally:
             if self.metrics is not None:
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -154,17 +171,17 @@ class RequestGuard:
                 self.metrics.requests.labels(method, route, str(status_holder["status"])).inc()
                 self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
-    def _check_headers(self, scope: Scope) -> tuple[int, str, str | None] | None:
+    @staticmethod
+    def _check_headers(scope: Scope, limit: int, expected: bytes) -> tuple[int, str, str | None] | None:
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return None
         headers = dict(scope.get("headers", []))
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return 413, f"the body is larger than the limit of {self.max_body} bytes", None
+        if length is not None and length.isdigit() and int(length) > limit:
+            return 413, f"the body is larger than the limit of {limit} bytes", None
         if length == b"0":
             return None
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        expected = b"application/octet-stream" if scope.get("path", "").endswith("/weights") else b"application/json"
         if (length is not None or b"transfer-encoding" in headers) and media != expected:
             return (
                 415,
@@ -173,7 +190,8 @@ class RequestGuard:
             )
         return None
 
-    def _limited(self, receive: Receive, send: Send) -> Receive:
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def wrapped() -> Message:
@@ -181,8 +199,8 @@ class RequestGuard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise BodyTooLarge(self.max_body)
+                if seen > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         return wrapped

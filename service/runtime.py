@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
 from cl_core.models import register_architecture
-from registry import Store, open_store
+from registry import Store, StoreError, open_store
 from service.batching import Batchers
 from service.observability import ApiMetrics
+from service.quotas import RateLimiter
 from service.serving import LiveModel, ModelServer
 from service.settings import Settings
+from worker.audit import audit
 from worker.executor import Executor, InProcessExecutor
 from worker.metrics import UpdateMetrics
 from worker.scheduling import UpdatePolicy
@@ -32,9 +35,11 @@ class Runtime:
     registry: CollectorRegistry
     api_metrics: ApiMetrics
     update_metrics: UpdateMetrics | None
-    notes: list[str] = field(default_factory=list)
+    limiter: RateLimiter
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     async def close(self) -> None:
+        self.stopping.set()
         self.executor.shutdown(wait=True)
         self.server.stop()
         await self.batchers.close()
@@ -86,12 +91,40 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
         after_labeled=settings.policy_after_labeled,
         method=settings.policy_method,
     )
-    return Runtime(settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics)
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    return Runtime(settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics, limiter)
+
+
+def enforce_retention(runtime: Runtime) -> dict[str, int]:
+    """Apply the retention settings to every model once; returns samples dropped per model (also counted in
+    /metrics)."""
+    settings = runtime.settings
+    dropped: dict[str, int] = {}
+    for model in runtime.store.list_models():
+        result = runtime.store.apply_retention(
+            model.name, max_age_s=settings.retention_max_age_s, max_samples=settings.retention_max_samples
+        )
+        total = sum(result.values())
+        if total:
+            runtime.api_metrics.samples_dropped.labels(model.name, "retention").inc(total)
+            audit("samples.dropped", actor="retention", model=model.name, **result)
+        dropped[model.name] = total
+    return dropped
+
+
+def _retention_loop(runtime: Runtime) -> None:
+    while not runtime.stopping.wait(runtime.settings.retention_interval_s):
+        try:
+            enforce_retention(runtime)
+        except StoreError:
+            log.warning("retention could not run this time", exc_info=True)
 
 
 def start(runtime: Runtime) -> None:
     runtime.server.start()
     runtime.executor.start()
+    if runtime.settings.retention_max_age_s is not None or runtime.settings.retention_max_samples is not None:
+        threading.Thread(target=_retention_loop, args=(runtime,), name="retention", daemon=True).start()
     if not runtime.settings.redis_url:
         resumed = runtime.executor.recover(runtime.store)
         if resumed:

@@ -114,6 +114,16 @@ class SamplesResponse(BaseModel):
     update_id: str | None = None
 
 
+class SamplesDelete(Strict):
+    ids: list[str] = Field(min_length=1, max_length=100_000, description="ids returned when the samples were posted")
+
+
+class SamplesDeleted(BaseModel):
+    deleted: int = Field(description="stored samples found and removed")
+    exemplars_removed: int = Field(description="copies removed from exemplar memories of stored versions")
+    versions_scrubbed: int
+
+
 # -- updates -----------------------------------------------------------------------------------------------------
 class UpdateRequest(Strict):
     method: str | None = Field(

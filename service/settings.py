@@ -31,6 +31,7 @@ class Settings(WorkerSettings):
 
     # limits
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="weights and model archives")
     max_samples_per_request: int = Field(10_000, ge=1)
     max_inputs_per_predict: int = Field(1024, ge=1)
 
@@ -42,6 +43,19 @@ class Settings(WorkerSettings):
     policy_after_labeled: int = Field(0, ge=0, description="…or after this many new labeled samples (0: off)")
     policy_method: str = Field("auto", description="method of policy-triggered updates")
     update_workers: int = Field(1, ge=1, le=64, description="models updated in parallel (embedded executor)")
+
+    # backpressure and quotas
+    max_queued_updates: int = Field(8, ge=1, description="queued updates per model before 429")
+    max_pending_samples: int = Field(200_000, ge=1, description="samples waiting for an update, per model, before 429")
+    rate_limit_per_s: float = Field(0.0, ge=0, description="requests per second per API key (0: no limit)")
+    rate_limit_burst: int = Field(100, ge=1, description="requests a key may make at once before the rate applies")
+
+    # idempotency and retention
+    idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="how long an Idempotency-Key's answer is kept")
+    retention_max_age_s: float | None = Field(None, gt=0, description="drop consumed raw samples older than this")
+    retention_max_samples: int | None = Field(None, ge=0, description="keep at most this many consumed raw samples")
+    retention_interval_s: float = Field(300.0, gt=0, description="how often retention runs")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight requests")
 
     # micro-batching of predictions
     max_batch_size: int = Field(64, ge=1)

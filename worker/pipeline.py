@@ -25,6 +25,7 @@ from cl_core.learner import Learner
 from cl_core.models import Classifier, ModelSpec, build_model, grow_classes
 from registry import Conflict, SampleSet, Store, UpdateRecord, VersionRecord
 from registry import tensors as st
+from worker.audit import audit
 from worker.config import WorkerSettings
 from worker.evaluation import EvaluationData, gate, lineage, predict_labels, version_metrics
 from worker.learners import build_learner
@@ -157,6 +158,14 @@ def run_update(
         record.status, record.started_at, record.attempts = "running", time.time(), record.attempts + 1
         record.error = None
         store.put_update(record)
+        audit(
+            "update.started",
+            actor=record.triggered_by,
+            model=name,
+            update_id=update_id,
+            method=record.method,
+            attempt=record.attempts,
+        )
         stop = _Stopper(store, name, update_id, preempted, keeper)
         try:
             outcome = _update(store, name, record, settings, token, _Reporter(store, record), stop)
@@ -175,6 +184,14 @@ def run_update(
             record.progress = 1.0
         record.finished_at = time.time()
         store.put_update(record)
+        audit(
+            f"update.{record.status}",
+            actor=record.triggered_by,
+            model=name,
+            update_id=update_id,
+            version=record.version,
+            error=record.error,
+        )
         return record
     finally:
         keeper.stop()
@@ -303,8 +320,11 @@ def _update(
         prune_versions(store, name, settings.keep_versions)
         return "rejected", committed.version, metrics, f"rejected by the forgetting gate: {verdict.describe()}"
     promoted_by = f"auto-promote ({record.update_id})"
-    if settings.auto_promote and not store.promote(name, committed.version, by=promoted_by, expected=parent):
-        metrics["promotion"] = "not promoted: the live version changed while the update ran"
+    if settings.auto_promote:
+        if store.promote(name, committed.version, by=promoted_by, expected=parent):
+            audit("version.promoted", actor=promoted_by, model=name, version=committed.version, previous=parent)
+        else:
+            metrics["promotion"] = "not promoted: the live version changed while the update ran"
     prune_versions(store, name, settings.keep_versions)
     return "succeeded", committed.version, metrics, None
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry import Store, UpdateRecord
+from worker.audit import audit
 from worker.executor import Executor
 
 
@@ -47,15 +48,19 @@ def request_update(
     triggered_by: str | None,
     reason: str,
     merge: bool = False,
+    update_id: str | None = None,
 ) -> UpdateRecord:
-    """Store a queued update and hand it to the executor; with ``merge``, join an update that is still queued."""
+    """Store a queued update and hand it to the executor; with ``merge``, join an update that is still queued.
+    A given ``update_id`` makes the request idempotent: an existing update with that id is returned as it is."""
     if merge:
         for record in reversed(store.list_updates(name)):
             if record.status == "queued":
                 return record
-    record = UpdateRecord(
-        update_id=new_update_id(), model=name, method=method, triggered_by=triggered_by, reason=reason
+    wanted = UpdateRecord(
+        update_id=update_id or new_update_id(), model=name, method=method, triggered_by=triggered_by, reason=reason
     )
-    store.put_update(record)
-    executor.submit(name, record.update_id)
+    record = store.create_update(wanted)
+    if record is wanted or record.to_json() == wanted.to_json():
+        executor.submit(name, record.update_id)
+        audit("update.queued", actor=triggered_by, model=name, update_id=record.update_id, method=method, reason=reason)
     return record

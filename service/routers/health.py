@@ -38,4 +38,5 @@ def metrics(runtime: RuntimeDep) -> Response:
         pass  # keep exporting what the process knows
     for name, value in depth.items():
         runtime.api_metrics.queue_depth.labels(name).set(value)
+        runtime.api_metrics.serving.labels(name).set(runtime.server.current(name) is not None)
     return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)

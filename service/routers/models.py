@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from cl_core.models import ModelSpec, architectures, build_model
 from registry import ModelRecord
+from registry.transfer import export_model, import_model
 from service import schemas
 from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep
 from service.errors import ApiError
 from service.ingest import labels_of
+from service.schemas import NAME_PATTERN
 from service.views import model_info, version_info
+from worker.audit import audit
 from worker.learners import validate_method
 from worker.pipeline import LockLost, import_weights
 
@@ -53,6 +58,7 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
         created_by=caller.name,
     )
     runtime.store.create_model(record)
+    audit("model.created", actor=caller.name, model=record.name, architecture=record.architecture)
     return model_info(runtime.store, runtime.server, record, False)
 
 
@@ -97,20 +103,72 @@ async def import_model_weights(
         raise ApiError(422, str(exc), field="body") from exc
     except LockLost as exc:
         raise ApiError(409, str(exc)) from exc
+    audit("version.imported", actor=caller.name, model=name, version=record.version)
     live = await run_in_threadpool(runtime.store.live_version, name)
     if runtime.settings.auto_promote and await run_in_threadpool(
         lambda: runtime.store.promote(name, record.version, by=caller.name, expected=live)
     ):
+        audit("version.promoted", actor=caller.name, model=name, version=record.version, previous=live)
         live = record.version
         await run_in_threadpool(runtime.server.refresh, name)
     return version_info(await run_in_threadpool(runtime.store.get_version, name, record.version), live)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_model(name: ModelName, runtime: RuntimeDep, _: AdminCaller) -> None:
+def delete_model(name: ModelName, runtime: RuntimeDep, caller: AdminCaller) -> None:
     """Remove the model with its versions, samples, held-out data, exemplar memory and updates."""
     for update in runtime.store.list_updates(name):
         if not update.finished:
             runtime.executor.cancel(name, update.update_id)
     runtime.store.delete_model(name)
     runtime.server.refresh(name)
+    runtime.api_metrics.forget_model(name)
+    audit("model.deleted", actor=caller.name, model=name)
+
+
+@router.get(
+    "/{name}/export",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+        404: {"model": schemas.ErrorBody},
+    },
+)
+def export(name: ModelName, runtime: RuntimeDep, caller: AdminCaller) -> Response:
+    """The whole model as a zip archive (every version and method state, held-out data, pending samples), to
+    import into another service, whatever its store."""
+    data = export_model(runtime.store, name)
+    audit("model.exported", actor=caller.name, model=name, bytes=len(data))
+    return Response(
+        data, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}.zip"'}
+    )
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.ModelInfo,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def import_archive(
+    request: Request,
+    runtime: RuntimeDep,
+    caller: AdminCaller,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="import under another name")] = None,
+) -> schemas.ModelInfo:
+    """Create a model from an archive that ``GET /v1/models/{name}/export`` produced."""
+    data = await request.body()
+    try:
+        record = await run_in_threadpool(
+            import_model, runtime.store, data, name=name, holdout_fraction=runtime.settings.holdout_fraction
+        )
+    except ValueError as exc:
+        raise ApiError(422, str(exc), field="body") from exc
+    await run_in_threadpool(runtime.server.refresh, record.name)
+    audit("model.imported", actor=caller.name, model=record.name)
+    return await run_in_threadpool(model_info, runtime.store, runtime.server, record, False)

@@ -1,4 +1,4 @@
-"""/v1/models/{name}/samples: ingestion of labeled and unlabeled data, durable before the answer."""
+"""/v1/models/{name}/samples: ingestion of labeled and unlabeled data (durable before the answer), and deletion."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from fastapi import APIRouter, status
 from service import schemas
 from service.deps import ModelName, RuntimeDep, TrainCaller
 from service.errors import ApiError
+from service.idempotency import IdempotencyKey, digest, keep, replay
 from service.ingest import labels_of, to_tensor
+from worker.audit import audit
+from worker.deletion import forget_samples
+from worker.pipeline import LockLost
 from worker.scheduling import request_update
 
 router = APIRouter(prefix="/v1/models", tags=["samples"])
@@ -17,28 +21,60 @@ router = APIRouter(prefix="/v1/models", tags=["samples"])
     "/{name}/samples",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.SamplesResponse,
-    responses={404: {"model": schemas.ErrorBody}, 413: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody}},
+    responses={
+        404: {"model": schemas.ErrorBody},
+        413: {"model": schemas.ErrorBody},
+        422: {"model": schemas.ErrorBody},
+        429: {"model": schemas.ErrorBody},
+    },
 )
 def post_samples(
-    name: ModelName, body: schemas.SamplesRequest, runtime: RuntimeDep, caller: TrainCaller
+    name: ModelName,
+    body: schemas.SamplesRequest,
+    runtime: RuntimeDep,
+    caller: TrainCaller,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.SamplesResponse:
     """Accept samples (label absent or null = unlabeled).  New labels are new classes: the head grows at the next
     update.  A share of each labeled class is held out for evaluation.  The update policy may start an update."""
     store, settings = runtime.store, runtime.settings
     record = store.get_model(name)
+    request_digest = digest(body.model_dump_json()) if idempotency_key else ""
+    if idempotency_key and (first := replay(store, name, "samples", idempotency_key, request_digest)) is not None:
+        return schemas.SamplesResponse(**first)
     if len(body.samples) > settings.max_samples_per_request:
         raise ApiError(413, f"at most {settings.max_samples_per_request} samples per request", field="samples")
     inputs = to_tensor([s.input for s in body.samples], record.input_shape, "input", "samples[{index}].input")
     labels = labels_of([s.label for s in body.samples])
+    before = store.pending_counts(name)
+    waiting = before["labeled"] + before["unlabeled"] + before["held_out"]
+    if waiting + len(labels) > settings.max_pending_samples:
+        raise ApiError(
+            429,
+            f"{waiting} samples of {name!r} are waiting for an update (limit {settings.max_pending_samples}); "
+            "retry once an update has consumed them",
+            headers={"Retry-After": "30"},
+        )
     live = store.live_version(name)
     known = list(store.get_version(name, live).spec.get("classes", [])) if live is not None else []
-    ids, held = store.append_samples(name, inputs, labels, settings.holdout_fraction)
+    ids, held = store.append_samples(name, inputs, labels, settings.holdout_fraction, request_key=idempotency_key)
     labeled = sum(label is not None for label in labels)
     held_out = sum(held)
     runtime.api_metrics.samples.labels(name, "labeled").inc(labeled - held_out)
     runtime.api_metrics.samples.labels(name, "unlabeled").inc(len(labels) - labeled)
     runtime.api_metrics.samples.labels(name, "held_out").inc(held_out)
     new_classes = [c for c in dict.fromkeys(labels) if c is not None and c not in known]
+    audit(
+        "samples.accepted",
+        actor=caller.name,
+        model=name,
+        accepted=len(labels),
+        labeled=labeled,
+        held_out=held_out,
+        new_classes=new_classes,
+        first_id=ids[0],
+        last_id=ids[-1],
+    )
     update_id = None
     reason = runtime.policy.reason(store.pending_counts(name), known)
     if reason is not None:
@@ -46,7 +82,7 @@ def post_samples(
             store, runtime.executor, name, runtime.policy.method, triggered_by=caller.name, reason=reason, merge=True
         )
         update_id = update.update_id
-    return schemas.SamplesResponse(
+    answer = schemas.SamplesResponse(
         accepted=len(labels),
         labeled=labeled,
         unlabeled=len(labels) - labeled,
@@ -54,4 +90,35 @@ def post_samples(
         new_classes=new_classes,
         ids=ids,
         update_id=update_id,
+    )
+    if idempotency_key:
+        keep(store, name, "samples", idempotency_key, request_digest, answer.model_dump(), settings.idempotency_ttl_s)
+    return answer
+
+
+@router.post(
+    "/{name}/samples/delete",
+    response_model=schemas.SamplesDeleted,
+    responses={404: {"model": schemas.ErrorBody}, 409: {"model": schemas.ErrorBody}},
+)
+def delete_samples(
+    name: ModelName, body: schemas.SamplesDelete, runtime: RuntimeDep, caller: TrainCaller
+) -> schemas.SamplesDeleted:
+    """Delete samples by the ids ingestion returned: never trained again, and removed from every exemplar memory."""
+    runtime.store.get_model(name)
+    try:
+        result = forget_samples(runtime.store, name, body.ids, runtime.settings)
+    except LockLost as exc:
+        raise ApiError(409, str(exc), headers={"Retry-After": "10"}) from exc
+    runtime.api_metrics.samples_dropped.labels(name, "deleted").inc(result.samples)
+    audit(
+        "samples.deleted",
+        actor=caller.name,
+        model=name,
+        requested=len(body.ids),
+        deleted=result.samples,
+        exemplars=result.exemplars,
+    )
+    return schemas.SamplesDeleted(
+        deleted=result.samples, exemplars_removed=result.exemplars, versions_scrubbed=result.versions
     )

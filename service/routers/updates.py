@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from registry import NotFound
 from service import schemas
 from service.deps import ModelName, PredictCaller, RuntimeDep, TrainCaller
 from service.errors import ApiError
+from service.idempotency import IdempotencyKey, derived_id
 from service.views import update_status
+from worker.audit import audit
 from worker.learners import validate_method
 from worker.scheduling import request_update
 
@@ -21,18 +24,39 @@ router = APIRouter(prefix="/v1/models", tags=["updates"])
     responses={404: {"model": schemas.ErrorBody}, 409: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody}},
 )
 def start_update(
-    name: ModelName, runtime: RuntimeDep, caller: TrainCaller, body: schemas.UpdateRequest | None = None
+    name: ModelName,
+    runtime: RuntimeDep,
+    caller: TrainCaller,
+    body: schemas.UpdateRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.UpdateAccepted:
     """Queue an update of the live version with the pending samples (one runs at a time per model)."""
-    record = runtime.store.get_model(name)
+    store = runtime.store
+    record = store.get_model(name)
+    update_id = derived_id(name, "update", idempotency_key) if idempotency_key else None
+    if update_id is not None:
+        try:
+            existing = store.get_update(name, update_id)  # a retry: the first answer
+            return schemas.UpdateAccepted(update_id=existing.update_id, status=existing.status)
+        except NotFound:
+            pass
     try:
         method = validate_method((body.method if body else None) or record.method, runtime.settings)
     except ValueError as exc:
         raise ApiError(422, str(exc), field="method") from exc
-    pending = runtime.store.pending_counts(name)
+    pending = store.pending_counts(name)
     if pending["labeled"] + pending["unlabeled"] == 0:
         raise ApiError(409, f"model {name!r} has no pending samples to learn from; post samples first")
-    update = request_update(runtime.store, runtime.executor, name, method, triggered_by=caller.name, reason="api")
+    queued = sum(u.status == "queued" for u in store.list_updates(name))
+    if queued >= runtime.settings.max_queued_updates:
+        raise ApiError(
+            429,
+            f"{queued} updates of {name!r} are queued already; retry when one has started",
+            headers={"Retry-After": "10"},
+        )
+    update = request_update(
+        store, runtime.executor, name, method, triggered_by=caller.name, reason="api", update_id=update_id
+    )
     return schemas.UpdateAccepted(update_id=update.update_id, status=update.status)
 
 
@@ -50,9 +74,10 @@ def get_update(name: ModelName, update_id: str, runtime: RuntimeDep, _: PredictC
 
 
 @router.delete("/{name}/updates/{update_id}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.UpdateStatus)
-def cancel_update(name: ModelName, update_id: str, runtime: RuntimeDep, _: TrainCaller) -> schemas.UpdateStatus:
+def cancel_update(name: ModelName, update_id: str, runtime: RuntimeDep, caller: TrainCaller) -> schemas.UpdateStatus:
     """Cancel a queued update, or stop a running one between batches (nothing is committed)."""
     record = runtime.store.get_update(name, update_id)
     if not record.finished:
         runtime.executor.cancel(name, update_id)
+        audit("update.cancel_requested", actor=caller.name, model=name, update_id=update_id)
     return update_status(runtime.store.get_update(name, update_id))

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from service import schemas
 from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep
 from service.views import version_info
+from worker.audit import audit
 
 router = APIRouter(prefix="/v1/models", tags=["versions"])
 
@@ -33,4 +34,6 @@ def promote(name: ModelName, version: int, runtime: RuntimeDep, caller: AdminCal
     previous = runtime.store.live_version(name)
     runtime.store.promote(name, version, by=caller.name)
     runtime.server.refresh(name)
+    event = "version.rollback" if previous is not None and version < previous else "version.promoted"
+    audit(event, actor=caller.name, model=name, version=version, previous=previous)
     return schemas.Promoted(model=name, live_version=version, previous=previous)

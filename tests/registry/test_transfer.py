@@ -1,0 +1,60 @@
+"""Export → import moves a model exactly (versions, method state, experiences, live pointer, pending samples)."""
+
+import io
+import zipfile
+
+import pytest
+import torch
+
+from registry import Conflict, ModelRecord, Store, VersionRecord
+from registry import tensors as st
+from registry.transfer import export_model, import_model
+
+
+def populated(store: Store) -> None:
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=["a"]))
+    store.append_samples("m", torch.rand(10, 3), ["a"] * 5 + ["b"] * 5, 0.2)
+    claim = store.claim("m")
+    for n in (1, 2):
+        store.commit_version(
+            VersionRecord(
+                model="m", version=0, parent=n - 1 or None, spec={"classes": ["a", "b"]}, learner={}, method="x"
+            ),
+            st.dumps({"w": torch.full((2,), float(n))}),
+            st.dumps({"method.importance.w": torch.ones(2) * n}),
+        )
+    store.ack("m", claim, 2, "u2")
+    store.promote("m", 1, by="someone")
+    store.append_samples("m", torch.rand(4, 3), ["c", None, "c", None], 0.0)
+
+
+def test_export_import_round_trip(store: Store) -> None:
+    populated(store)
+    archive = export_model(store, "m")
+    imported = import_model(store, archive, name="copy")
+    assert imported.name == "copy" and store.live_version("copy") == 1
+    assert [v.version for v in store.list_versions("copy")] == [1, 2]
+    for v in (1, 2):
+        assert store.read_weights("copy", v) == store.read_weights("m", v)
+        assert store.read_state("copy", v) == store.read_state("m", v)
+    original, copied = store.experience_samples("m", 2), store.experience_samples("copy", 2)
+    assert copied.labels == original.labels and torch.equal(copied.inputs, original.inputs)
+    assert store.claim("copy").train.labels == ["c", None, "c", None]
+    with pytest.raises(Conflict):
+        import_model(store, archive, name="copy")
+
+
+def test_bad_archives_are_rejected_and_leave_nothing(store: Store) -> None:
+    with pytest.raises(ValueError, match="not a model archive"):
+        import_model(store, b"junk")
+    populated(store)
+    data = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(export_model(store, "m"))) as source, zipfile.ZipFile(data, "w") as target:
+        for info in source.infolist():
+            content = source.read(info)
+            if info.filename == "versions/2/state.safetensors":
+                content = b"broken"
+            target.writestr(info, content)
+    with pytest.raises(ValueError, match="safetensors"):
+        import_model(store, data.getvalue(), name="other")
+    assert [m.name for m in store.list_models()] == ["m"]
