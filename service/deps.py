@@ -11,8 +11,11 @@ from service.auth import Principal, authenticate, authorize
 from service.runtime import Runtime
 from service.schemas import NAME_PATTERN
 
+# Dependencies are `async def` although they never await: FastAPI runs a sync dependency in the thread pool, and a
+# thread hop per dependency per request would cost more than everything else a prediction does.
 
-def get_runtime(request: Request) -> Runtime:
+
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -20,21 +23,21 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_store(runtime: RuntimeDep) -> Store:
+async def get_store(runtime: RuntimeDep) -> Store:
     return runtime.store
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 
 
-def _caller(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+async def _caller(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     principal = authenticate(runtime.settings, authorization)
     runtime.limiter.take(principal.name)
     return principal
 
 
 def _needs(scope: str):  # type: ignore[no-untyped-def]
-    def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
+    async def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
         return authorize(caller, scope)
 
     return dependency

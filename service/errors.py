@@ -65,7 +65,8 @@ def _validation_answer(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if not errors:
         return error_response(422, "invalid request")
-    preferred = [e for e in errors if e.get("type") in ("finite_number", "missing", "extra_forbidden", "json_invalid")]
+    priority = ("finite_number", "json_invalid", "missing", "extra_forbidden")
+    preferred = sorted((e for e in errors if e.get("type") in priority), key=lambda e: priority.index(e["type"]))
     error = (preferred or sorted(errors, key=lambda e: -len(e.get("loc", ()))))[0]
     loc = tuple(error.get("loc", ()))
     names = [

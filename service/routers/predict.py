@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import schemas
+from service.bodies import documented, parse_json
 from service.deps import ModelName, PredictCaller, RuntimeDep
 from service.errors import ApiError
 from service.ingest import to_tensor
@@ -20,14 +21,16 @@ router = APIRouter(prefix="/v1/models", tags=["predict"])
     "/{name}/predict",
     response_model=schemas.PredictResponse,
     responses={404: {"model": schemas.ErrorBody}, 409: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody}},
+    openapi_extra=documented(schemas.PredictRequest),
 )
 async def predict(
     name: ModelName,
-    body: schemas.PredictRequest,
+    request: Request,
     runtime: RuntimeDep,
     _: PredictCaller,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="also return the k most probable labels")] = None,
 ) -> schemas.PredictResponse:
+    body = await parse_json(request, schemas.PredictRequest)
     live = runtime.server.current(name)
     if live is None:
         await run_in_threadpool(runtime.store.get_model, name)  # 404 for an unknown model
@@ -50,4 +53,6 @@ async def predict(
             prediction.top_k = [
                 schemas.LabelProbability(label=classes[i], probability=p) for i, p in zip(idx, ps, strict=True)
             ]
-    return schemas.PredictResponse(model=name, version=live.version, predictions=predictions)
+    answer = schemas.PredictResponse(model=name, version=live.version, predictions=predictions)
+    # Serialised here, once: returning the model would make FastAPI validate and encode it a second time.
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")  # type: ignore[return-value]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
+from starlette.concurrency import run_in_threadpool
 
 from service import schemas
+from service.auth import Principal
+from service.bodies import documented, parse_json
 from service.deps import ModelName, RuntimeDep, TrainCaller
 from service.errors import ApiError
 from service.idempotency import IdempotencyKey, digest, keep, replay
 from service.ingest import labels_of, to_tensor
+from service.runtime import Runtime
 from worker.audit import audit
 from worker.deletion import forget_samples
 from worker.pipeline import LockLost
@@ -27,16 +31,29 @@ router = APIRouter(prefix="/v1/models", tags=["samples"])
         422: {"model": schemas.ErrorBody},
         429: {"model": schemas.ErrorBody},
     },
+    openapi_extra=documented(schemas.SamplesRequest),
 )
-def post_samples(
+async def post_samples(
     name: ModelName,
-    body: schemas.SamplesRequest,
+    request: Request,
     runtime: RuntimeDep,
     caller: TrainCaller,
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.SamplesResponse:
     """Accept samples (label absent or null = unlabeled).  New labels are new classes: the head grows at the next
     update.  A share of each labeled class is held out for evaluation.  The update policy may start an update."""
+    body = await parse_json(request, schemas.SamplesRequest)
+    return await run_in_threadpool(ingest, name, body, runtime, caller, idempotency_key)
+
+
+def ingest(
+    name: str,
+    body: schemas.SamplesRequest,
+    runtime: Runtime,
+    caller: Principal,
+    idempotency_key: str | None,
+) -> schemas.SamplesResponse:
+    """Store the samples (blocking I/O: runs in the thread pool)."""
     store, settings = runtime.store, runtime.settings
     record = store.get_model(name)
     request_digest = digest(body.model_dump_json()) if idempotency_key else ""

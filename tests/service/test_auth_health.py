@@ -61,6 +61,10 @@ def test_docs_work_offline(client: TestClient) -> None:
     assert "/v1/models/{name}/predict" in spec["paths"]
     predict = spec["components"]["schemas"]["PredictResponse"]["properties"]
     assert set(predict) == {"model", "version", "predictions"}
+    body = spec["paths"]["/v1/models/{name}/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PredictRequest"}
+    assert "inputs" in spec["components"]["schemas"]["PredictRequest"]["properties"]
+    assert "Sample" in spec["components"]["schemas"] and "Tensorish" in spec["components"]["schemas"]
 
 
 def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> None:
