@@ -57,7 +57,7 @@ def register_operator_architectures(settings: Settings) -> None:
 def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: ApiMetrics) -> Runtime:
     settings.apply_threads()
     register_operator_architectures(settings)
-    store = open_store(settings.data_dir, settings.redis_url)
+    store = open_store(settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes)
     update_metrics: UpdateMetrics | None = None
     executor: Executor
     if settings.redis_url:
@@ -125,7 +125,7 @@ def start(runtime: Runtime) -> None:
     runtime.executor.start()
     if runtime.settings.retention_max_age_s is not None or runtime.settings.retention_max_samples is not None:
         threading.Thread(target=_retention_loop, args=(runtime,), name="retention", daemon=True).start()
-    if not runtime.settings.redis_url:
-        resumed = runtime.executor.recover(runtime.store)
-        if resumed:
-            log.info("re-queued %d update(s) interrupted by the last shutdown", len(resumed))
+    # embedded: re-queue what the last shutdown interrupted; distributed: send again tasks that may have been lost
+    resumed = runtime.executor.recover(runtime.store)
+    if resumed:
+        log.info("re-queued %d update(s) interrupted or lost before this start", len(resumed))

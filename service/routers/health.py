@@ -31,12 +31,18 @@ def readyz(runtime: RuntimeDep) -> dict[str, object]:
 @router.get("/metrics", response_class=Response)
 def metrics(runtime: RuntimeDep) -> Response:
     depth: dict[str, int] = {}
+    running: dict[str, int] = {}
     try:
         for model in runtime.store.list_models():
-            depth[model.name] = sum(u.status == "queued" for u in runtime.store.list_updates(model.name))
+            updates = runtime.store.list_updates(model.name)
+            depth[model.name] = sum(u.status == "queued" for u in updates)
+            running[model.name] = sum(u.status == "running" for u in updates)
     except StoreError:
         pass  # keep exporting what the process knows
     for name, value in depth.items():
         runtime.api_metrics.queue_depth.labels(name).set(value)
         runtime.api_metrics.serving.labels(name).set(runtime.server.current(name) is not None)
+    if runtime.update_metrics is not None:  # embedded mode: this process runs the updates
+        for name, value in running.items():
+            runtime.update_metrics.running.labels(name).set(value)
     return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)

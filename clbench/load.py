@@ -1,0 +1,342 @@
+"""`clbench load`: the service under bounded load on loopback.
+
+Starts its own `clserve` processes (embedded store in a temporary directory) and measures, in one run:
+
+* predict throughput and p50/p99 latency at concurrency 1, 8 and 32, micro-batching on and off, on the protocol
+  MLP and on the small CNN;
+* the service's overhead at concurrency 1 over the bare forward pass of the same model;
+* requests failed while the live version is swapped 20 times under load, and while updates and promotions run
+  during predictions at concurrency 32.
+
+Every load loop is bounded in requests and time and targets 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from cl_core.models import ModelSpec, build_model
+from registry import tensors
+
+ARCHITECTURES: dict[str, tuple[list[int], dict[str, Any]]] = {
+    "mlp": ([784], {"hidden": [400, 400]}),
+    "cnn": ([1, 28, 28], {}),
+}
+
+
+@dataclass
+class LoadResult:
+    architecture: str
+    batching: bool
+    concurrency: int
+    requests: int
+    failed: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class LoadReport:
+    results: list[LoadResult] = field(default_factory=list)
+    overhead: dict[str, float] = field(default_factory=dict)  # architecture → p50 service − bare forward (ms)
+    bare_forward_ms: dict[str, float] = field(default_factory=dict)
+    swap_failures: dict[str, int] = field(default_factory=dict)
+    mixed: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for row, result in zip(data["results"], self.results, strict=True):
+            row["throughput"] = result.throughput
+        return data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(data_dir: Path, env: dict[str, str]) -> Iterator[str]:
+    """A `clserve` process on a free loopback port, stopped when the block ends."""
+    port = _free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CL_")}
+    full_env.update({"CL_DATA_DIR": str(data_dir), "CL_PORT": str(port), "CL_HOST": "127.0.0.1", **env})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--log-level", "warning"],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"clserve exited with {process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("clserve did not become ready")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def weights_for(architecture: str, seed: int) -> tuple[bytes, torch.nn.Module]:
+    shape, options = ARCHITECTURES[architecture]
+    model = build_model(ModelSpec(architecture, tuple(shape), [str(i) for i in range(10)], options), seed=seed)
+    return tensors.dumps(model.state_dict()), model.eval()
+
+
+def prepare_model(url: str, architecture: str) -> list[int]:
+    """Create a 10-class model and import two weight sets (versions 1 and 2, version 2 live)."""
+    shape, options = ARCHITECTURES[architecture]
+    with httpx.Client(base_url=url, timeout=60) as client:
+        client.post(
+            "/v1/models",
+            json={
+                "name": "bench",
+                "architecture": architecture,
+                "input_shape": shape,
+                "options": options,
+                "classes": [str(i) for i in range(10)],
+            },
+        ).raise_for_status()
+        versions = []
+        for seed in (1, 2):
+            data, _ = weights_for(architecture, seed)
+            answer = client.put(
+                "/v1/models/bench/weights", content=data, headers={"Content-Type": "application/octet-stream"}
+            )
+            answer.raise_for_status()
+            versions.append(int(answer.json()["version"]))
+        return versions
+
+
+def sample_input(architecture: str, seed: int = 0) -> list[Any]:
+    shape, _ = ARCHITECTURES[architecture]
+    values: list[Any] = np.random.default_rng(seed).random(shape, dtype=np.float32).round(3).tolist()
+    return values
+
+
+class Driver:
+    """``concurrency`` client threads, each with one keep-alive connection (http.client: a light client, so that
+    the latency measured is the service's), sending until ``requests`` were sent, the deadline passed or `stop`."""
+
+    def __init__(self, url: str, path: str, body: bytes, concurrency: int, requests: int, deadline_s: float) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.address = (host, int(port))
+        self.path, self.body = path, body
+        self.concurrency, self.remaining, self.deadline_s = concurrency, requests, deadline_s
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self.remaining <= 0 or self._stop.is_set():
+                return False
+            self.remaining -= 1
+            return True
+
+    def _client(self, stop_at: float) -> None:
+        conn = http.client.HTTPConnection(*self.address, timeout=30)
+        headers = {"Content-Type": "application/json"}
+        while time.monotonic() < stop_at and self._take():
+            start = time.perf_counter()
+            try:
+                conn.request("POST", self.path, body=self.body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(*self.address, timeout=30)
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.latencies.append(elapsed)
+                self.failed += not ok
+        conn.close()
+
+    def run(self) -> Driver:
+        stop_at = time.monotonic() + self.deadline_s
+        threads = [threading.Thread(target=self._client, args=(stop_at,)) for _ in range(self.concurrency)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.seconds = time.perf_counter() - start
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def predict_driver(url: str, body: dict[str, Any], concurrency: int, requests: int, deadline_s: float) -> Driver:
+    return Driver(url, "/v1/models/bench/predict", json.dumps(body).encode(), concurrency, requests, deadline_s)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def bare_forward_ms(model: torch.nn.Module, example: list[Any], repeats: int = 200) -> float:
+    x = torch.tensor([example], dtype=torch.float32)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.softmax(model(x), dim=1)
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def measure(
+    architectures: Sequence[str] = ("mlp", "cnn"),
+    concurrencies: Sequence[int] = (1, 8, 32),
+    requests: int = 600,
+    swaps: int = 20,
+    mixed_requests: int = 2000,
+    on_step: Callable[[str], None] = lambda _: None,
+) -> LoadReport:
+    report = LoadReport()
+    base_env = {"CL_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "CL_MAX_WAIT_MS": "2"}
+    for architecture in architectures:
+        body = {"inputs": [sample_input(architecture)]}
+        for batching in (True, False):
+            env = {**base_env, "CL_MAX_BATCH_SIZE": "64" if batching else "1"}
+            with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), env) as url:
+                versions = prepare_model(url, architecture)
+                predict_driver(url, body, 4, 100, 30).run()  # warm-up
+                for concurrency in concurrencies:
+                    on_step(f"{architecture} batching={'on' if batching else 'off'} concurrency={concurrency}")
+                    d = predict_driver(url, body, concurrency, requests, 120).run()
+                    p50, p99 = 1e3 * percentile(d.latencies, 50), 1e3 * percentile(d.latencies, 99)
+                    report.results.append(
+                        LoadResult(architecture, batching, concurrency, len(d.latencies), d.failed, d.seconds, p50, p99)
+                    )
+                if batching:
+                    on_step(f"{architecture}: {swaps} version swaps under load")
+                    report.swap_failures[architecture] = swap_under_load(url, body, versions, swaps)
+        _, model = weights_for(architecture, 2)
+        report.bare_forward_ms[architecture] = bare_forward_ms(model, sample_input(architecture))
+        single = next(r for r in report.results if r.architecture == architecture and r.batching and r.concurrency == 1)
+        report.overhead[architecture] = single.p50_ms - report.bare_forward_ms[architecture]
+    on_step("predictions at concurrency 32 while updates and promotions run")
+    report.mixed = mixed_load(mixed_requests)
+    return report
+
+
+def swap_under_load(url: str, body: dict[str, Any], versions: list[int], swaps: int) -> int:
+    """Failed predictions (8 clients) while the live version is promoted back and forth ``swaps`` times."""
+    driver = predict_driver(url, body, 8, 10**9, 120)
+    runner = threading.Thread(target=driver.run)
+    runner.start()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(swaps):
+            time.sleep(0.05)
+            client.post(f"/v1/models/bench/versions/{versions[i % 2]}/promote").raise_for_status()
+    time.sleep(0.2)
+    driver.stop()
+    runner.join()
+    return driver.failed
+
+
+def mixed_load(requests: int) -> dict[str, Any]:
+    """Predictions at concurrency 32 on a trained model while updates (new samples) and promotions run."""
+    from service.demo import demo_digits
+
+    env = {
+        "CL_TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "CL_EPOCHS": "3",
+        "CL_POLICY_MIN_SAMPLES_PER_NEW_CLASS": "50",
+    }
+    inputs, labels = demo_digits([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve(Path(tmp), env) as url,
+        httpx.Client(base_url=url, timeout=120) as c,
+    ):
+        c.post(
+            "/v1/models",
+            json={"name": "bench", "architecture": "mlp", "input_shape": [784], "options": {"hidden": [400, 400]}},
+        ).raise_for_status()
+        first = [i for i, y in enumerate(labels) if y in "01234"][:1000]
+        answer = c.post(
+            "/v1/models/bench/samples", json={"samples": [{"input": inputs[i], "label": labels[i]} for i in first]}
+        ).json()
+        _wait(c, answer["update_id"])
+        body = {"inputs": [inputs[0]]}
+        counts = {"updates": 0, "promotions": 0}
+        driver = predict_driver(url, body, 32, requests, 120)
+        runner = threading.Thread(target=driver.run)
+        runner.start()
+        rest = [i for i in range(len(labels)) if i not in set(first)]
+        for chunk in range(3):  # new data arrives, updates run, versions are promoted back and forth
+            part = rest[chunk * 300 : (chunk + 1) * 300]
+            c.post(
+                "/v1/models/bench/samples", json={"samples": [{"input": inputs[i], "label": labels[i]} for i in part]}
+            )
+            if c.post("/v1/models/bench/updates", json={}).status_code == 202:
+                counts["updates"] += 1
+            time.sleep(0.5)
+            for v in c.get("/v1/models/bench/versions").json()["versions"][-2:]:
+                if c.post(f"/v1/models/bench/versions/{v['version']}/promote").status_code == 200:
+                    counts["promotions"] += 1
+        runner.join()
+        latencies, failed, seconds = driver.latencies, driver.failed, driver.seconds
+    return {
+        "requests": len(latencies),
+        "failed": failed,
+        "seconds": seconds,
+        "throughput": len(latencies) / seconds if seconds else 0.0,
+        "p50_ms": 1e3 * percentile(latencies, 50),
+        "p99_ms": 1e3 * percentile(latencies, 99),
+        **counts,
+    }
+
+
+def _wait(client: httpx.Client, update_id: str | None, timeout: float = 300) -> None:
+    if update_id is None:
+        return
+    deadline = time.monotonic() + timeout
+    while client.get(f"/v1/models/bench/updates/{update_id}").json()["status"] in ("queued", "running"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the first update did not finish")
+        time.sleep(0.2)
