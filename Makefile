@@ -8,7 +8,7 @@ install:
 	$(PYTHON) -m pip install -e '.[dev]'
 
 run: install
-	clbench speed
+	clserve --demo
 
 test:
 	$(PYTHON) -m pytest
