@@ -116,17 +116,30 @@ class LinearRule:
         self.accumulate_factors(inputs, delta, weights, reduction, acc)
 
 
+def plain_convolution(module: nn.Module) -> bool:
+    """An ungrouped, zero-padded `nn.Conv2d` with numeric padding: what unfolding into patches reproduces."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def parameter_owners(model: nn.Module) -> dict[int, int]:
+    """How many modules hold each parameter (by id): a parameter shared between modules has no per-layer rule."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return owners
+
+
 class Conv2dRule:
     """Conv2d (groups=1, zero padding): per-sample weight gradient δ_n U_nᵀ over unfolded patches U_n."""
 
     def supports(self, module: nn.Module, inputs: Tensor, output: Tensor) -> bool:
-        assert isinstance(module, nn.Conv2d)
-        return (
-            inputs.dim() == 4
-            and module.groups == 1
-            and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str)
-        )
+        return inputs.dim() == 4 and plain_convolution(module)
 
     @staticmethod
     def unfold(module: nn.Conv2d, inputs: Tensor) -> Tensor:
@@ -191,16 +204,16 @@ def rule_for(module: nn.Module) -> PerSampleRule | None:
 
 
 @dataclass
-class _Captured:
+class Captured:
     inputs: Tensor
     output: Tensor
-    calls: int = 0
+    calls: int = 1
 
 
 @contextmanager
-def _capture(modules: dict[str, nn.Module]) -> Iterator[dict[str, _Captured]]:
+def capture_io(modules: dict[str, nn.Module]) -> Iterator[dict[str, Captured]]:
     """Record each module's (first) input and output during a forward, and how often it ran."""
-    store: dict[str, _Captured] = {}
+    store: dict[str, Captured] = {}
     handles = []
 
     def make_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
@@ -208,7 +221,7 @@ def _capture(modules: dict[str, nn.Module]) -> Iterator[dict[str, _Captured]]:
             if name in store:
                 store[name].calls += 1
             else:
-                store[name] = _Captured(args[0] if args else torch.empty(0), output, 1)
+                store[name] = Captured(args[0] if args else torch.empty(0), output)
 
         return hook
 
@@ -237,10 +250,7 @@ def trainable_parameters(model: nn.Module) -> dict[str, Tensor]:
 def _plan(model: nn.Module, probe: Tensor, logits_fn: Callable[[Tensor], Tensor]) -> _Plan:
     """Decide per module whether its parameters can use a factorisation rule, by probing one forward."""
     params = trainable_parameters(model)
-    owners: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
+    owners = parameter_owners(model)
     candidates: dict[str, tuple[nn.Module, PerSampleRule, dict[str, str]]] = {}
     for mname, module in model.named_modules():
         rule = rule_for(module)
@@ -258,7 +268,7 @@ def _plan(model: nn.Module, probe: Tensor, logits_fn: Callable[[Tensor], Tensor]
         if any(p.requires_grad for c in module.children() for p in c.parameters()):
             continue
         candidates[mname] = (module, rule, local)
-    with torch.no_grad(), _capture({k: v[0] for k, v in candidates.items()}) as seen:
+    with torch.no_grad(), capture_io({k: v[0] for k, v in candidates.items()}) as seen:
         logits_fn(probe)
     factorised = {
         name: entry
@@ -327,7 +337,7 @@ def _output_gradients(z: Tensor, outputs: list[Tensor], vectors: Tensor) -> list
 
 def _factorised_block(
     plan: _Plan,
-    seen: dict[str, _Captured],
+    seen: dict[str, Captured],
     z: Tensor,
     directions: Directions,
     reduction: Reduction,
@@ -393,7 +403,7 @@ def per_sample_statistic(
             for start in range(0, inputs.shape[0], batch_size):
                 x = _as_batch(inputs[start : start + batch_size], device, dtype)
                 t = None if targets is None else targets[start : start + batch_size].to(device)
-                with _capture(modules) as seen:
+                with capture_io(modules) as seen:
                     z = logits_fn(x)
                 directions = directions_fn(z.detach(), t)
                 if plan.factorised:

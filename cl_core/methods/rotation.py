@@ -22,7 +22,7 @@ Fisher of a rotated model is as fast as that of a plain one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from cl_core.importance import FisherMode
 from cl_core.models import GrowableHead
-from cl_core.persample import Conv2dRule, LinearRule, Reduction
+from cl_core.persample import Conv2dRule, LinearRule, Reduction, capture_io, parameter_owners, plain_convolution
 
 
 def change_basis(t: Tensor, left: Tensor, right: Tensor) -> Tensor:
@@ -219,41 +219,7 @@ def _rotatable(module: nn.Module) -> bool:
     """Plain linear layers (and the growable head) and ungrouped, zero-padded convolutions."""
     if type(module) is nn.Linear or type(module) is GrowableHead:
         return True
-    return (
-        type(module) is nn.Conv2d
-        and module.groups == 1
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    )
-
-
-@dataclass
-class _Seen:
-    inputs: Tensor
-    output: Tensor
-    calls: int = 1
-
-
-@contextmanager
-def _recording(modules: dict[str, nn.Module]) -> Iterator[dict[str, _Seen]]:
-    """Each module's first input and output during a forward, and how often it ran."""
-    seen: dict[str, _Seen] = {}
-
-    def hook_for(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            if name in seen:
-                seen[name].calls += 1
-            else:
-                seen[name] = _Seen(args[0], output)
-
-        return hook
-
-    handles = [module.register_forward_hook(hook_for(name)) for name, module in modules.items()]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
+    return type(module) is nn.Conv2d and plain_convolution(module)
 
 
 def rotatable_layers(
@@ -265,10 +231,7 @@ def rotatable_layers(
     inputs, or an ungrouped zero-padded `nn.Conv2d`, with its own trainable weight.  The output layer (the one
     whose output is the model's output) is left alone unless ``include_output``, as the official code does.
     ``names`` picks the layers explicitly (each must qualify)."""
-    owners: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
+    owners = parameter_owners(model)
     candidates = {
         name: module
         for name, module in model.named_modules()
@@ -278,7 +241,7 @@ def rotatable_layers(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _recording(candidates) as seen:
+        with torch.no_grad(), capture_io(candidates) as seen:
             logits = model(probe[:1].to(param.device, param.dtype))
     finally:
         model.train(was_training)
@@ -342,7 +305,7 @@ def layer_gradients(
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad(), _recording(layers) as seen:
+        with torch.enable_grad(), capture_io(layers) as seen:
             z = model(inputs.to(param.device, param.dtype))
             if active is not None:
                 z = z.index_select(1, active.to(z.device))
