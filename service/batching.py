@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,8 +39,9 @@ class MicroBatcher:
         max_batch: int,
         max_wait_s: float,
         queue_limit: int,
+        on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
-        self.server, self.name, self.pool = server, name, pool
+        self.server, self.name, self.pool, self.on_batch = server, name, pool, on_batch
         self.max_batch, self.max_wait, self.queue_limit = max_batch, max_wait_s, queue_limit
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._queued_inputs = 0
@@ -102,6 +104,8 @@ class MicroBatcher:
                 continue
             try:
                 inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
+                if self.on_batch is not None:
+                    self.on_batch(self.name, len(inputs))
                 probs = await loop.run_in_executor(self.pool, live.probabilities, inputs)
             except Exception as exc:
                 for request in batch:
@@ -119,16 +123,33 @@ class MicroBatcher:
 class Batchers:
     """The batchers of all models, created on first use."""
 
-    def __init__(self, server: ModelServer, *, max_batch: int, max_wait_s: float, queue_limit: int, threads: int = 2):
+    def __init__(
+        self,
+        server: ModelServer,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        queue_limit: int,
+        threads: int = 2,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.server = server
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
-        self.options = {"max_batch": max_batch, "max_wait_s": max_wait_s, "queue_limit": queue_limit}
+        self.max_batch, self.max_wait_s, self.queue_limit, self.on_batch = max_batch, max_wait_s, queue_limit, on_batch
         self._batchers: dict[str, MicroBatcher] = {}
 
     def get(self, name: str) -> MicroBatcher:
         batcher = self._batchers.get(name)
         if batcher is None:
-            batcher = self._batchers[name] = MicroBatcher(self.server, name, self.pool, **self.options)  # type: ignore[arg-type]
+            batcher = self._batchers[name] = MicroBatcher(
+                self.server,
+                name,
+                self.pool,
+                max_batch=self.max_batch,
+                max_wait_s=self.max_wait_s,
+                queue_limit=self.queue_limit,
+                on_batch=self.on_batch,
+            )
         return batcher
 
     async def close(self) -> None:

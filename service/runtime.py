@@ -85,6 +85,7 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
         max_batch=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000,
         queue_limit=settings.predict_queue_limit,
+        on_batch=lambda name, inputs: api_metrics.batch_size.labels(name).observe(inputs),
     )
     policy = UpdatePolicy(
         min_samples_per_new_class=settings.policy_min_samples_per_new_class,

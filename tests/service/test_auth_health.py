@@ -47,6 +47,7 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
         "cl_update_duration_seconds_bucket",
         "cl_update_queue_depth",
         "cl_samples_ingested_total",
+        'cl_predict_batch_inputs_count{model="m"} 1.0',
     ):
         assert name in text, name
     assert 'route="/v1/models/{name}/predict"' in text  # route templates, not raw paths
