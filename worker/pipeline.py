@@ -70,17 +70,21 @@ def load_version(store: Store, name: str, version: int | None, seed: int = 0) ->
 def restore_learner(
     loaded: Loaded, method: str, settings: WorkerSettings, overrides: dict[str, Any]
 ) -> tuple[Learner, str | None]:
-    """The parent's learner when the method is unchanged, else a fresh one (carrying the exemplar memory over and
-    measuring the new method's importance on it).  Returns the learner and a note when something was reset."""
+    """The parent's learner state under today's settings when the method is unchanged (so a changed λ or memory
+    budget applies from this update on), else a fresh learner (carrying the exemplar memory over and measuring the
+    new method's importance on it).  Returns the learner and a note when something was reset."""
     fresh = build_learner(method, settings, overrides)
     if (
         loaded.learner_hparams
         and loaded.learner_hparams.get("name") == fresh.name
         and loaded.learner_hparams.get("service_method") == method
     ):
-        learner = Learner.from_hparams(loaded.learner_hparams)
-        learner.load_state_dict(loaded.learner_state)
-        return learner, None
+        try:
+            fresh.load_state_dict(loaded.learner_state)
+        except ValueError:  # the settings changed the learner's parts (e.g. no companion MAS any more)
+            fresh = Learner.from_hparams(loaded.learner_hparams)
+            fresh.load_state_dict(loaded.learner_state)
+        return fresh, None
     note = None
     if loaded.version is not None:
         fresh.experiences = 1  # the weights were trained before (an earlier method, or imported)
