@@ -15,12 +15,12 @@ from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRec
 from registry.samples import Claim, SampleSet, holdout_flags
 
 
-def open_store(data_dir: str | Path, redis_url: str | None = None) -> Store:
-    """Redis when a URL is given, else the local directory."""
+def open_store(data_dir: str | Path, redis_url: str | None = None, *, redis_chunk_bytes: int | None = None) -> Store:
+    """Redis when a URL is given (values above ``redis_chunk_bytes`` stored in chunks), else the local directory."""
     if redis_url:
-        from registry.redis_store import RedisStore  # imported only in distributed mode
+        from registry.redis_store import DEFAULT_CHUNK_BYTES, RedisStore  # imported only in distributed mode
 
-        return RedisStore(redis_url)
+        return RedisStore(redis_url, chunk_bytes=redis_chunk_bytes or DEFAULT_CHUNK_BYTES)
     return LocalStore(data_dir)
 
 

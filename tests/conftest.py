@@ -1,5 +1,30 @@
-"""Suite-wide settings: one thread per process keeps the suite fast and deterministic on small machines."""
+"""Suite-wide settings: one thread per process keeps the suite fast and deterministic on small machines.
 
+The suite also starts one private redis-server (never the system one) for the Redis store and the distributed
+tests; every test that asks for ``redis_url`` gets an empty database of its own.
+"""
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
 import torch
 
+from tests.distributed.processes import RedisServer, redis_server
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session: a free loopback port, no persistence, its own directory."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(session_redis: RedisServer) -> str:
+    """redis://127.0.0.1:<port>/<db> of a flushed database no other test uses."""
+    return session_redis.fresh_url()

@@ -52,6 +52,31 @@ class WorkerSettings(BaseSettings):
     # one update at a time per model
     update_lock_ttl_s: float = Field(120.0, gt=0, description="the lock expires unless refreshed this often")
 
+    # distributed mode: the Redis store and Celery workers (see docs/distributed.md)
+    redis_chunk_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="store values above this in chunks"
+    )
+    celery_broker_url: str | None = Field(None, description="Celery broker and result backend (default: redis_url)")
+    celery_visibility_timeout_s: float = Field(
+        4 * 3600.0, gt=0, description="an unacknowledged task returns to the queue after this (longer than updates)"
+    )
+    celery_restore_interval_s: float = Field(
+        10.0, gt=0, description="how often workers look for tasks whose worker vanished"
+    )
+    celery_soft_time_limit_s: float = Field(3 * 3600.0, gt=0, description="an update running longer fails")
+    celery_time_limit_s: float = Field(3 * 3600.0 + 600, gt=0, description="…and its process is killed after this")
+    celery_lock_retry_s: float = Field(5.0, gt=0, description="retry after this when the model's lock is held")
+    update_max_attempts: int = Field(
+        5, ge=1, description="an update whose worker process died this many times is failed, not run again"
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="address of a Celery worker's /metrics")
+    worker_metrics_port: int = Field(9100, ge=0, le=65535, description="port of a Celery worker's /metrics (0: off)")
+
+    @property
+    def broker_url(self) -> str | None:
+        """Where Celery tasks travel (and results are kept): the broker setting, else the store's Redis."""
+        return self.celery_broker_url or self.redis_url
+
     def apply_threads(self) -> None:
         """Pin torch's CPU threads (several processes on one machine should not oversubscribe it)."""
         if self.torch_threads is not None:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 
-from registry import Store, UpdateRecord
+from registry import Store, StoreUnavailable, UpdateRecord
 from worker.config import WorkerSettings
 from worker.pipeline import LockLost, run_update
 
@@ -147,6 +147,9 @@ class InProcessExecutor(Executor):
             except LockLost:
                 log.warning("update %s of %s waits: another worker holds the lock", update_id, name)
                 self._requeue_later(name, update_id)
+            except StoreUnavailable:
+                log.warning("update %s of %s waits: the store is unreachable", update_id, name)
+                self._requeue_later(name, update_id, delay_s=5.0)
             except Exception:
                 log.exception("update %s of %s could not run", update_id, name)
             finally:

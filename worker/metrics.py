@@ -24,7 +24,10 @@ class UpdateMetrics:
             buckets=UPDATE_BUCKETS,
             registry=registry,
         )
-        self.running = Gauge("cl_updates_running", "updates running now", ["model"], registry=registry)
+        # livesum: with Prometheus' multiprocess mode, a pool process killed mid-update stops counting
+        self.running = Gauge(
+            "cl_updates_running", "updates running now", ["model"], registry=registry, multiprocess_mode="livesum"
+        )
 
     def observe(self, record: UpdateRecord) -> None:
         self.outcomes.labels(record.model, record.status).inc()

@@ -23,7 +23,7 @@ import torch
 from cl_core.experience import Experience
 from cl_core.learner import Learner
 from cl_core.models import Classifier, ModelSpec, build_model, grow_classes
-from registry import Conflict, SampleSet, Store, UpdateRecord, VersionRecord
+from registry import Conflict, SampleSet, Store, StoreUnavailable, UpdateRecord, VersionRecord
 from registry import tensors as st
 from worker.audit import audit
 from worker.config import WorkerSettings
@@ -148,6 +148,9 @@ def run_update(
 ) -> UpdateRecord:
     """Run a queued update to its end and return its final record (status succeeded, rejected, failed or cancelled).
 
+    `StoreUnavailable` propagates without touching the record, so that the caller (a Celery task's retry) runs
+    the update again once the store is back.
+
     The update stops between batches when it is cancelled (`Store.request_cancel`) or ``preempted()`` turns true
     (a shutdown): then nothing is committed, and a preempted update goes back to "queued" to run again.
     Raises `LockLost` (without touching the record) when another worker holds the model's lock."""
@@ -180,6 +183,8 @@ def run_update(
                 store.put_update(record)
                 return record
             record.status, record.error = "cancelled", "cancelled before it finished; nothing was committed"
+        except StoreUnavailable:
+            raise  # not the update's fault: the record stays "running" and the caller retries it later
         except Exception as exc:  # the update fails; the live version keeps serving
             log.exception("update %s of %s failed", update_id, name)
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -199,7 +204,10 @@ def run_update(
         return record
     finally:
         keeper.stop()
-        store.release_update_lock(name, token)
+        try:
+            store.release_update_lock(name, token)
+        except StoreUnavailable:
+            log.warning("could not release the update lock of %s; it expires by itself", name)
 
 
 class _Stopper:

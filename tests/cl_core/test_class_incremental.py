@@ -76,7 +76,7 @@ def test_memory_state_round_trips_and_replays_with_masks() -> None:
     restored = ExemplarMemory(**memory.hparams())
     restored.load_state_dict(load(save(memory.state_dict())))
     assert torch.equal(restored.inputs, memory.inputs) and restored.active == memory.active
-    x, y, mask = restored.replay_batch(50, 5, torch.Generator().manual_seed(0))
+    _, y, mask = restored.replay_batch(50, 5, torch.Generator().manual_seed(0))
     assert mask is not None and mask.shape == (len(y), 5)
     for target, row in zip(y.tolist(), mask, strict=True):
         task = (0, 1) if target < 2 else (2, 3)

@@ -52,7 +52,7 @@ def test_demo_learns_new_digits_keeps_old_ones_gates_bad_data_and_rolls_back(tmp
         list(client.post_samples_chunked("digits", inputs[:1500], wrong))
         bad = client.wait_update("digits", client.start_update("digits")["update_id"], timeout=300)
         assert bad["status"] == "rejected" and "forgetting gate" in bad["error"], bad
-        probe, probe_labels = demo_digits([7], split="test")
+        probe, _ = demo_digits([7], split="test")
         answer = client.predict("digits", probe[:20])
         assert answer["version"] == 2
         assert mean([p["label"] == "7" for p in answer["predictions"]]) > 0.7

@@ -1,12 +1,14 @@
 """Schemathesis against the service's own OpenAPI document: no 5xx, every response matches its schema.
 
-Bounded: a few examples per operation (CI runs this reduced count), against a real `clserve` on loopback that
-serves a trained model, so that generated requests also reach the prediction and ingestion paths.
+Bounded: a few examples per operation (CI runs this reduced count), in both modes (the embedded default, and an
+API replica with a Celery worker around Redis), against real processes on loopback that serve a trained model,
+so that generated requests also reach the prediction and ingestion paths.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from schemathesis.checks import (
 )
 
 from service.client import Client
+from tests.distributed.processes import RedisServer, running, start_replica, start_worker
 from tests.e2e.conftest import clserve
 from tests.service.conftest import blobs
 
@@ -30,15 +33,33 @@ EXAMPLES = 12
 schemathesis.openapi.media_type("application/zip", st.binary(max_size=256))
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.schemas.BaseSchema]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    env = {"CL_EPOCHS": "3", "CL_BATCH_SIZE": "16", "CL_RATE_LIMIT_PER_S": "0"}
-    with clserve(tmp / "data", log=tmp / "clserve.log", **env) as url, Client(url) as client:
+ENV = {"CL_EPOCHS": "3", "CL_BATCH_SIZE": "16", "CL_RATE_LIMIT_PER_S": "0"}
+
+
+@contextmanager
+def service(mode: str, tmp: Path, session_redis: RedisServer) -> Iterator[str]:
+    """The embedded default, or an API replica with a Celery worker around the suite's redis-server."""
+    if mode == "embedded":
+        with clserve(tmp / "data", log=tmp / "clserve.log", **ENV) as url:
+            yield url
+        return
+    redis_url = session_redis.fresh_url()
+    replica, url = start_replica(redis_url, tmp / "data", log=tmp / "replica.log", **ENV)
+    worker, _ = start_worker(redis_url, log=tmp / "worker.log", **ENV)
+    with running(replica, worker):
+        yield url
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, session_redis: RedisServer
+) -> Iterator[schemathesis.schemas.BaseSchema]:
+    tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
+    with service(request.param, tmp, session_redis) as url, Client(url) as client:
         client.create_model("m", "mlp", [8], options={"hidden": [8]})
         x, y = blobs(["a", "b"], 25)
         answer = client.post_samples("m", x, y)
-        client.wait_update("m", answer["update_id"], timeout=120)
+        assert client.wait_update("m", answer["update_id"], timeout=120)["status"] == "succeeded"
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 

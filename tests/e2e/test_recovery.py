@@ -33,7 +33,12 @@ def start(data_dir: Path, port: int, log: Path, **env: str) -> subprocess.Popen[
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, timeout=60, what="clserve", process=process)
+    try:
+        wait_until(ready, timeout=60, what="clserve", process=process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     return process
 
 
@@ -56,12 +61,12 @@ def test_kill_minus_nine_during_an_update_then_restart(tmp_path: Path) -> None:
     port, log, data = free_port(), tmp_path / "clserve.log", tmp_path / "data"
     process = start(data, port, log, **QUICK)
     url = f"http://127.0.0.1:{port}"
-    with Client(url) as client:
-        trained_model(client)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
-    process = start(data, port, log, **SLOW)  # a long update this time
     try:
+        with Client(url) as client:
+            trained_model(client)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        process = start(data, port, log, **SLOW)  # a long update this time
         with Client(url) as client:
             client.post_samples("m", *blobs(["c"], 30, seed=2))
             update_id = client.start_update("m")["update_id"]

@@ -58,3 +58,25 @@ def test_bad_archives_are_rejected_and_leave_nothing(store: Store) -> None:
     with pytest.raises(ValueError, match="safetensors"):
         import_model(store, data.getvalue(), name="other")
     assert [m.name for m in store.list_models()] == ["m"]
+
+
+def test_a_model_moves_between_local_and_redis_stores(tmp_path, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    from registry import LocalStore
+    from registry.redis_store import RedisStore
+
+    local, redis = LocalStore(tmp_path / "a"), RedisStore(redis_url)
+    try:
+        populated(local)
+        import_model(redis, export_model(local, "m"))
+        back = LocalStore(tmp_path / "b")
+        import_model(back, export_model(redis, "m"))
+        for store in (redis, back):
+            assert store.live_version("m") == 1
+            assert [v.version for v in store.list_versions("m")] == [1, 2]
+            for v in (1, 2):
+                assert store.read_weights("m", v) == local.read_weights("m", v)
+                assert store.read_state("m", v) == local.read_state("m", v)
+            assert store.experience_samples("m", 2).labels == local.experience_samples("m", 2).labels
+            assert store.claim("m").train.labels == local.claim("m").train.labels
+    finally:
+        redis.close()

@@ -1,0 +1,1254 @@
+"""The distributed store: every model's versions, samples, updates and live pointer in Redis.
+
+Same contract as `LocalStore` (tests/registry run against both), for many API replicas and Celery workers at once.
+The key layout and the operator notes are in docs/distributed.md; in short (``P`` = ``cl:{<model>}:``, the hash tag
+keeps a model's keys in one slot)::
+
+    cl:models                  SET     model names
+    P model                    STRING  ModelRecord JSON (the model exists iff this key does)
+    P live                     STRING  the live version number (absent: none)
+    P versions / P vseq        ZSET    committed version numbers / STRING the last number ever given (never reused)
+    P v:<n>                    HASH    meta (VersionRecord JSON), weights / state (safetensors bytes) or, above the
+                                       chunk size, weights@ / state@ = "<blob> <count>" naming P blob:<blob>:<i>
+    P v:<n>:promotions         LIST    Promotion JSON, oldest first
+    P blob:<blob>:<i>          STRING  one chunk of a large value (written with an expiry, made permanent by the
+                                       commit that references it, so an interrupted commit leaves nothing behind)
+    P b:<seq>                  HASH    one ingestion batch: meta JSON (labels, ids, held-out flags, arrival time,
+                                       request key), train and held payloads kept apart (evaluation data never
+                                       enters a training payload)
+    P batches                  ZSET    stored batch numbers
+    P stream                   STREAM  one entry per pending batch (id <seq>-0), read by consumer group "updates"
+    P acked                    STRING  the newest batch consumed by a committed version
+    P experiences              LIST    ExperienceRecord JSON: which batches each version consumed
+    P bseq / P sseq / P classes        batch and sample counters, labeled samples per class (the hold-out policy)
+    P requests / P deleted             request key → batch (idempotent ingestion) / tombstoned sample ids
+    P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation
+    P answer:<sha256>          STRING  remembered answers (with their expiry)
+    P lock / P fence           STRING  the update lock "<token> <owner>" (with expiry) / the newest fencing token
+    P op:<id>                  STRING  result of a finished script call, so a call retried after a lost reply
+                                       applies once
+    cl:fence                   STRING  the counter fencing tokens come from (strictly increasing for every model)
+    channel cl:db<N>:live      pub/sub: {"model": name, "version": n | null} on every pointer change
+
+Every multi-key change is one Lua script or one WATCH/MULTI transaction, so it happens entirely or not at all.
+Connection problems surface as `StoreUnavailable`; the same store object works again once Redis is back.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import torch
+from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+from redis.retry import Retry
+from torch import Tensor
+
+from registry import tensors
+from registry.base import UNSET, LiveListener, Store, Subscription
+from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.samples import Claim, SampleSet, holdout_flags
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+"""Values above this are split: far below Redis's 512 MB limit, and small enough not to stall other clients."""
+GROUP = "updates"
+OP_TTL_MS = 3_600_000  # how long a finished script call is remembered (retries come within seconds)
+STAGING_TTL_MS = 6 * 3_600_000  # chunks of a commit that never happened expire after this
+_TRANSACTION_ATTEMPTS = 200
+_UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "NOAUTH", "WRONGPASS", "NOPERM", "MASTERDOWN")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# -- Lua: every script that changes more than one key -------------------------------------------------------------
+
+_CHUNKS = """
+local function chunk_keys(prefix, ref)
+  local keys = {}
+  if not ref then return keys end
+  local id, n = string.match(ref, '^(%S+) (%d+)$')
+  for i = 0, tonumber(n) - 1 do keys[#keys + 1] = prefix .. 'blob:' .. id .. ':' .. i end
+  return keys
+end
+local function staged(prefix, mode, value)
+  if mode ~= 'c' then return true end
+  for _, k in ipairs(chunk_keys(prefix, value)) do
+    if redis.call('EXISTS', k) == 0 then return false end
+  end
+  return true
+end
+local function put_payload(prefix, key, field, mode, value)
+  if mode == 'i' then
+    redis.call('HSET', key, field, value)
+    redis.call('HDEL', key, field .. '@')
+  else
+    redis.call('HSET', key, field .. '@', value)
+    redis.call('HDEL', key, field)
+    for _, k in ipairs(chunk_keys(prefix, value)) do redis.call('PERSIST', k) end
+  end
+end
+local function drop_chunks(prefix, ref)
+  for _, k in ipairs(chunk_keys(prefix, ref)) do redis.call('UNLINK', k) end
+end
+"""
+
+_CREATE_MODEL = """
+-- KEYS: models, model, stream   ARGV: name, record, group, quoted name
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return redis.error_reply('CONFLICT model ' .. ARGV[4] .. ' already exists')
+end
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[3], '0', 'MKSTREAM')
+return 1
+"""
+
+_DELETE_MODEL = """
+-- KEYS: models, model   ARGV: name, key pattern, channel, message, quoted name
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[5] .. ' does not exist')
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+local cursor = '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', 1000)
+  cursor = page[1]
+  for _, k in ipairs(page[2]) do redis.call('UNLINK', k) end
+until cursor == '0'
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+_COMMIT_VERSION = (
+    _CHUNKS
+    + """
+-- KEYS: model, fence, vseq, versions, op
+-- ARGV: fence|'', number|'', meta, weights mode, weights, state mode, state, prefix, quoted name, op ttl
+local done = redis.call('GET', KEYS[5])
+if done then return tonumber(done) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[9] .. ' does not exist')
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('CONFLICT update lock of ' .. ARGV[9] .. ' was lost (fencing token '
+    .. ARGV[1] .. ' is stale)')
+end
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+local top = redis.call('ZRANGE', KEYS[4], -1, -1)
+if top[1] and tonumber(top[1]) > last then last = tonumber(top[1]) end
+local v = last + 1
+if ARGV[2] ~= '' then
+  v = tonumber(ARGV[2])
+  if v <= last then
+    return redis.error_reply('CONFLICT version ' .. ARGV[2] .. ' of ' .. ARGV[9]
+      .. ' is not after the newest (' .. last .. ')')
+  end
+end
+if not staged(ARGV[8], ARGV[4], ARGV[5]) or not staged(ARGV[8], ARGV[6], ARGV[7]) then
+  return redis.error_reply('CONFLICT the chunks of this commit expired before it; commit again')
+end
+local key = ARGV[8] .. 'v:' .. v
+put_payload(ARGV[8], key, 'weights', ARGV[4], ARGV[5])
+put_payload(ARGV[8], key, 'state', ARGV[6], ARGV[7])
+redis.call('HSET', key, 'meta', ARGV[3])
+redis.call('ZADD', KEYS[4], v, v)
+redis.call('SET', KEYS[3], v)
+redis.call('SET', KEYS[5], v, 'PX', ARGV[10])
+return v
+"""
+)
+
+_REWRITE_STATE = (
+    _CHUNKS
+    + """
+-- KEYS: version   ARGV: mode, value, prefix, message if absent
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[4]) end
+if not staged(ARGV[3], ARGV[1], ARGV[2]) then
+  return redis.error_reply('CONFLICT the chunks of this state expired before it was written; write it again')
+end
+local old = redis.call('HGET', KEYS[1], 'state@')
+put_payload(ARGV[3], KEYS[1], 'state', ARGV[1], ARGV[2])
+if old and old ~= ARGV[2] then drop_chunks(ARGV[3], old) end
+return 1
+"""
+)
+
+_DELETE_VERSION = (
+    _CHUNKS
+    + """
+-- KEYS: version, live, versions, promotions   ARGV: version, prefix, message if absent, message if live
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.error_reply('CONFLICT ' .. ARGV[4]) end
+drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'weights@'))
+drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'state@'))
+redis.call('UNLINK', KEYS[1], KEYS[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+)
+
+_PROMOTE = """
+-- KEYS: model, live, version, promotions, op
+-- ARGV: expected ('' unset, 'null' none, else a number), version, by JSON, at, channel, model JSON, quoted name, op ttl
+local done = redis.call('GET', KEYS[5])
+if done then return tonumber(done) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' does not exist')
+end
+local current = redis.call('GET', KEYS[2])
+if ARGV[1] ~= '' then
+  local matches = (ARGV[1] == 'null' and not current) or (current and current == ARGV[1])
+  if not matches then
+    redis.call('SET', KEYS[5], 0, 'PX', ARGV[8])
+    return 0
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' has no version ' .. ARGV[2])
+end
+local previous = current or 'null'
+redis.call('RPUSH', KEYS[4], '{"by":' .. ARGV[3] .. ',"at":' .. ARGV[4] .. ',"previous":' .. previous .. '}')
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[5], '{"model":' .. ARGV[6] .. ',"version":' .. ARGV[2] .. '}')
+redis.call('SET', KEYS[5], 1, 'PX', ARGV[8])
+return 1
+"""
+
+_ACK = """
+-- KEYS: model, fence, acked, experiences, stream, op
+-- ARGV: fence|'', from, upto, experience JSON, group, quoted name, op ttl
+if redis.call('GET', KEYS[6]) then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[6] .. ' does not exist')
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('CONFLICT update lock of ' .. ARGV[6] .. ' was lost (fencing token '
+    .. ARGV[1] .. ' is stale)')
+end
+local acked = tonumber(redis.call('GET', KEYS[3]) or '0')
+if acked ~= tonumber(ARGV[2]) then
+  return redis.error_reply('CONFLICT samples of ' .. ARGV[6] .. ' were consumed by another update since this claim')
+end
+local upto = tonumber(ARGV[3])
+if upto > acked then
+  redis.call('SET', KEYS[3], upto)
+  local cursor = string.format('%d-0', acked + 1)
+  local last = string.format('%d-0', upto)
+  while true do
+    local rows = redis.call('XPENDING', KEYS[5], ARGV[5], cursor, last, 1000)
+    if #rows == 0 then break end
+    local ids = {}
+    for i, row in ipairs(rows) do ids[i] = row[1] end
+    redis.call('XACK', KEYS[5], ARGV[5], unpack(ids))
+    if #rows < 1000 then break end
+    cursor = '(' .. rows[#rows][1]
+  end
+end
+redis.call('RPUSH', KEYS[4], ARGV[4])
+redis.call('SET', KEYS[6], 1, 'PX', ARGV[7])
+return 1
+"""
+
+_GUARDED_HSET = """
+-- KEYS: model, hash   ARGV: field, value, quoted name, only if absent ('1' / '0')
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
+end
+if ARGV[4] == '1' then
+  redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return redis.call('HGET', KEYS[2], ARGV[1])
+"""
+
+_REQUEST_CANCEL = """
+-- KEYS: model, updates, cancel   ARGV: update id, quoted name, quoted id
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' does not exist')
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' has no update ' .. ARGV[3])
+end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+
+_GUARDED_SET = """
+-- KEYS: model, key   ARGV: value, ttl ms, quoted name
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_GUARDED_SADD = """
+-- KEYS: model, set   ARGV: quoted name, members...
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[1] .. ' does not exist')
+end
+for i = 2, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return 1
+"""
+
+_ACQUIRE_LOCK = """
+-- KEYS: model, lock, fence, global counter   ARGV: ttl ms, owner, quoted name
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local token = redis.call('INCR', KEYS[4])
+redis.call('SET', KEYS[2], token .. ' ' .. ARGV[2], 'PX', ARGV[1])
+redis.call('SET', KEYS[3], token)
+return token
+"""
+
+_REFRESH_LOCK = """
+-- KEYS: lock   ARGV: token, ttl ms
+local held = redis.call('GET', KEYS[1])
+if not held or string.match(held, '^(%d+)') ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE_LOCK = """
+-- KEYS: lock   ARGV: token
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^(%d+)') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Moved(Exception):
+    """A chunked value was rewritten or deleted while being read: read its reference again."""
+
+
+def _translated(method: Callable[Concatenate[RedisStore, P], R]) -> Callable[Concatenate[RedisStore, P], R]:
+    """Redis's errors as the store's: unreachable → StoreUnavailable, script verdicts → NotFound / Conflict."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis at {self.where} is unreachable ({exc})") from exc
+        except redis.ResponseError as exc:
+            raise self._verdict(exc) from exc
+
+    return wrapper
+
+
+@dataclass
+class _Batch:
+    """One ingestion batch as read back: its metadata, training rows and held-out rows."""
+
+    seq: int
+    meta: dict[str, Any]
+    train: SampleSet
+    held: SampleSet
+
+
+class RedisStore(Store):
+    """The store in Redis, shared by every API replica and worker (thread-safe; one per process is enough)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        prefix: str = "cl",
+        socket_timeout_s: float = 60.0,
+    ) -> None:
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be positive")
+        self.where = redact(url)
+        self.chunk_bytes = chunk_bytes
+        self._prefix = prefix
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": socket_timeout_s,
+            # a stale connection (Redis restarted) is retried once on a fresh one; an outage fails within a second
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        }
+        self._redis = redis.Redis.from_url(url, **options)
+        db = self._redis.connection_pool.connection_kwargs.get("db", 0)
+        self.channel = f"{prefix}:db{db}:live"  # pub/sub ignores database numbers: the channel names one
+        self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in {
+                "create_model": _CREATE_MODEL,
+                "delete_model": _DELETE_MODEL,
+                "commit_version": _COMMIT_VERSION,
+                "rewrite_state": _REWRITE_STATE,
+                "delete_version": _DELETE_VERSION,
+                "promote": _PROMOTE,
+                "ack": _ACK,
+                "hset": _GUARDED_HSET,
+                "request_cancel": _REQUEST_CANCEL,
+                "set": _GUARDED_SET,
+                "sadd": _GUARDED_SADD,
+                "acquire_lock": _ACQUIRE_LOCK,
+                "refresh_lock": _REFRESH_LOCK,
+                "release_lock": _RELEASE_LOCK,
+            }.items()
+        }
+        self._notifier = _Notifier(
+            lambda: redis.Redis.from_url(url, health_check_interval=5, **options), self.channel, self._pointers
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.where})"
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _p(self, name: str) -> str:
+        return f"{self._prefix}:{{{name}}}:"
+
+    def _k(self, name: str, *parts: object) -> str:
+        return self._p(name) + ":".join(str(p) for p in parts)
+
+    def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._scripts[script](keys=list(keys), args=list(args))
+
+    def _verdict(self, exc: redis.ResponseError) -> StoreError | redis.ResponseError:
+        message = str(exc)
+        kind, _, rest = message.partition(" ")
+        if kind == "NOTFOUND":
+            return NotFound(rest)
+        if kind == "CONFLICT":
+            return Conflict(rest)
+        if kind == "NOGROUP":
+            return NotFound("the model was deleted while this call ran")
+        if kind in _UNAVAILABLE_REPLIES or message.startswith(_UNAVAILABLE_REPLIES):
+            return StoreUnavailable(f"Redis at {self.where} refused the command: {message}")
+        return exc
+
+    def _exists(self, pipe: Pipeline, name: str) -> None:
+        """Queue the model's existence check as the pipeline's first reply (see `_checked`)."""
+        pipe.exists(self._k(name, "model"))
+
+    @staticmethod
+    def _checked(name: str, replies: list[Any]) -> list[Any]:
+        if not replies[0]:
+            raise NotFound(f"model {name!r} does not exist")
+        return replies[1:]
+
+    def _read(self, name: str, queue: Callable[[Pipeline], object]) -> list[Any]:
+        """Replies of the commands ``queue`` adds, read atomically with the model's existence."""
+        pipe = self._redis.pipeline(transaction=True)
+        self._exists(pipe, name)
+        queue(pipe)
+        return self._checked(name, pipe.execute())
+
+    def _stage(self, name: str, data: bytes) -> tuple[str, bytes | str]:
+        """("i", bytes) to store inline, or ("c", "<blob> <count>") after writing the chunks with an expiry (the
+        commit that references them makes them permanent)."""
+        if len(data) <= self.chunk_bytes:
+            return "i", data
+        blob = uuid.uuid4().hex
+        count = math.ceil(len(data) / self.chunk_bytes)
+        view = memoryview(data)
+        pipe = self._redis.pipeline(transaction=False)
+        for i in range(count):
+            chunk = view[i * self.chunk_bytes : (i + 1) * self.chunk_bytes]
+            pipe.set(self._k(name, "blob", blob, i), chunk, px=STAGING_TTL_MS)
+            if i % 4 == 3:
+                pipe.execute()
+        pipe.execute()
+        return "c", f"{blob} {count}"
+
+    def _chunk_keys(self, name: str, ref: bytes | str | None) -> list[str]:
+        if ref is None:
+            return []
+        blob, count = _text(ref).split()
+        return [self._k(name, "blob", blob, i) for i in range(int(count))]
+
+    def _unstage(self, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+        keys = [k for mode, value in staged if mode == "c" for k in self._chunk_keys(name, value)]
+        if keys:
+            with suppress(redis.RedisError):
+                self._redis.unlink(*keys)
+
+    def _payload(self, name: str, inline: bytes | None, ref: bytes | None) -> bytes | None:
+        if inline is not None:
+            return inline
+        if ref is None:
+            return None
+        keys = self._chunk_keys(name, ref)
+        parts: list[bytes] = []
+        for start in range(0, len(keys), 4):  # bounded replies
+            got: list[bytes | None] = self._redis.mget(keys[start : start + 4])  # type: ignore[assignment]
+            for part in got:
+                if part is None:
+                    raise _Moved()
+                parts.append(part)
+        return b"".join(parts)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Pipeline]:
+        with self._redis.pipeline(transaction=True) as pipe:
+            yield pipe
+
+    def _contended(self, attempt: int) -> None:
+        """After a failed WATCH: back off a little; an outage (not contention) raises from the ping."""
+        self._redis.ping()
+        time.sleep(min(0.05, 0.001 * attempt))
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    @_translated
+    def ping(self) -> None:
+        self._redis.ping()
+
+    def close(self) -> None:
+        self._notifier.close()
+        self._redis.close()
+
+    # -- models ---------------------------------------------------------------------------------------------------
+    @_translated
+    def create_model(self, record: ModelRecord) -> None:
+        name = record.name
+        keys = [f"{self._prefix}:models", self._k(name, "model"), self._k(name, "stream")]
+        self._run("create_model", keys, [name, json.dumps(record.to_json()), GROUP, repr(name)])
+
+    @_translated
+    def get_model(self, name: str) -> ModelRecord:
+        raw = self._redis.get(self._k(name, "model"))
+        if raw is None:
+            raise NotFound(f"model {name!r} does not exist")
+        return ModelRecord.from_json(json.loads(raw))
+
+    @_translated
+    def list_models(self) -> list[ModelRecord]:
+        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        raws = self._redis.mget([self._k(n, "model") for n in names]) if names else []
+        return [ModelRecord.from_json(json.loads(raw)) for raw in raws if raw is not None]
+
+    @_translated
+    def delete_model(self, name: str) -> None:
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._p(name)) + "*"
+        message = json.dumps({"model": name, "version": None})
+        self._run(
+            "delete_model",
+            [f"{self._prefix}:models", self._k(name, "model")],
+            [name, pattern, self.channel, message, repr(name)],
+        )
+
+    # -- versions -------------------------------------------------------------------------------------------------
+    @_translated
+    def commit_version(
+        self,
+        record: VersionRecord,
+        weights: bytes,
+        state: bytes,
+        *,
+        fence: int | None = None,
+        number: int | None = None,
+    ) -> VersionRecord:
+        name = record.model
+        staged = [self._stage(name, weights), self._stage(name, state)]
+        (w_mode, w_value), (s_mode, s_value) = staged
+        keys = [self._k(name, k) for k in ("model", "fence", "vseq", "versions")]
+        keys.append(self._k(name, "op", uuid.uuid4().hex))
+        meta = json.dumps(record.to_json())
+        args: list[Any] = ["" if fence is None else str(fence), "" if number is None else str(number), meta]
+        args += [w_mode, w_value, s_mode, s_value, self._p(name), repr(name), OP_TTL_MS]
+        try:
+            record.version = int(self._run("commit_version", keys, args))
+        except BaseException:
+            self._unstage(name, staged)
+            raise
+        return record
+
+    def _version_fields(self, name: str, version: int, *fields: str) -> list[Any]:
+        replies = self._read(name, lambda pipe: pipe.hmget(self._k(name, "v", version), ["meta", *fields]))
+        values: list[Any] = replies[0]
+        if values[0] is None:
+            raise NotFound(f"model {name!r} has no version {version}")
+        return values
+
+    @_translated
+    def get_version(self, name: str, version: int) -> VersionRecord:
+        def queue(pipe: Pipeline) -> None:
+            pipe.hget(self._k(name, "v", version), "meta")
+            pipe.lrange(self._k(name, "v", version, "promotions"), 0, -1)
+
+        meta, promotions = self._read(name, queue)
+        if meta is None:
+            raise NotFound(f"model {name!r} has no version {version}")
+        return self._version_record(version, meta, promotions)
+
+    @staticmethod
+    def _version_record(version: int, meta: bytes, promotions: list[bytes]) -> VersionRecord:
+        record = VersionRecord.from_json(json.loads(meta))
+        record.version = version
+        record.promotions = [json.loads(p) for p in promotions]
+        return record
+
+    @_translated
+    def list_versions(self, name: str) -> list[VersionRecord]:
+        [numbers] = self._read(name, lambda pipe: pipe.zrange(self._k(name, "versions"), 0, -1))
+        versions = [int(n) for n in numbers]
+        pipe = self._redis.pipeline(transaction=True)
+        for v in versions:
+            pipe.hget(self._k(name, "v", v), "meta")
+            pipe.lrange(self._k(name, "v", v, "promotions"), 0, -1)
+        replies = pipe.execute() if versions else []
+        out = []
+        for i, v in enumerate(versions):
+            meta, promotions = replies[2 * i], replies[2 * i + 1]
+            if meta is not None:  # deleted since the listing
+                out.append(self._version_record(v, meta, promotions))
+        return out
+
+    def _version_payload(self, name: str, version: int, field: str) -> bytes:
+        for _ in range(10):
+            _, inline, ref = self._version_fields(name, version, field, field + "@")
+            try:
+                data = self._payload(name, inline, ref)
+            except _Moved:
+                continue  # rewritten meanwhile: read the new reference
+            if data is None:
+                raise NotFound(f"model {name!r} version {version} has no {field}")
+            return data
+        raise StoreUnavailable(f"the {field} of {name!r} version {version} kept changing while being read")
+
+    @_translated
+    def read_weights(self, name: str, version: int) -> bytes:
+        return self._version_payload(name, version, "weights")
+
+    @_translated
+    def read_state(self, name: str, version: int) -> bytes:
+        return self._version_payload(name, version, "state")
+
+    @_translated
+    def rewrite_state(self, name: str, version: int, state: bytes) -> None:
+        self.get_model(name)
+        staged = self._stage(name, state)
+        try:
+            self._run(
+                "rewrite_state",
+                [self._k(name, "v", version)],
+                [staged[0], staged[1], self._p(name), f"model {name!r} has no version {version}"],
+            )
+        except BaseException:
+            self._unstage(name, [staged])
+            raise
+
+    @_translated
+    def delete_version(self, name: str, version: int) -> None:
+        self.get_model(name)
+        keys = [self._k(name, "v", version), self._k(name, "live"), self._k(name, "versions")]
+        keys.append(self._k(name, "v", version, "promotions"))
+        args = [str(version), self._p(name), f"model {name!r} has no version {version}"]
+        args.append(f"version {version} of {name!r} is live; promote another one first")
+        self._run("delete_version", keys, args)
+
+    # -- the live pointer -----------------------------------------------------------------------------------------
+    @_translated
+    def live_version(self, name: str) -> int | None:
+        [value] = self._read(name, lambda pipe: pipe.get(self._k(name, "live")))
+        return None if value is None else int(value)
+
+    @_translated
+    def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
+        wanted = "" if expected is UNSET else ("null" if expected is None else str(int(expected)))
+        keys = [self._k(name, "model"), self._k(name, "live"), self._k(name, "v", version)]
+        keys += [self._k(name, "v", version, "promotions"), self._k(name, "op", uuid.uuid4().hex)]
+        args = [
+            wanted,
+            str(int(version)),
+            json.dumps(by),
+            repr(time.time()),
+            self.channel,
+            json.dumps(name),
+            repr(name),
+        ]
+        return bool(self._run("promote", keys, [*args, OP_TTL_MS]))
+
+    @_translated
+    def subscribe(self, listener: LiveListener) -> Subscription:
+        return self._notifier.add(listener)
+
+    def _pointers(self) -> dict[str, int | None]:
+        """Every model's live pointer now (delivered to listeners after a reconnect, in case messages were missed)."""
+        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        values = self._redis.mget([self._k(n, "live") for n in names]) if names else []
+        return {n: None if v is None else int(v) for n, v in zip(names, values, strict=True)}
+
+    # -- samples --------------------------------------------------------------------------------------------------
+    def _batch_fields(self, name: str, inputs: Tensor, held: Sequence[bool]) -> tuple[dict[Any, Any], list[Any]]:
+        """The payload fields of a batch: training rows and held-out rows apart (staged when large)."""
+        fields: dict[Any, Any] = {}
+        staged: list[tuple[str, bytes | str]] = []
+        for field, flag in (("train", False), ("held", True)):
+            rows = [i for i, h in enumerate(held) if h == flag]
+            if rows:
+                mode, value = self._stage(name, tensors.dumps({"inputs": inputs[rows]}))
+                fields[field if mode == "i" else field + "@"] = value
+                staged.append((mode, value))
+        return fields, staged
+
+    def _persist(self, pipe: Pipeline, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+        for mode, value in staged:
+            if mode == "c":
+                for key in self._chunk_keys(name, value):
+                    pipe.persist(key)
+
+    @_translated
+    def append_samples(
+        self,
+        name: str,
+        inputs: Tensor,
+        labels: Sequence[str | None],
+        holdout_fraction: float,
+        *,
+        request_key: str | None = None,
+    ) -> tuple[list[str], list[bool]]:
+        labels = list(labels)
+        k = functools.partial(self._k, name)
+        with self._transaction() as pipe:
+            for attempt in range(_TRANSACTION_ATTEMPTS):
+                staged: list[tuple[str, bytes | str]] = []
+                try:
+                    pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
+                    if not pipe.exists(k("model")):
+                        raise NotFound(f"model {name!r} does not exist")
+                    if request_key is not None:
+                        known = pipe.hget(k("requests"), request_key)
+                        meta_raw = pipe.hget(k("b", int(known)), "meta") if known is not None else None
+                        if meta_raw is not None:
+                            meta = json.loads(meta_raw)
+                            return list(meta["original_ids"]), list(meta["original_held_out"])
+                    counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
+                    before = dict(counts)
+                    held = holdout_flags(labels, counts, holdout_fraction)
+                    seq = int(pipe.get(k("bseq")) or 0) + 1
+                    first = int(pipe.get(k("sseq")) or 0) + 1
+                    ids = [str(first + i) for i in range(len(labels))]
+                    meta = {
+                        "labels": labels,
+                        "held_out": held,
+                        "ids": ids,
+                        "at": time.time(),
+                        "request_key": request_key,
+                        "original_ids": ids if request_key is not None else None,
+                        "original_held_out": held if request_key is not None else None,
+                    }
+                    fields, staged = self._batch_fields(name, inputs, held)
+                    pipe.multi()
+                    changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
+                    if changed:
+                        pipe.hset(k("classes"), mapping=changed)
+                    pipe.set(k("bseq"), seq)
+                    pipe.set(k("sseq"), first + len(labels) - 1)
+                    pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta), **fields})
+                    self._persist(pipe, name, staged)
+                    pipe.zadd(k("batches"), {str(seq): seq})
+                    pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
+                    if request_key is not None:
+                        pipe.hset(k("requests"), request_key, seq)
+                    pipe.execute()
+                    return ids, held
+                except WatchError:
+                    self._unstage(name, staged)
+                    self._contended(attempt)
+                except BaseException:
+                    self._unstage(name, staged)
+                    raise
+        raise StoreUnavailable(f"samples of {name!r} could not be stored: too many concurrent writers")
+
+    def _batch(self, name: str, seq: int, data: dict[Any, Any], shape: Sequence[int]) -> _Batch:
+        """A batch from its hash (HGETALL); raises _Moved if a chunked payload changed meanwhile."""
+        meta = json.loads(data[b"meta"])
+        flags: list[bool] = meta["held_out"]
+        parts = {}
+        for field, flag in (("train", False), ("held", True)):
+            rows = [i for i, h in enumerate(flags) if h == flag]
+            payload = self._payload(name, data.get(field.encode()), data.get(f"{field}@".encode()))
+            inputs = tensors.loads(payload)["inputs"] if payload is not None else torch.zeros(0, *shape)
+            parts[field] = SampleSet(inputs, [meta["labels"][i] for i in rows], [meta["ids"][i] for i in rows])
+        return _Batch(seq, meta, parts["train"], parts["held"])
+
+    def _batches(self, name: str, seqs: Sequence[int], shape: Sequence[int]) -> list[_Batch]:
+        """The stored batches among ``seqs``, in order (deleted ones are skipped)."""
+        out = []
+        for start in range(0, len(seqs), 64):
+            group = seqs[start : start + 64]
+            pipe = self._redis.pipeline(transaction=False)
+            for seq in group:
+                pipe.hgetall(self._k(name, "b", seq))
+            for seq, data in zip(group, pipe.execute(), strict=True):
+                for _ in range(10):
+                    if not data:
+                        break
+                    try:
+                        out.append(self._batch(name, seq, data, shape))
+                        break
+                    except _Moved:
+                        data = self._redis.hgetall(self._k(name, "b", seq))
+        return out
+
+    def _metas(self, name: str, seqs: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+        pipe = self._redis.pipeline(transaction=False)
+        for seq in seqs:
+            pipe.hget(self._k(name, "b", seq), "meta")
+        replies = pipe.execute() if seqs else []
+        return [(seq, json.loads(raw)) for seq, raw in zip(seqs, replies, strict=True) if raw is not None]
+
+    def _acked(self, name: str) -> int:
+        return int(self._redis.get(self._k(name, "acked")) or 0)
+
+    def _stored(self, name: str, low: str = "-inf", high: str = "+inf") -> list[int]:
+        found: list[bytes] = self._redis.zrangebyscore(self._k(name, "batches"), low, high)  # type: ignore[assignment]
+        return [int(s) for s in found]
+
+    def _pending_entries(self, name: str) -> list[int]:
+        """Batch numbers of every unacknowledged stream entry: new ones read through the consumer group, then the
+        whole pending list claimed by this consumer (entries a crashed update read but never acknowledged)."""
+        stream = self._k(name, "stream")
+        while True:
+            got: Any = self._redis.xreadgroup(GROUP, self._consumer, {stream: ">"}, count=1000)
+            if not got or not got[0][1]:
+                break
+        seqs: list[int] = []
+        cursor: bytes | str = "0-0"
+        while True:
+            reply = self._redis.xautoclaim(stream, GROUP, self._consumer, min_idle_time=0, start_id=cursor, count=1000)
+            cursor, entries = reply[0], reply[1]
+            seqs.extend(int(_text(entry_id).split("-")[0]) for entry_id, _ in entries)
+            if _text(cursor) == "0-0":
+                return sorted(seqs)
+
+    @_translated
+    def claim(self, name: str, *, limit: int | None = None) -> Claim:
+        shape = self.get_model(name).input_shape
+        start = self._acked(name)
+        entries = self._pending_entries(name)
+        stale = [f"{seq}-0" for seq in entries if seq <= start]
+        if stale:  # delivered after an acknowledgement already covered them: nothing to train
+            self._redis.xack(self._k(name, "stream"), GROUP, *stale)
+        taken, counted = [], 0
+        for seq, meta in self._metas(name, [seq for seq in entries if seq > start]):
+            n_train = sum(not flag for flag in meta["held_out"])
+            if limit is not None and counted and counted + n_train > limit:
+                break
+            taken.append(seq)
+            counted += n_train
+        batches = self._batches(name, taken, shape)
+        upto = batches[-1].seq if batches else start
+        return Claim(
+            SampleSet.concat([b.train for b in batches], shape),
+            SampleSet.concat([b.held for b in batches], shape),
+            {"from": start, "upto": upto},
+        )
+
+    @_translated
+    def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
+        experience = ExperienceRecord(
+            version=version,
+            update_id=update_id,
+            claim=dict(claim.token),
+            labeled=len(claim.train.labeled),
+            unlabeled=len(claim.train.unlabeled),
+            held_out=len(claim.held_out),
+        )
+        keys = [self._k(name, k) for k in ("model", "fence", "acked", "experiences", "stream")]
+        keys.append(self._k(name, "op", uuid.uuid4().hex))
+        args = [
+            "" if fence is None else str(fence),
+            str(int(str(claim.token["from"]))),
+            str(int(str(claim.token["upto"]))),
+        ]
+        self._run("ack", keys, [*args, json.dumps(experience.to_json()), GROUP, repr(name), OP_TTL_MS])
+        self._forget_idle_consumers(name)
+
+    def _forget_idle_consumers(self, name: str) -> None:
+        """Remove consumers of other processes that hold nothing pending (they accumulate as workers restart)."""
+        with suppress(redis.RedisError):
+            stream = self._k(name, "stream")
+            for consumer in self._redis.xinfo_consumers(stream, GROUP):
+                consumer_name = _text(consumer["name"])
+                if consumer["pending"] == 0 and consumer_name != self._consumer:
+                    self._redis.xgroup_delconsumer(stream, GROUP, consumer_name)
+
+    @_translated
+    def experiences(self, name: str) -> list[ExperienceRecord]:
+        [raws] = self._read(name, lambda pipe: pipe.lrange(self._k(name, "experiences"), 0, -1))
+        return [ExperienceRecord.from_json(json.loads(raw)) for raw in raws]
+
+    @_translated
+    def experience_samples(self, name: str, version: int) -> SampleSet:
+        shape = self.get_model(name).input_shape
+        for e in self.experiences(name):
+            if e.version == version:
+                seqs = self._stored(name, f"({int(e.claim['from'])}", str(int(e.claim["upto"])))
+                return SampleSet.concat([b.held for b in self._batches(name, seqs, shape)], shape)
+        return SampleSet.concat([], shape)
+
+    def _rewrite_batch(
+        self, name: str, seq: int, keep_of: Callable[[dict[str, Any]], list[bool]]
+    ) -> tuple[list[bool], dict[str, Any]] | None:
+        """Keep only some rows of a batch (removing it, its stream entry and its request key when none remain).
+        Returns the mask applied and the metadata it was computed from (None if the batch is gone)."""
+        key, shape = self._k(name, "b", seq), self.get_model(name).input_shape
+        with self._transaction() as pipe:
+            for attempt in range(_TRANSACTION_ATTEMPTS):
+                staged: list[tuple[str, bytes | str]] = []
+                try:
+                    pipe.watch(key)
+                    data = pipe.hgetall(key)
+                    if not data:
+                        return None
+                    batch = self._batch(name, seq, data, shape)
+                    keep = keep_of(batch.meta)
+                    if all(keep):
+                        return keep, batch.meta
+                    old_chunks = [c for f in (b"train@", b"held@") for c in self._chunk_keys(name, data.get(f))]
+                    pipe.multi()
+                    pipe.delete(key)
+                    if any(keep):
+                        meta = dict(batch.meta)
+                        for field in ("labels", "held_out", "ids"):
+                            meta[field] = [v for v, kept in zip(meta[field], keep, strict=True) if kept]
+                        rows = _merge_rows(batch, keep)
+                        fields, staged = self._batch_fields(name, rows, meta["held_out"])
+                        pipe.hset(key, mapping={"meta": json.dumps(meta), **fields})
+                        self._persist(pipe, name, staged)
+                    else:
+                        pipe.zrem(self._k(name, "batches"), str(seq))
+                        pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
+                        pipe.xdel(self._k(name, "stream"), f"{seq}-0")
+                        if batch.meta.get("request_key"):
+                            pipe.hdel(self._k(name, "requests"), batch.meta["request_key"])
+                    if old_chunks:
+                        pipe.unlink(*old_chunks)
+                    pipe.execute()
+                    return keep, batch.meta
+                except (WatchError, _Moved):
+                    self._unstage(name, staged)
+                    self._contended(attempt)
+                except BaseException:
+                    self._unstage(name, staged)
+                    raise
+        raise StoreUnavailable(f"batch {seq} of {name!r} could not be rewritten: too many concurrent writers")
+
+    @_translated
+    def delete_samples(self, name: str, ids: Sequence[str]) -> int:
+        wanted = {str(i) for i in ids}
+        tombstones = sorted({str(int(i)) for i in wanted if i.isdigit()})
+        if tombstones:
+            self._run("sadd", [self._k(name, "model"), self._k(name, "deleted")], [repr(name), *tombstones])
+        else:
+            self.get_model(name)
+        found = 0
+        for seq, meta in self._metas(name, self._stored(name)):
+            if not any(i in wanted for i in meta["ids"]):
+                continue
+            result = self._rewrite_batch(name, seq, lambda m: [i not in wanted for i in m["ids"]])
+            if result is not None:
+                found += result[0].count(False)
+        return found
+
+    @_translated
+    def deleted_ids(self, name: str) -> set[int]:
+        [members] = self._read(name, lambda pipe: pipe.smembers(self._k(name, "deleted")))
+        return {int(m) for m in members}
+
+    @_translated
+    def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
+        dropped = {"training": 0, "held_out": 0}
+        self.get_model(name)
+        consumed, now, kept = self._acked(name), time.time(), 0
+
+        def keep_of(meta: dict[str, Any]) -> list[bool]:
+            old = max_age_s is not None and now - float(meta["at"]) > max_age_s
+            keep, survivors = [], kept
+            for _ in meta["held_out"]:
+                survive = not old and (max_samples is None or survivors < max_samples)
+                survivors += survive
+                keep.append(survive)
+            return keep
+
+        for seq in reversed(self._stored(name, "-inf", str(consumed))):  # newest first; pending ones stay
+            result = self._rewrite_batch(name, seq, keep_of)
+            if result is None:
+                continue
+            keep, meta = result
+            kept += sum(keep)
+            for survive, flag in zip(keep, meta["held_out"], strict=True):
+                if not survive:
+                    dropped["held_out" if flag else "training"] += 1
+        return dropped
+
+    @_translated
+    def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
+        k = functools.partial(self._k, name)
+        with self._transaction() as pipe:
+            for attempt in range(_TRANSACTION_ATTEMPTS):
+                staged: list[tuple[str, bytes | str]] = []
+                try:
+                    pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
+                    if not pipe.exists(k("model")):
+                        raise NotFound(f"model {name!r} does not exist")
+                    start = int(pipe.get(k("acked")) or 0)
+                    if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
+                        raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
+                    seq = start
+                    fields: dict[Any, Any] = {}
+                    if len(held_out):
+                        seq = int(pipe.get(k("bseq")) or 0) + 1
+                        first = int(pipe.get(k("sseq")) or 0) + 1
+                        ids = [str(first + i) for i in range(len(held_out))]
+                        flags = [True] * len(held_out)
+                        meta = {"labels": held_out.labels, "held_out": flags, "ids": ids, "at": time.time()}
+                        fields, staged = self._batch_fields(name, held_out.inputs, flags)
+                        fields["meta"] = json.dumps(meta)
+                    token = {"from": start, "upto": seq}
+                    experience = ExperienceRecord(version, update_id, token, held_out=len(held_out))
+                    pipe.multi()
+                    if fields:
+                        pipe.set(k("bseq"), seq)
+                        pipe.set(k("sseq"), first + len(held_out) - 1)
+                        pipe.hset(k("b", seq), mapping=fields)
+                        self._persist(pipe, name, staged)
+                        pipe.zadd(k("batches"), {str(seq): seq})
+                        pipe.set(k("acked"), seq)
+                    pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
+                    pipe.execute()
+                    return
+                except WatchError:
+                    self._unstage(name, staged)
+                    self._contended(attempt)
+                except BaseException:
+                    self._unstage(name, staged)
+                    raise
+        raise StoreUnavailable(f"the experience of {name!r} could not be stored: too many concurrent writers")
+
+    @_translated
+    def pending_counts(self, name: str) -> dict[str, Any]:
+        self.get_model(name)
+        labeled = unlabeled = held_out = 0
+        per_class: dict[str, int] = {}
+        for _, meta in self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf")):
+            for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
+                if label is not None:
+                    per_class[label] = per_class.get(label, 0) + 1
+                if flag:
+                    held_out += 1
+                elif label is None:
+                    unlabeled += 1
+                else:
+                    labeled += 1
+        return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
+
+    # -- updates --------------------------------------------------------------------------------------------------
+    def _hset(self, name: str, field: str, value: str, *, only_if_absent: bool) -> bytes:
+        keys = [self._k(name, "model"), self._k(name, "updates")]
+        reply: bytes = self._run("hset", keys, [field, value, repr(name), "1" if only_if_absent else "0"])
+        return reply
+
+    @_translated
+    def put_update(self, record: UpdateRecord) -> None:
+        self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=False)
+
+    @_translated
+    def create_update(self, record: UpdateRecord) -> UpdateRecord:
+        stored = self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=True)
+        return UpdateRecord.from_json(json.loads(stored))
+
+    @_translated
+    def get_update(self, name: str, update_id: str) -> UpdateRecord:
+        [raw] = self._read(name, lambda pipe: pipe.hget(self._k(name, "updates"), update_id))
+        if raw is None:
+            raise NotFound(f"model {name!r} has no update {update_id!r}")
+        return UpdateRecord.from_json(json.loads(raw))
+
+    @_translated
+    def list_updates(self, name: str) -> list[UpdateRecord]:
+        [raws] = self._read(name, lambda pipe: pipe.hvals(self._k(name, "updates")))
+        records = [UpdateRecord.from_json(json.loads(raw)) for raw in raws]
+        return sorted(records, key=lambda r: (r.created_at, r.update_id))
+
+    @_translated
+    def request_cancel(self, name: str, update_id: str) -> None:
+        keys = [self._k(name, "model"), self._k(name, "updates"), self._k(name, "cancel")]
+        self._run("request_cancel", keys, [update_id, repr(name), repr(update_id)])
+
+    @_translated
+    def cancel_requested(self, name: str, update_id: str) -> bool:
+        [member] = self._read(name, lambda pipe: pipe.sismember(self._k(name, "cancel"), update_id))
+        return bool(member)
+
+    # -- idempotent answers ----------------------------------------------------------------------------------------
+    def _answer_key(self, name: str, key: str) -> str:
+        return self._k(name, "answer", hashlib.sha256(key.encode()).hexdigest())
+
+    @_translated
+    def remember(self, name: str, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        keys = [self._k(name, "model"), self._answer_key(name, key)]
+        self._run("set", keys, [json.dumps(value), _ms(ttl_s), repr(name)])
+
+    @_translated
+    def recall(self, name: str, key: str) -> dict[str, Any] | None:
+        [raw] = self._read(name, lambda pipe: pipe.get(self._answer_key(name, key)))
+        value: dict[str, Any] | None = None if raw is None else json.loads(raw)
+        return value
+
+    # -- the per-model update lock --------------------------------------------------------------------------------
+    @_translated
+    def acquire_update_lock(self, name: str, owner: str, ttl_s: float) -> int | None:
+        keys = [self._k(name, "model"), self._k(name, "lock"), self._k(name, "fence"), f"{self._prefix}:fence"]
+        token = self._run("acquire_lock", keys, [_ms(ttl_s), owner, repr(name)])
+        return None if token is None else int(token)
+
+    @_translated
+    def refresh_update_lock(self, name: str, token: int, ttl_s: float) -> bool:
+        return bool(self._run("refresh_lock", [self._k(name, "lock")], [str(token), _ms(ttl_s)]))
+
+    @_translated
+    def release_update_lock(self, name: str, token: int) -> None:
+        self._run("release_lock", [self._k(name, "lock")], [str(token)])
+
+
+def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
+    """The kept rows of a batch in their original order (training and held-out payloads interleaved back)."""
+    flags: list[bool] = batch.meta["held_out"]
+    shape = batch.train.inputs.shape[1:] if len(batch.train) else batch.held.inputs.shape[1:]
+    rows = torch.zeros(len(flags), *shape)
+    train_rows = [i for i, h in enumerate(flags) if not h]
+    held_rows = [i for i, h in enumerate(flags) if h]
+    if train_rows:
+        rows[train_rows] = batch.train.inputs
+    if held_rows:
+        rows[held_rows] = batch.held.inputs
+    return rows[[i for i, k in enumerate(keep) if k]]
+
+
+class _Subscription(Subscription):
+    def __init__(self, notifier: _Notifier, listener: LiveListener) -> None:
+        self._notifier, self._listener = notifier, listener
+
+    def close(self) -> None:
+        self._notifier.remove(self._listener)
+
+
+class _Notifier:
+    """One pub/sub thread per store delivering live-pointer changes to this process's listeners.
+
+    The thread outlives Redis restarts: it reconnects with backoff and, once subscribed again, delivers every
+    model's current pointer, so a process that missed messages during the outage catches up at once."""
+
+    def __init__(
+        self, connect: Callable[[], redis.Redis], channel: str, pointers: Callable[[], dict[str, int | None]]
+    ) -> None:
+        self._connect, self._channel, self._pointers = connect, channel, pointers
+        self._listeners: list[LiveListener] = []
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis | None = None
+
+    def add(self, listener: LiveListener, wait_s: float = 5.0) -> Subscription:
+        with self._guard:
+            self._listeners.append(listener)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="live-pointer-subscriber", daemon=True)
+                self._thread.start()
+        if not self._subscribed.wait(wait_s):
+            log.warning("not subscribed to %s yet; pointer changes arrive once Redis is reachable", self._channel)
+        return _Subscription(self, listener)
+
+    def remove(self, listener: LiveListener) -> None:
+        with self._guard, suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._client is not None:
+            self._client.close()
+
+    def _deliver(self, name: str, version: int | None) -> None:
+        with self._guard:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(name, version)
+            except Exception:  # one listener's failure must not stop the others or the thread
+                log.exception("a live-pointer listener failed for %s", name)
+
+    def _run(self) -> None:
+        confirmations, backoff = 0, 0.1
+        while not self._stop.is_set():
+            try:
+                self._client = self._client or self._connect()
+                pubsub = self._client.pubsub()
+                try:
+                    pubsub.subscribe(self._channel)
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(timeout=0.5)
+                        if message is None:
+                            continue
+                        if message["type"] == "subscribe":  # also after redis-py reconnected on its own
+                            confirmations += 1
+                            if confirmations > 1:
+                                for name, version in self._pointers().items():
+                                    self._deliver(name, version)
+                            self._subscribed.set()
+                            backoff = 0.1
+                        elif message["type"] == "message":
+                            data = json.loads(message["data"])
+                            self._deliver(str(data["model"]), data["version"])
+                finally:
+                    with suppress(Exception):
+                        pubsub.close()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                level = logging.WARNING if backoff == 0.1 else logging.DEBUG  # once per outage, not per attempt
+                log.log(level, "live-pointer subscription lost (%s); reconnecting", exc)
+                confirmations = max(confirmations, 1)  # the next confirmation is a reconnect: catch up
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("live-pointer subscriber failed; restarting it")
+                self._stop.wait(1.0)
