@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -60,10 +59,12 @@ from redis.exceptions import WatchError
 from redis.retry import Retry
 from torch import Tensor
 
+from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.redis_notify import Notifier
 from registry.samples import Claim, SampleSet, holdout_flags
 
 log = logging.getLogger(__name__)
@@ -78,266 +79,6 @@ _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "NOAUTH", "WRON
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# -- Lua: every script that changes more than one key -------------------------------------------------------------
-
-_CHUNKS = """
-local function chunk_keys(prefix, ref)
-  local keys = {}
-  if not ref then return keys end
-  local id, n = string.match(ref, '^(%S+) (%d+)$')
-  for i = 0, tonumber(n) - 1 do keys[#keys + 1] = prefix .. 'blob:' .. id .. ':' .. i end
-  return keys
-end
-local function staged(prefix, mode, value)
-  if mode ~= 'c' then return true end
-  for _, k in ipairs(chunk_keys(prefix, value)) do
-    if redis.call('EXISTS', k) == 0 then return false end
-  end
-  return true
-end
-local function put_payload(prefix, key, field, mode, value)
-  if mode == 'i' then
-    redis.call('HSET', key, field, value)
-    redis.call('HDEL', key, field .. '@')
-  else
-    redis.call('HSET', key, field .. '@', value)
-    redis.call('HDEL', key, field)
-    for _, k in ipairs(chunk_keys(prefix, value)) do redis.call('PERSIST', k) end
-  end
-end
-local function drop_chunks(prefix, ref)
-  for _, k in ipairs(chunk_keys(prefix, ref)) do redis.call('UNLINK', k) end
-end
-"""
-
-_CREATE_MODEL = """
--- KEYS: models, model, stream   ARGV: name, record, group, quoted name
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return redis.error_reply('CONFLICT model ' .. ARGV[4] .. ' already exists')
-end
-redis.call('DEL', KEYS[3])
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[3], '0', 'MKSTREAM')
-return 1
-"""
-
-_DELETE_MODEL = """
--- KEYS: models, model   ARGV: name, key pattern, channel, message, quoted name
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[5] .. ' does not exist')
-end
-redis.call('SREM', KEYS[1], ARGV[1])
-local cursor = '0'
-repeat
-  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', 1000)
-  cursor = page[1]
-  for _, k in ipairs(page[2]) do redis.call('UNLINK', k) end
-until cursor == '0'
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-_COMMIT_VERSION = (
-    _CHUNKS
-    + """
--- KEYS: model, fence, vseq, versions, op
--- ARGV: fence|'', number|'', meta, weights mode, weights, state mode, state, prefix, quoted name, op ttl
-local done = redis.call('GET', KEYS[5])
-if done then return tonumber(done) end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[9] .. ' does not exist')
-end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('CONFLICT update lock of ' .. ARGV[9] .. ' was lost (fencing token '
-    .. ARGV[1] .. ' is stale)')
-end
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-local top = redis.call('ZRANGE', KEYS[4], -1, -1)
-if top[1] and tonumber(top[1]) > last then last = tonumber(top[1]) end
-local v = last + 1
-if ARGV[2] ~= '' then
-  v = tonumber(ARGV[2])
-  if v <= last then
-    return redis.error_reply('CONFLICT version ' .. ARGV[2] .. ' of ' .. ARGV[9]
-      .. ' is not after the newest (' .. last .. ')')
-  end
-end
-if not staged(ARGV[8], ARGV[4], ARGV[5]) or not staged(ARGV[8], ARGV[6], ARGV[7]) then
-  return redis.error_reply('CONFLICT the chunks of this commit expired before it; commit again')
-end
-local key = ARGV[8] .. 'v:' .. v
-put_payload(ARGV[8], key, 'weights', ARGV[4], ARGV[5])
-put_payload(ARGV[8], key, 'state', ARGV[6], ARGV[7])
-redis.call('HSET', key, 'meta', ARGV[3])
-redis.call('ZADD', KEYS[4], v, v)
-redis.call('SET', KEYS[3], v)
-redis.call('SET', KEYS[5], v, 'PX', ARGV[10])
-return v
-"""
-)
-
-_REWRITE_STATE = (
-    _CHUNKS
-    + """
--- KEYS: version   ARGV: mode, value, prefix, message if absent
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[4]) end
-if not staged(ARGV[3], ARGV[1], ARGV[2]) then
-  return redis.error_reply('CONFLICT the chunks of this state expired before it was written; write it again')
-end
-local old = redis.call('HGET', KEYS[1], 'state@')
-put_payload(ARGV[3], KEYS[1], 'state', ARGV[1], ARGV[2])
-if old and old ~= ARGV[2] then drop_chunks(ARGV[3], old) end
-return 1
-"""
-)
-
-_DELETE_VERSION = (
-    _CHUNKS
-    + """
--- KEYS: version, live, versions, promotions   ARGV: version, prefix, message if absent, message if live
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[3]) end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.error_reply('CONFLICT ' .. ARGV[4]) end
-drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'weights@'))
-drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'state@'))
-redis.call('UNLINK', KEYS[1], KEYS[4])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
-"""
-)
-
-_PROMOTE = """
--- KEYS: model, live, version, promotions, op
--- ARGV: expected ('' unset, 'null' none, else a number), version, by JSON, at, channel, model JSON, quoted name, op ttl
-local done = redis.call('GET', KEYS[5])
-if done then return tonumber(done) end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' does not exist')
-end
-local current = redis.call('GET', KEYS[2])
-if ARGV[1] ~= '' then
-  local matches = (ARGV[1] == 'null' and not current) or (current and current == ARGV[1])
-  if not matches then
-    redis.call('SET', KEYS[5], 0, 'PX', ARGV[8])
-    return 0
-  end
-end
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' has no version ' .. ARGV[2])
-end
-local previous = current or 'null'
-redis.call('RPUSH', KEYS[4], '{"by":' .. ARGV[3] .. ',"at":' .. ARGV[4] .. ',"previous":' .. previous .. '}')
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[5], '{"model":' .. ARGV[6] .. ',"version":' .. ARGV[2] .. '}')
-redis.call('SET', KEYS[5], 1, 'PX', ARGV[8])
-return 1
-"""
-
-_ACK = """
--- KEYS: model, fence, acked, experiences, stream, op
--- ARGV: fence|'', from, upto, experience JSON, group, quoted name, op ttl
-if redis.call('GET', KEYS[6]) then return 1 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[6] .. ' does not exist')
-end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('CONFLICT update lock of ' .. ARGV[6] .. ' was lost (fencing token '
-    .. ARGV[1] .. ' is stale)')
-end
-local acked = tonumber(redis.call('GET', KEYS[3]) or '0')
-if acked ~= tonumber(ARGV[2]) then
-  return redis.error_reply('CONFLICT samples of ' .. ARGV[6] .. ' were consumed by another update since this claim')
-end
-local upto = tonumber(ARGV[3])
-if upto > acked then
-  redis.call('SET', KEYS[3], upto)
-  local cursor = string.format('%d-0', acked + 1)
-  local last = string.format('%d-0', upto)
-  while true do
-    local rows = redis.call('XPENDING', KEYS[5], ARGV[5], cursor, last, 1000)
-    if #rows == 0 then break end
-    local ids = {}
-    for i, row in ipairs(rows) do ids[i] = row[1] end
-    redis.call('XACK', KEYS[5], ARGV[5], unpack(ids))
-    if #rows < 1000 then break end
-    cursor = '(' .. rows[#rows][1]
-  end
-end
-redis.call('RPUSH', KEYS[4], ARGV[4])
-redis.call('SET', KEYS[6], 1, 'PX', ARGV[7])
-return 1
-"""
-
-_GUARDED_HSET = """
--- KEYS: model, hash   ARGV: field, value, quoted name, only if absent ('1' / '0')
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
-end
-if ARGV[4] == '1' then
-  redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-else
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-end
-return redis.call('HGET', KEYS[2], ARGV[1])
-"""
-
-_REQUEST_CANCEL = """
--- KEYS: model, updates, cancel   ARGV: update id, quoted name, quoted id
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' does not exist')
-end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' has no update ' .. ARGV[3])
-end
-redis.call('SADD', KEYS[3], ARGV[1])
-return 1
-"""
-
-_GUARDED_SET = """
--- KEYS: model, key   ARGV: value, ttl ms, quoted name
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-_GUARDED_SADD = """
--- KEYS: model, set   ARGV: quoted name, members...
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[1] .. ' does not exist')
-end
-for i = 2, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
-return 1
-"""
-
-_ACQUIRE_LOCK = """
--- KEYS: model, lock, fence, global counter   ARGV: ttl ms, owner, quoted name
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local token = redis.call('INCR', KEYS[4])
-redis.call('SET', KEYS[2], token .. ' ' .. ARGV[2], 'PX', ARGV[1])
-redis.call('SET', KEYS[3], token)
-return token
-"""
-
-_REFRESH_LOCK = """
--- KEYS: lock   ARGV: token, ttl ms
-local held = redis.call('GET', KEYS[1])
-if not held or string.match(held, '^(%d+)') ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-_RELEASE_LOCK = """
--- KEYS: lock   ARGV: token
-local held = redis.call('GET', KEYS[1])
-if held and string.match(held, '^(%d+)') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
 
 
 def redact(url: str) -> str:
@@ -416,23 +157,23 @@ class RedisStore(Store):
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
-                "create_model": _CREATE_MODEL,
-                "delete_model": _DELETE_MODEL,
-                "commit_version": _COMMIT_VERSION,
-                "rewrite_state": _REWRITE_STATE,
-                "delete_version": _DELETE_VERSION,
-                "promote": _PROMOTE,
-                "ack": _ACK,
-                "hset": _GUARDED_HSET,
-                "request_cancel": _REQUEST_CANCEL,
-                "set": _GUARDED_SET,
-                "sadd": _GUARDED_SADD,
-                "acquire_lock": _ACQUIRE_LOCK,
-                "refresh_lock": _REFRESH_LOCK,
-                "release_lock": _RELEASE_LOCK,
+                "create_model": scripts.CREATE_MODEL,
+                "delete_model": scripts.DELETE_MODEL,
+                "commit_version": scripts.COMMIT_VERSION,
+                "rewrite_state": scripts.REWRITE_STATE,
+                "delete_version": scripts.DELETE_VERSION,
+                "promote": scripts.PROMOTE,
+                "ack": scripts.ACK,
+                "hset": scripts.GUARDED_HSET,
+                "request_cancel": scripts.REQUEST_CANCEL,
+                "set": scripts.GUARDED_SET,
+                "sadd": scripts.GUARDED_SADD,
+                "acquire_lock": scripts.ACQUIRE_LOCK,
+                "refresh_lock": scripts.REFRESH_LOCK,
+                "release_lock": scripts.RELEASE_LOCK,
             }.items()
         }
-        self._notifier = _Notifier(
+        self._notifier = Notifier(
             lambda: redis.Redis.from_url(url, health_check_interval=5, **options), self.channel, self._pointers
         )
 
@@ -1161,94 +902,3 @@ def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
     if held_rows:
         rows[held_rows] = batch.held.inputs
     return rows[[i for i, k in enumerate(keep) if k]]
-
-
-class _Subscription(Subscription):
-    def __init__(self, notifier: _Notifier, listener: LiveListener) -> None:
-        self._notifier, self._listener = notifier, listener
-
-    def close(self) -> None:
-        self._notifier.remove(self._listener)
-
-
-class _Notifier:
-    """One pub/sub thread per store delivering live-pointer changes to this process's listeners.
-
-    The thread outlives Redis restarts: it reconnects with backoff and, once subscribed again, delivers every
-    model's current pointer, so a process that missed messages during the outage catches up at once."""
-
-    def __init__(
-        self, connect: Callable[[], redis.Redis], channel: str, pointers: Callable[[], dict[str, int | None]]
-    ) -> None:
-        self._connect, self._channel, self._pointers = connect, channel, pointers
-        self._listeners: list[LiveListener] = []
-        self._guard = threading.Lock()
-        self._stop = threading.Event()
-        self._subscribed = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._client: redis.Redis | None = None
-
-    def add(self, listener: LiveListener, wait_s: float = 5.0) -> Subscription:
-        with self._guard:
-            self._listeners.append(listener)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="live-pointer-subscriber", daemon=True)
-                self._thread.start()
-        if not self._subscribed.wait(wait_s):
-            log.warning("not subscribed to %s yet; pointer changes arrive once Redis is reachable", self._channel)
-        return _Subscription(self, listener)
-
-    def remove(self, listener: LiveListener) -> None:
-        with self._guard, suppress(ValueError):
-            self._listeners.remove(listener)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._client is not None:
-            self._client.close()
-
-    def _deliver(self, name: str, version: int | None) -> None:
-        with self._guard:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(name, version)
-            except Exception:  # one listener's failure must not stop the others or the thread
-                log.exception("a live-pointer listener failed for %s", name)
-
-    def _run(self) -> None:
-        confirmations, backoff = 0, 0.1
-        while not self._stop.is_set():
-            try:
-                self._client = self._client or self._connect()
-                pubsub = self._client.pubsub()
-                try:
-                    pubsub.subscribe(self._channel)
-                    while not self._stop.is_set():
-                        message = pubsub.get_message(timeout=0.5)
-                        if message is None:
-                            continue
-                        if message["type"] == "subscribe":  # also after redis-py reconnected on its own
-                            confirmations += 1
-                            if confirmations > 1:
-                                for name, version in self._pointers().items():
-                                    self._deliver(name, version)
-                            self._subscribed.set()
-                            backoff = 0.1
-                        elif message["type"] == "message":
-                            data = json.loads(message["data"])
-                            self._deliver(str(data["model"]), data["version"])
-                finally:
-                    with suppress(Exception):
-                        pubsub.close()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                level = logging.WARNING if backoff == 0.1 else logging.DEBUG  # once per outage, not per attempt
-                log.log(level, "live-pointer subscription lost (%s); reconnecting", exc)
-                confirmations = max(confirmations, 1)  # the next confirmation is a reconnect: catch up
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:
-                log.exception("live-pointer subscriber failed; restarting it")
-                self._stop.wait(1.0)

@@ -1,0 +1,260 @@
+"""The Lua scripts of the Redis store: every change that touches more than one key happens in one of them, so it
+happens entirely or not at all (see `registry.redis_store` for the key layout)."""
+
+CHUNKS = """
+local function chunk_keys(prefix, ref)
+  local keys = {}
+  if not ref then return keys end
+  local id, n = string.match(ref, '^(%S+) (%d+)$')
+  for i = 0, tonumber(n) - 1 do keys[#keys + 1] = prefix .. 'blob:' .. id .. ':' .. i end
+  return keys
+end
+local function staged(prefix, mode, value)
+  if mode ~= 'c' then return true end
+  for _, k in ipairs(chunk_keys(prefix, value)) do
+    if redis.call('EXISTS', k) == 0 then return false end
+  end
+  return true
+end
+local function put_payload(prefix, key, field, mode, value)
+  if mode == 'i' then
+    redis.call('HSET', key, field, value)
+    redis.call('HDEL', key, field .. '@')
+  else
+    redis.call('HSET', key, field .. '@', value)
+    redis.call('HDEL', key, field)
+    for _, k in ipairs(chunk_keys(prefix, value)) do redis.call('PERSIST', k) end
+  end
+end
+local function drop_chunks(prefix, ref)
+  for _, k in ipairs(chunk_keys(prefix, ref)) do redis.call('UNLINK', k) end
+end
+"""
+
+CREATE_MODEL = """
+-- KEYS: models, model, stream   ARGV: name, record, group, quoted name
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return redis.error_reply('CONFLICT model ' .. ARGV[4] .. ' already exists')
+end
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[3], '0', 'MKSTREAM')
+return 1
+"""
+
+DELETE_MODEL = """
+-- KEYS: models, model   ARGV: name, key pattern, channel, message, quoted name
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[5] .. ' does not exist')
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+local cursor = '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', 1000)
+  cursor = page[1]
+  for _, k in ipairs(page[2]) do redis.call('UNLINK', k) end
+until cursor == '0'
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+COMMIT_VERSION = (
+    CHUNKS
+    + """
+-- KEYS: model, fence, vseq, versions, op
+-- ARGV: fence|'', number|'', meta, weights mode, weights, state mode, state, prefix, quoted name, op ttl
+local done = redis.call('GET', KEYS[5])
+if done then return tonumber(done) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[9] .. ' does not exist')
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('CONFLICT update lock of ' .. ARGV[9] .. ' was lost (fencing token '
+    .. ARGV[1] .. ' is stale)')
+end
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+local top = redis.call('ZRANGE', KEYS[4], -1, -1)
+if top[1] and tonumber(top[1]) > last then last = tonumber(top[1]) end
+local v = last + 1
+if ARGV[2] ~= '' then
+  v = tonumber(ARGV[2])
+  if v <= last then
+    return redis.error_reply('CONFLICT version ' .. ARGV[2] .. ' of ' .. ARGV[9]
+      .. ' is not after the newest (' .. last .. ')')
+  end
+end
+if not staged(ARGV[8], ARGV[4], ARGV[5]) or not staged(ARGV[8], ARGV[6], ARGV[7]) then
+  return redis.error_reply('CONFLICT the chunks of this commit expired before it; commit again')
+end
+local key = ARGV[8] .. 'v:' .. v
+put_payload(ARGV[8], key, 'weights', ARGV[4], ARGV[5])
+put_payload(ARGV[8], key, 'state', ARGV[6], ARGV[7])
+redis.call('HSET', key, 'meta', ARGV[3])
+redis.call('ZADD', KEYS[4], v, v)
+redis.call('SET', KEYS[3], v)
+redis.call('SET', KEYS[5], v, 'PX', ARGV[10])
+return v
+"""
+)
+
+REWRITE_STATE = (
+    CHUNKS
+    + """
+-- KEYS: version   ARGV: mode, value, prefix, message if absent
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[4]) end
+if not staged(ARGV[3], ARGV[1], ARGV[2]) then
+  return redis.error_reply('CONFLICT the chunks of this state expired before it was written; write it again')
+end
+local old = redis.call('HGET', KEYS[1], 'state@')
+put_payload(ARGV[3], KEYS[1], 'state', ARGV[1], ARGV[2])
+if old and old ~= ARGV[2] then drop_chunks(ARGV[3], old) end
+return 1
+"""
+)
+
+DELETE_VERSION = (
+    CHUNKS
+    + """
+-- KEYS: version, live, versions, promotions   ARGV: version, prefix, message if absent, message if live
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.error_reply('CONFLICT ' .. ARGV[4]) end
+drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'weights@'))
+drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'state@'))
+redis.call('UNLINK', KEYS[1], KEYS[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+)
+
+PROMOTE = """
+-- KEYS: model, live, version, promotions, op
+-- ARGV: expected ('' unset, 'null' none, else a number), version, by JSON, at, channel, model JSON, quoted name, op ttl
+local done = redis.call('GET', KEYS[5])
+if done then return tonumber(done) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' does not exist')
+end
+local current = redis.call('GET', KEYS[2])
+if ARGV[1] ~= '' then
+  local matches = (ARGV[1] == 'null' and not current) or (current and current == ARGV[1])
+  if not matches then
+    redis.call('SET', KEYS[5], 0, 'PX', ARGV[8])
+    return 0
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' has no version ' .. ARGV[2])
+end
+local previous = current or 'null'
+redis.call('RPUSH', KEYS[4], '{"by":' .. ARGV[3] .. ',"at":' .. ARGV[4] .. ',"previous":' .. previous .. '}')
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[5], '{"model":' .. ARGV[6] .. ',"version":' .. ARGV[2] .. '}')
+redis.call('SET', KEYS[5], 1, 'PX', ARGV[8])
+return 1
+"""
+
+ACK = """
+-- KEYS: model, fence, acked, experiences, stream, op
+-- ARGV: fence|'', from, upto, experience JSON, group, quoted name, op ttl
+if redis.call('GET', KEYS[6]) then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[6] .. ' does not exist')
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('CONFLICT update lock of ' .. ARGV[6] .. ' was lost (fencing token '
+    .. ARGV[1] .. ' is stale)')
+end
+local acked = tonumber(redis.call('GET', KEYS[3]) or '0')
+if acked ~= tonumber(ARGV[2]) then
+  return redis.error_reply('CONFLICT samples of ' .. ARGV[6] .. ' were consumed by another update since this claim')
+end
+local upto = tonumber(ARGV[3])
+if upto > acked then
+  redis.call('SET', KEYS[3], upto)
+  local cursor = string.format('%d-0', acked + 1)
+  local last = string.format('%d-0', upto)
+  while true do
+    local rows = redis.call('XPENDING', KEYS[5], ARGV[5], cursor, last, 1000)
+    if #rows == 0 then break end
+    local ids = {}
+    for i, row in ipairs(rows) do ids[i] = row[1] end
+    redis.call('XACK', KEYS[5], ARGV[5], unpack(ids))
+    if #rows < 1000 then break end
+    cursor = '(' .. rows[#rows][1]
+  end
+end
+redis.call('RPUSH', KEYS[4], ARGV[4])
+redis.call('SET', KEYS[6], 1, 'PX', ARGV[7])
+return 1
+"""
+
+GUARDED_HSET = """
+-- KEYS: model, hash   ARGV: field, value, quoted name, only if absent ('1' / '0')
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
+end
+if ARGV[4] == '1' then
+  redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return redis.call('HGET', KEYS[2], ARGV[1])
+"""
+
+REQUEST_CANCEL = """
+-- KEYS: model, updates, cancel   ARGV: update id, quoted name, quoted id
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' does not exist')
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' has no update ' .. ARGV[3])
+end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+
+GUARDED_SET = """
+-- KEYS: model, key   ARGV: value, ttl ms, quoted name
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+GUARDED_SADD = """
+-- KEYS: model, set   ARGV: quoted name, members...
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[1] .. ' does not exist')
+end
+for i = 2, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return 1
+"""
+
+ACQUIRE_LOCK = """
+-- KEYS: model, lock, fence, global counter   ARGV: ttl ms, owner, quoted name
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local token = redis.call('INCR', KEYS[4])
+redis.call('SET', KEYS[2], token .. ' ' .. ARGV[2], 'PX', ARGV[1])
+redis.call('SET', KEYS[3], token)
+return token
+"""
+
+REFRESH_LOCK = """
+-- KEYS: lock   ARGV: token, ttl ms
+local held = redis.call('GET', KEYS[1])
+if not held or string.match(held, '^(%d+)') ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+RELEASE_LOCK = """
+-- KEYS: lock   ARGV: token
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^(%d+)') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
