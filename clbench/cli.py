@@ -67,5 +67,407 @@ def speed(
         report.console.print(f"wrote {out / 'speed.json'}")
 
 
+def _fail(message: str) -> typer.Exit:
+    """Print a usage error the way typer does and leave with status 2."""
+    report.console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+@app.command()
+def tune(
+    scenario: str = typer.Option("all", help="scenario(s), comma-separated, or 'all'"),
+    method: str | None = typer.Option(None, help="method name(s), comma-separated (default: every one with a λ)"),
+    epochs: int = typer.Option(10, help="epochs per task (the protocol: 10)"),
+    seed: int = typer.Option(0, help="the protocol tunes with seed 0"),
+    grid: str | None = typer.Option(None, help="λ values to try instead of the method's grid, comma-separated"),
+    memory: int = typer.Option(20, help="exemplars per class for '+replay' methods"),
+    out: Path | None = typer.Option(None, help="record to update (default: the packaged clbench/tuned.json)"),
+    threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+    tasks: int | None = typer.Option(None, hidden=True, help="truncate every scenario to this many tasks (tests)"),
+) -> None:
+    """Choose λ per method and scenario on the validation split (never on test) and record the grid and scores."""
+    from cl_core.data import load_mnist5k
+    from clbench.progress import nested_bars
+    from clbench.selection import default_methods, parse_methods, parse_scenarios, split_list
+    from clbench.tune import TUNED_PATH, candidates, grid_for, has_lambda, tune_all
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        scenarios = parse_scenarios(scenario)
+        methods = parse_methods(method, [m for m in default_methods() if has_lambda(m)])
+        lam_grid = None if grid is None else {"lam": [float(v) for v in split_list(grid)]}
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    without = [m for m in methods if not has_lambda(m)]
+    if without:
+        raise _fail(f"{', '.join(without)}: no λ to tune (fine-tune, joint and plain replay have none)")
+    target = out or TUNED_PATH
+    total = sum(len(candidates(lam_grid or grid_for(m))) for m in methods) * len(scenarios)
+    data = load_mnist5k()
+    with nested_bars("candidates", total) as bars:
+        done = tune_all(
+            scenarios,
+            methods,
+            data.train,
+            out=target,
+            epochs=epochs,
+            seed=seed,
+            grid=lam_grid,
+            memory_hparams={"per_class": memory},
+            tasks=tasks,
+            bars=bars,
+        )
+    for scen, name, entry in done:
+        report.table(
+            f"{scen} · {name}: validation ACC per candidate ({entry.epochs} epochs, seed {entry.seed}, "
+            f"{entry.fit_samples} fit / {entry.val_samples} validation samples)",
+            ["hparams", "validation ACC", ""],
+            [
+                (
+                    ", ".join(f"{k}={v:g}" for k, v in c.hparams.items()),
+                    report.fmt(c.val_acc, 4),
+                    "← chosen" if c.hparams == entry.chosen else "",
+                )
+                for c in entry.candidates
+            ],
+        )
+    report.console.print(f"updated {target}")
+
+
+@app.command()
+def run(
+    scenario: str = typer.Option("all", help="scenario(s), comma-separated, or 'all'"),
+    method: str | None = typer.Option(None, help="method name(s) base[+replay][+wa], comma-separated"),
+    seeds: str | None = typer.Option(None, help="comma-separated seeds (default 0,1,2; --quick: 0)"),
+    out: Path = typer.Option(Path("bench-out/run"), help="folder for results.jsonl, summary.md and the PNGs"),
+    quick: bool = typer.Option(False, help="one seed, 2 epochs; finetune, joint, ewc, mas unless --method"),
+    epochs: int | None = typer.Option(None, help="epochs per task (the protocol: 10; --quick: 2)"),
+    lam: float | None = typer.Option(None, "--lambda", help="λ for every method instead of the tuned values"),
+    memory: int = typer.Option(20, help="exemplars per class for '+replay' methods"),
+    step_rounds: int | None = typer.Option(None, help="rounds of the step-cost measurement (0: skip)"),
+    plots: bool = typer.Option(True, help="write the PNG plots"),
+    resume: bool = typer.Option(False, help="keep the runs already in DIR/results.jsonl and skip them"),
+    threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+    tasks: int | None = typer.Option(None, hidden=True, help="truncate every scenario to this many tasks (tests)"),
+) -> None:
+    """Run the benchmark protocol and write DIR/results.jsonl, DIR/summary.md and PNG plots."""
+    from cl_core.data import load_mnist5k
+    from clbench.overhead import STEP_COLUMNS, measure_step_costs, step_rows
+    from clbench.plots import write_plots
+    from clbench.progress import nested_bars
+    from clbench.run import RunSettings, run_benchmark
+    from clbench.selection import QUICK_METHODS, default_methods, parse_methods, parse_scenarios, parse_seeds
+    from clbench.summary import COST_COLUMNS, aggregate, cost_rows, scenario_columns, scenario_rows, summary_markdown
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        scenarios = parse_scenarios(scenario)
+        methods = parse_methods(method, QUICK_METHODS if quick else default_methods())
+        seed_list = parse_seeds(seeds or ("0" if quick else "0,1,2"))
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    epochs = epochs if epochs is not None else (2 if quick else 10)
+    rounds = step_rounds if step_rounds is not None else (5 if quick else 25)
+    settings = RunSettings(epochs=epochs, tasks=tasks, memory_per_class=memory, lam=lam)
+    data = load_mnist5k()
+    total = len(scenarios) * len(methods) * len(seed_list)
+    with nested_bars("runs", total) as bars:
+        records = run_benchmark(scenarios, methods, seed_list, out, settings, data=data, bars=bars, resume=resume)
+    step_table = None
+    if rounds > 0:
+        with report.progress_bar() as bar:
+            task = bar.add_task("training-step cost", total=rounds)
+            costs = measure_step_costs(
+                methods, data.train, rounds=rounds, on_round=lambda i, n: bar.update(task, completed=i)
+            )
+            bar.update(task, completed=rounds)
+        step_table = (STEP_COLUMNS, step_rows(costs))
+
+    groups = aggregate(records)
+    for name in dict.fromkeys(s for s, _ in groups):
+        report.table(
+            f"{name}: final accuracy (ours: MNIST-5k, {epochs} epochs per task)",
+            scenario_columns(),
+            scenario_rows(groups, name),
+        )
+    report.table("Cost per method (this machine)", COST_COLUMNS, cost_rows(groups))
+    if step_table is not None:
+        report.table("Training-step overhead vs fine-tune (median, real trainer, batch 128)", *step_table)
+    written = [p.name for p in write_plots(groups, out)] if plots else []
+    command = (
+        f"clbench run --scenario {','.join(scenarios)} --method {','.join(methods)} "
+        f"--seeds {','.join(map(str, seed_list))} --epochs {epochs}"
+        + (f" --lambda {lam:g}" if lam is not None else "")
+        + (f" --memory {memory}" if memory != 20 else "")
+        + (f" --tasks {tasks}" if tasks is not None else "")
+        + f" --out {out}"
+    )
+    facts = [
+        f"{len(records)} runs; {epochs} epochs per task; torch threads per run: "
+        + ", ".join(sorted({str(r["hparams"].get("torch_threads", "not recorded")) for r in records}))
+        + "; "
+        "λ: " + (f"--lambda {lam:g}" if lam is not None else "tuned on the validation split (clbench/tuned.json)"),
+        f"replay memory: {memory} exemplars per class",
+    ]
+    (out / "summary.md").write_text(
+        summary_markdown(groups, command=command, facts=facts, step_table=step_table, plots=written)
+    )
+    report.console.print(f"wrote {out / 'results.jsonl'}, {out / 'summary.md'} and {len(written)} plots")
+
+
+@app.command()
+def profile(
+    method: str | None = typer.Option(None, help="method name(s), comma-separated (default: every core method)"),
+    samples: int = typer.Option(1000, help="samples per update"),
+    epochs: int = typer.Option(10, help="epochs per update"),
+    repeats: int = typer.Option(3, help="timed updates per method (median reported)"),
+    threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+    out: Path | None = typer.Option(None, help="write profile.json into this folder"),
+) -> None:
+    """Wall time of one full update (train + consolidate) per method: the service's update latency."""
+    from dataclasses import asdict
+
+    from cl_core.data import load_mnist5k
+    from clbench.profile import PROFILE_COLUMNS, profile_rows, profile_updates
+    from clbench.selection import parse_methods, profile_methods
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        methods = parse_methods(method, profile_methods())
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    data = load_mnist5k()
+    with report.progress_bar() as bar:
+        task = bar.add_task("updates", total=len(methods) * repeats)
+        costs = profile_updates(
+            methods,
+            data.train,
+            samples=samples,
+            epochs=epochs,
+            repeats=repeats,
+            on_update=lambda m, i: bar.update(task, description=f"update {i}/{repeats}: {m}", advance=1),
+        )
+    report.table(
+        f"One full update: train {epochs} epochs on {samples} samples + consolidate "
+        f"(median of {repeats}, {torch.get_num_threads()} threads)",
+        PROFILE_COLUMNS,
+        profile_rows(costs),
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(json.dumps([asdict(c) for c in costs], indent=2))
+        report.console.print(f"wrote {out / 'profile.json'}")
+
+
+@app.command()
+def rotation(
+    samples: int = typer.Option(1000, help="training samples the rotations and the Fisher are measured on"),
+    hidden: str = typer.Option("32,32", help="hidden widths of the MLP, comma-separated (narrow, so blocks fit)"),
+    epochs: int = typer.Option(2, help="epochs of training on MNIST-5k before measuring"),
+    max_block: int = typer.Option(2048, help="most weights in one full Fisher block"),
+    seed: int = typer.Option(0, help="model and training seed"),
+    threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+    out: Path | None = typer.Option(None, help="write rotation.json into this folder"),
+) -> None:
+    """Off-diagonal share of the full per-sample Fisher of weight blocks, before and after R-EWC's rotation."""
+    from clbench.rotation import measure_rotation
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        widths = [int(w) for w in hidden.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--hidden takes comma-separated widths, got {hidden!r}") from exc
+    with report.progress_bar() as bar:
+        task = bar.add_task("rotation", total=None)
+        result = measure_rotation(
+            samples, widths, epochs, max_block, seed, on_step=lambda s: bar.update(task, description=s)
+        )
+        bar.update(task, description="done", total=1, completed=1)
+    report.table(
+        f"Off-diagonal share of the true Fisher of weight blocks: MLP 784-{'-'.join(map(str, widths))}-10, "
+        f"{epochs} epochs on MNIST-5k (test accuracy {result.test_accuracy:.3f}), {samples} samples",
+        ["layer", "block", "weights", "Σ|off|/Σ|F| plain", "rotated", "Σoff²/ΣF² plain", "rotated", "max |Δ| diag"],
+        [
+            (
+                b.layer,
+                b.block,
+                b.weights,
+                report.fmt(b.abs_share_plain),
+                report.fmt(b.abs_share_rotated),
+                report.fmt(b.squared_share_plain),
+                report.fmt(b.squared_share_rotated),
+                f"{b.max_abs_diff:.1e}",
+            )
+            for b in result.blocks
+        ],
+    )
+    report.console.print(
+        "max |Δ| diag: the rotated block's diagonal against the engine's exact diagonal Fisher of the rotated model."
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rotation.json").write_text(json.dumps(result.to_json(), indent=2))
+        report.console.print(f"wrote {out / 'rotation.json'}")
+
+
+@app.command()
+def load(
+    architectures: str = typer.Option("mlp,cnn", help="comma-separated: mlp, cnn"),
+    requests: int = typer.Option(600, help="predictions per measurement (bounded)"),
+    concurrency: str = typer.Option("1,8,32", help="comma-separated client counts"),
+    swaps: int = typer.Option(20, help="version swaps under load"),
+    mixed_requests: int = typer.Option(3000, help="predictions while updates and promotions run"),
+    out: Path | None = typer.Option(None, help="write load.json into this folder"),
+) -> None:
+    """The service under bounded load on loopback: throughput and latency with micro-batching on and off, the
+    overhead over a bare forward pass, and failures during version swaps and while updates run."""
+    from clbench.load import measure
+
+    with report.progress_bar() as bar:
+        task = bar.add_task("starting", total=None)
+        result = measure(
+            architectures=[a for a in architectures.split(",") if a],
+            concurrencies=[int(c) for c in concurrency.split(",")],
+            requests=requests,
+            swaps=swaps,
+            mixed_requests=mixed_requests,
+            on_step=lambda s: bar.update(task, description=s),
+        )
+        bar.update(task, description="done", total=1, completed=1)
+    rows = []
+    for r in result.results:
+        base = next(
+            (
+                b
+                for b in result.results
+                if b.architecture == r.architecture and not b.batching and b.concurrency == r.concurrency
+            ),
+            None,
+        )
+        gain = r.throughput / base.throughput if base and r.batching and base.throughput else None
+        rows.append(
+            (
+                r.architecture,
+                "on" if r.batching else "off",
+                r.concurrency,
+                r.requests,
+                r.failed,
+                report.fmt(r.throughput, 0),
+                report.fmt(r.p50_ms, 2),
+                report.fmt(r.p99_ms, 2),
+                report.fmt(gain, 2),
+            )
+        )
+    report.table(
+        "Predictions on loopback (one input per request)",
+        ["model", "batching", "clients", "requests", "failed", "req/s", "p50 ms", "p99 ms", "× throughput"],
+        rows,
+    )
+    report.table(
+        "Service overhead at one client (p50 latency − bare forward pass) and version swaps under load",
+        ["model", "bare forward ms", "overhead ms", "failed during swaps"],
+        [
+            (
+                a,
+                report.fmt(result.bare_forward_ms[a], 3),
+                report.fmt(result.overhead[a], 2),
+                result.swap_failures.get(a),
+            )
+            for a in result.overhead
+        ],
+    )
+    m = result.mixed
+    report.table(
+        "Predictions at 32 clients while updates and promotions run",
+        ["requests", "failed", "req/s", "p50 ms", "p99 ms", "updates", "promotions"],
+        [
+            (
+                m["requests"],
+                m["failed"],
+                report.fmt(m["throughput"], 0),
+                report.fmt(m["p50_ms"], 1),
+                report.fmt(m["p99_ms"], 1),
+                m["updates"],
+                m["promotions"],
+            )
+        ],
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "load.json").write_text(json.dumps(result.to_json(), indent=2))
+
+
+@app.command()
+def distributed(
+    repeats: int = typer.Option(5, help="repeats per snapshot size and per promotion (median reported)"),
+    large: bool = typer.Option(True, help="include the 25M-parameter model (about 200 MB per snapshot)"),
+    replicas: int = typer.Option(2, help="API replicas that must all serve a promoted version"),
+    updates: int = typer.Option(8, help="updates per throughput measurement (1 and 2 workers)"),
+    out: Path | None = typer.Option(None, help="write distributed.json into this folder"),
+) -> None:
+    """The distributed mode on loopback with its own redis-server: snapshot write/read vs model size, commit to
+    all replicas serving, update throughput with 1 and 2 Celery workers."""
+    from clbench.distributed import measure as measure_distributed
+
+    with report.progress_bar() as bar:
+        task = bar.add_task("starting", total=None)
+        result = measure_distributed(
+            repeats=repeats,
+            large=large,
+            replicas=replicas,
+            swaps=repeats,
+            updates=updates,
+            on_step=lambda s: bar.update(task, description=s),
+        )
+        bar.update(task, description="done", total=1, completed=1)
+    report.table(
+        "Snapshots in Redis: weights + one importance tensor per parameter (median)",
+        ["model", "parameters", "MB", "chunks", "write s", "read s", "write MB/s"],
+        [
+            (
+                r.model,
+                f"{r.parameters:,}",
+                report.fmt(r.bytes / 1e6, 1),
+                r.chunks,
+                report.fmt(r.write_s, 4),
+                report.fmt(r.read_s, 4),
+                report.fmt(r.write_mb_s, 0),
+            )
+            for r in result.snapshots
+        ],
+    )
+    report.table(
+        "From an update's commit to every replica serving it (protocol MLP; pub/sub, pointer re-read off)",
+        ["replicas", "repeats", "commit s (median)", "commit → all serving s (median)", "slowest s"],
+        [
+            (r.replicas, r.repeats, report.fmt(r.commit_s, 4), report.fmt(r.all_serving_s, 4), report.fmt(r.slowest_s))
+            for r in result.swaps
+        ],
+    )
+    one = next((r for r in result.throughput if r.workers == 1), None)
+    report.table(
+        "Update throughput (protocol MLP, 200 digits per update, 10 epochs; one update per worker process)",
+        ["workers", "updates", "seconds", "updates/min", "× one worker"],
+        [
+            (
+                r.workers,
+                r.updates,
+                report.fmt(r.seconds, 1),
+                report.fmt(r.per_minute, 1),
+                report.fmt(r.per_minute / one.per_minute if one and one.per_minute else None, 2),
+            )
+            for r in result.throughput
+        ],
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "distributed.json").write_text(json.dumps(result.to_json(), indent=2))
+        report.console.print(f"wrote {out / 'distributed.json'}")
+
+
 if __name__ == "__main__":
     app()
