@@ -18,7 +18,8 @@ def to_tensor(values: Sequence[Any], input_shape: Sequence[int], field: str, whe
     ``where`` formats an item's place in messages (e.g. "samples[{index}].input")."""
     shape = tuple(input_shape)
     try:
-        array = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become ±Inf and are rejected below
+            array = np.asarray(values, dtype=np.float32)
     except (ValueError, TypeError):
         array = None
     if array is None or array.shape[1:] != shape:
