@@ -93,10 +93,15 @@ def test_queues_and_buffers_are_bounded(make_client) -> None:  # type: ignore[no
     while client.get(f"/v1/models/m/updates/{running}").json()["status"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert client.post("/v1/models/m/updates", json={}).status_code == 202  # queued behind it
+    waiting = client.post("/v1/models/m/updates", json={})  # queued behind it
+    assert waiting.status_code == 202
     full = client.post("/v1/models/m/updates", json={})
     assert full.status_code == 429 and full.headers["Retry-After"]
-    client.delete(f"/v1/models/m/updates/{running}")
+    client.delete(f"/v1/models/m/updates/{waiting.json()['update_id']}")  # the queue drains…
+    again = client.post("/v1/models/m/updates", json={})  # …and requests are accepted again
+    assert again.status_code == 202
+    for update_id in (running, again.json()["update_id"]):
+        client.delete(f"/v1/models/m/updates/{update_id}")
 
 
 def test_per_key_rate_limit(make_client) -> None:  # type: ignore[no-untyped-def]
