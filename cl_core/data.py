@@ -21,7 +21,6 @@ PROTOCOL_VERSION = 1
 SCENARIOS = ("split-task", "split-domain", "split-class", "permuted")
 SPLIT_TASKS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 PERMUTED_TASKS = 5
-INPUT_SHAPE = (784,)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ The whole memory is tensors (its state dict), so a store can persist it with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,11 +28,6 @@ from cl_core.trainer import output_mask
 
 Selection = Literal["herding", "reservoir"]
 ReplayMode = Literal["concat", "batch"]
-
-
-@dataclass
-class _Group:
-    active: tuple[int, ...] | None
 
 
 class ExemplarMemory:

@@ -369,11 +369,12 @@ def load(
     )
     report.table(
         "Service overhead at one client (p50 latency − bare forward pass) and version swaps under load",
-        ["model", "bare forward ms", "overhead ms", "failed during swaps"],
+        ["model", "bare forward ms", "forward ms per input at batch 32", "overhead ms", "failed during swaps"],
         [
             (
                 a,
                 report.fmt(result.bare_forward_ms[a], 3),
+                report.fmt(result.batched_ms_per_input[a], 3),
                 report.fmt(result.overhead[a], 2),
                 result.swap_failures.get(a),
             )

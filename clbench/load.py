@@ -64,6 +64,7 @@ class LoadReport:
     results: list[LoadResult] = field(default_factory=list)
     overhead: dict[str, float] = field(default_factory=dict)  # architecture → p50 service − bare forward (ms)
     bare_forward_ms: dict[str, float] = field(default_factory=dict)
+    batched_ms_per_input: dict[str, float] = field(default_factory=dict)  # forward at batch 32, per input
     swap_failures: dict[str, int] = field(default_factory=dict)
     mixed: dict[str, Any] = field(default_factory=dict)
 
@@ -215,8 +216,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def bare_forward_ms(model: torch.nn.Module, example: list[Any], repeats: int = 200) -> float:
-    x = torch.tensor([example], dtype=torch.float32)
+def bare_forward_ms(model: torch.nn.Module, example: list[Any], repeats: int = 200, batch: int = 1) -> float:
+    """Median time of one forward pass over ``batch`` copies of ``example`` (ms)."""
+    x = torch.tensor([example] * batch, dtype=torch.float32)
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
@@ -255,6 +257,7 @@ def measure(
                     report.swap_failures[architecture] = swap_under_load(url, body, versions, swaps)
         _, model = weights_for(architecture, 2)
         report.bare_forward_ms[architecture] = bare_forward_ms(model, sample_input(architecture))
+        report.batched_ms_per_input[architecture] = bare_forward_ms(model, sample_input(architecture), 50, 32) / 32
         single = next(r for r in report.results if r.architecture == architecture and r.batching and r.concurrency == 1)
         report.overhead[architecture] = single.p50_ms - report.bare_forward_ms[architecture]
     on_step("predictions at concurrency 32 while updates and promotions run")

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
-from registry import Store
 from service.auth import Principal, authenticate, authorize
 from service.runtime import Runtime
 from service.schemas import NAME_PATTERN
@@ -21,13 +20,6 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-async def get_store(runtime: RuntimeDep) -> Store:
-    return runtime.store
-
-
-StoreDep = Annotated[Store, Depends(get_store)]
 
 
 async def _caller(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:

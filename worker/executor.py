@@ -109,10 +109,6 @@ class InProcessExecutor(Executor):
         with self._cond:
             return sum(len(q) for q in self._queues.values())
 
-    def running(self) -> dict[str, str]:
-        with self._cond:
-            return dict(self._running)
-
     def shutdown(self, wait: bool = True) -> None:
         """Take no new work; running updates stop at their next batch and are re-queued (run again at the next
         start, see `recover`).  With ``wait``, return once they have stopped."""

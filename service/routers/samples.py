@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
@@ -93,7 +95,7 @@ def ingest(
         last_id=ids[-1],
     )
     update_id = None
-    reason = runtime.policy.reason(store.pending_counts(name), known)
+    reason = runtime.policy.reason(_with_request(before, labels, held), known)
     if reason is not None:
         update = request_update(
             store, runtime.executor, name, runtime.policy.method, triggered_by=caller.name, reason=reason, merge=True
@@ -139,3 +141,17 @@ def delete_samples(
     return schemas.SamplesDeleted(
         deleted=result.samples, exemplars_removed=result.exemplars, versions_scrubbed=result.versions
     )
+
+
+def _with_request(pending: dict[str, Any], labels: list[str | None], held: list[bool]) -> dict[str, Any]:
+    """The pending counts read before this request, plus what it added (saves reading the store again)."""
+    per_class = dict(pending["per_class"])
+    for label in labels:
+        if label is not None:
+            per_class[label] = per_class.get(label, 0) + 1
+    return {
+        "labeled": pending["labeled"] + sum(y is not None and not h for y, h in zip(labels, held, strict=True)),
+        "unlabeled": pending["unlabeled"] + labels.count(None),
+        "held_out": pending["held_out"] + sum(held),
+        "per_class": per_class,
+    }
