@@ -11,7 +11,14 @@ from pathlib import Path
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from registry.local import LocalStore
-from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
+from registry.records import (
+    ExperienceRecord,
+    ModelRecord,
+    Promotion,
+    QuarantineRecord,
+    UpdateRecord,
+    VersionRecord,
+)
 from registry.samples import Claim, SampleSet, holdout_flags
 
 
@@ -34,6 +41,7 @@ __all__ = [
     "ModelRecord",
     "NotFound",
     "Promotion",
+    "QuarantineRecord",
     "SampleSet",
     "Store",
     "StoreError",

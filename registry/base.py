@@ -15,12 +15,12 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from torch import Tensor
 
-from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, ModelRecord, QuarantineRecord, UpdateRecord, VersionRecord
 from registry.samples import Claim, SampleSet
 
 LiveListener = Callable[[str, int | None], None]
@@ -121,18 +121,48 @@ class Store(ABC):
         holdout_fraction: float,
         *,
         request_key: str | None = None,
+        relabel: bool = False,
     ) -> tuple[list[str], list[bool]]:
         """Store samples durably before returning their ids (decimal strings of a per-model counter) and held-out
         flags (`samples.holdout_flags`).  With ``request_key``, a second call with the same key stores nothing
-        and returns the first call's ids and flags (idempotent ingestion, kept until retention drops the batch)."""
+        and returns the first call's ids and flags (idempotent ingestion, kept until retention drops the batch).
+        ``relabel`` marks the samples exempt from label screening (an admin redefining a class)."""
 
     @abstractmethod
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
-        """The pending samples (training and held-out), in arrival order; at most ``limit`` training samples."""
+        """The pending samples (training and held-out): those left pending by earlier updates (deferred or
+        released from quarantine) first, then the newer ones in arrival order; at most ``limit`` training samples
+        (whole batches).  Quarantined samples are never claimed."""
 
     @abstractmethod
-    def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
-        """Mark a claim consumed by ``version``; its held-out samples become that version's experience."""
+    def ack(
+        self,
+        name: str,
+        claim: Claim,
+        version: int,
+        update_id: str | None,
+        *,
+        fence: int | None = None,
+        quarantined: Collection[str] = (),
+        deferred: Collection[str] = (),
+    ) -> None:
+        """Mark a claim consumed by ``version``; its held-out samples become that version's experience.  Claimed
+        samples named in ``quarantined`` (already recorded by `quarantine`) or ``deferred`` are not consumed and
+        stay out of the experience; the deferred ones stay pending for a later update."""
+
+    @abstractmethod
+    def quarantine(self, name: str, records: Sequence[QuarantineRecord], *, fence: int | None = None) -> None:
+        """Set claimed pending samples aside (each record names the sample and its batch, ``Claim.where``): no
+        claim returns them until `release_quarantine`; `delete_samples` removes them.  ``fence`` as for commits."""
+
+    @abstractmethod
+    def quarantined(self, name: str) -> list[QuarantineRecord]:
+        """The samples in quarantine now, oldest first."""
+
+    @abstractmethod
+    def release_quarantine(self, name: str, ids: Sequence[str]) -> list[str]:
+        """Return quarantined samples to the pending ones, exempt from label screening; returns the ids released
+        (ids not in quarantine are ignored)."""
 
     @abstractmethod
     def experiences(self, name: str) -> list[ExperienceRecord]:
@@ -152,9 +182,12 @@ class Store(ABC):
         """Ids of every sample deleted on request."""
 
     @abstractmethod
-    def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
+    def apply_retention(
+        self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
+    ) -> dict[str, int]:
         """Drop consumed training samples and held-out samples older than ``max_age_s`` or beyond the newest
-        ``max_samples`` (pending samples are kept until trained).  Returns {"training": n, "held_out": n}."""
+        ``max_samples`` (pending and quarantined samples are kept, and so are the ids in ``protect``: the trusted
+        held-out reserve).  Returns {"training": n, "held_out": n}."""
 
     @abstractmethod
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:

@@ -9,7 +9,9 @@ Layout (format 1, recorded in ``FORMAT``)::
     models/<name>/versions/<v>/state.safetensors                     ┘ visible only once complete
     models/<name>/samples/<seq>.safetensors     one ingestion batch: inputs, with labels, ids, held-out flags,
                                                 arrival time and request key in its JSON metadata
-    models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed
+    models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed, and
+                                                which of their samples it left out (deferred, quarantined)
+    models/<name>/quarantine.json               id → QuarantineRecord JSON (+ "released"): samples set aside
     models/<name>/counters.json                 next batch and sample numbers, labeled samples per class
     models/<name>/deleted.json                  ids of samples deleted on request (tombstones)
     models/<name>/updates/<id>.json             UpdateRecord
@@ -18,6 +20,10 @@ Layout (format 1, recorded in ``FORMAT``)::
 Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file; a crash
 between the steps of a multi-file change leaves the store consistent (a version without experience record is a
 candidate whose samples are still pending, and the next update trains on them again).
+
+Samples left pending inside consumed batches (deferred by an update, or released from quarantine) are not kept in
+a file of their own: they follow from experiences.json (each experience lists the ids it deferred and the carried
+ids it consumed) and quarantine.json, so every change of a sample's state is one atomic write.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +45,8 @@ from torch import Tensor
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, StoreUnavailable
-from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
-from registry.samples import Claim, SampleSet, holdout_flags
+from registry.records import ExperienceRecord, ModelRecord, Promotion, QuarantineRecord, UpdateRecord, VersionRecord
+from registry.samples import Claim, SampleSet, consumed_experience, count_pending, holdout_flags
 
 FORMAT_VERSION = 1
 
@@ -314,6 +320,7 @@ class LocalStore(Store):
         holdout_fraction: float,
         *,
         request_key: str | None = None,
+        relabel: bool = False,
     ) -> tuple[list[str], list[bool]]:
         with self._lock(name):
             if request_key is not None:
@@ -334,6 +341,8 @@ class LocalStore(Store):
                 "original_ids": ids if request_key is not None else None,  # the answer to repeat on a retry
                 "original_held_out": held if request_key is not None else None,
             }
+            if relabel:
+                meta["relabel"] = True
             write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta))
             counters["next_batch"], counters["next_sample"] = seq + 1, first + len(labels)
             self._write_counters(name, counters)
@@ -370,45 +379,138 @@ class LocalStore(Store):
     def _consumed_upto(self, name: str) -> int:
         return max((int(str(e.claim["upto"])) for e in self._experiences(name)), default=0)
 
+    def _quarantine(self, name: str) -> dict[str, dict[str, Any]]:
+        path = self._dir(name) / "quarantine.json"
+        entries: dict[str, dict[str, Any]] = _read_json(path) if path.exists() else {}
+        return entries
+
+    def _carried(self, experiences: list[ExperienceRecord], quarantine: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Samples of consumed batches that are pending again (id → batch): deferred by an update or released from
+        quarantine, and not consumed since."""
+        carried: dict[str, int] = {}
+        consumed: set[str] = set()
+        for e in experiences:
+            carried.update({i: int(seq) for i, seq in dict(e.claim.get("deferred") or {}).items()})
+            consumed.update(dict(e.claim.get("consumed") or {}))
+        for i, entry in quarantine.items():
+            if entry.get("released"):
+                carried[i] = int(entry["seq"])
+            else:
+                carried.pop(i, None)
+        return {i: seq for i, seq in carried.items() if i not in consumed}
+
+    def _rows(self, name: str, wanted: dict[str, int]) -> list[tuple[int, SampleSet, list[bool], dict[str, Any]]]:
+        """The stored rows of some samples (id → batch), batch by batch: (seq, samples, held-out flags, meta)."""
+        by_seq: dict[int, set[str]] = {}
+        for i, seq in wanted.items():
+            by_seq.setdefault(seq, set()).add(i)
+        out = []
+        for seq in sorted(by_seq):
+            path = self._batch_path(name, seq)
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            meta = tensors.metadata(data)
+            keep = [i in by_seq[seq] for i in meta["ids"]]
+            if any(keep):
+                batch = SampleSet(tensors.loads(data)["inputs"], meta["labels"], meta["ids"]).select(keep)
+                flags = [f for f, k in zip(meta["held_out"], keep, strict=True) if k]
+                out.append((seq, batch, flags, meta))
+        return out
+
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
         with self._lock(name):
-            start = self._consumed_upto(name)
+            experiences = self._experiences(name)
+            start = max((int(str(e.claim["upto"])) for e in experiences), default=0)
+            quarantine = self._quarantine(name)
+            carried = self._carried(experiences, quarantine)
+            skip = set(quarantine) | set(carried)
+            exempt = {i for i, entry in quarantine.items() if entry.get("released")}
             shape = self.get_model(name).input_shape
-            train, held, upto, taken = [], [], start, 0
+            train, held, where, taken = [], [], {}, 0
+            for seq, batch, flags, meta in self._rows(name, carried):
+                train.append(batch.select([not f for f in flags]))
+                held.append(batch.select(flags))
+                where.update(dict.fromkeys(batch.ids, seq))
+                exempt.update(batch.ids if meta.get("relabel") else ())
+                taken += flags.count(False)
+            upto, skipped = start, []
             for path in self._batches(name):
                 seq = self._seq(path)
                 if seq <= start:
                     continue
                 batch, flags = self._read_batch(path)
-                n_train = sum(not f for f in flags)
+                keep = [i not in skip for i in batch.ids]
+                n_train = sum(k and not f for k, f in zip(keep, flags, strict=True))
                 if limit is not None and taken and taken + n_train > limit:
                     break
-                train.append(batch.select([not f for f in flags]))
-                held.append(batch.select(flags))
+                skipped += [i for i, k in zip(batch.ids, keep, strict=True) if not k]
+                train.append(batch.select([k and not f for k, f in zip(keep, flags, strict=True)]))
+                held.append(batch.select([k and f for k, f in zip(keep, flags, strict=True)]))
+                kept = [i for i, k in zip(batch.ids, keep, strict=True) if k]
+                where.update(dict.fromkeys(kept, seq))
+                if tensors.metadata(path.read_bytes()).get("relabel"):
+                    exempt.update(kept)
                 taken += n_train
                 upto = seq
-            return Claim(SampleSet.concat(train, shape), SampleSet.concat(held, shape), {"from": start, "upto": upto})
+            token: dict[str, object] = {
+                "from": start,
+                "upto": upto,
+                "carried": {i: where[i] for i in carried if i in where},
+                "skipped": skipped,
+            }
+            return Claim(
+                SampleSet.concat(train, shape),
+                SampleSet.concat(held, shape),
+                token,
+                frozenset(exempt & set(where)),
+                where,
+            )
 
     def _append_experience(self, name: str, record: ExperienceRecord) -> None:
         experiences = self._experiences(name)
         _write_json(self._dir(name) / "experiences.json", [e.to_json() for e in [*experiences, record]])
 
-    def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
+    def ack(
+        self,
+        name: str,
+        claim: Claim,
+        version: int,
+        update_id: str | None,
+        *,
+        fence: int | None = None,
+        quarantined: Collection[str] = (),
+        deferred: Collection[str] = (),
+    ) -> None:
         with self._lock(name):
             self._check_fence(name, fence)
             if int(str(claim.token["from"])) != self._consumed_upto(name):
                 raise Conflict(f"samples of {name!r} were consumed by another update since this claim")
-            self._append_experience(
-                name,
-                ExperienceRecord(
-                    version=version,
-                    update_id=update_id,
-                    claim=dict(claim.token),
-                    labeled=len(claim.train.labeled),
-                    unlabeled=len(claim.train.unlabeled),
-                    held_out=len(claim.held_out),
-                ),
-            )
+            self._append_experience(name, consumed_experience(claim, version, update_id, quarantined, deferred))
+
+    def quarantine(self, name: str, records: Sequence[QuarantineRecord], *, fence: int | None = None) -> None:
+        with self._lock(name):
+            self._check_fence(name, fence)
+            entries = self._quarantine(name)
+            for record in records:
+                entries[record.id] = {**record.to_json(), "released": False}
+            _write_json(self._dir(name) / "quarantine.json", entries)
+
+    def quarantined(self, name: str) -> list[QuarantineRecord]:
+        with self._lock(name):
+            entries = [e for e in self._quarantine(name).values() if not e.get("released")]
+            records = [QuarantineRecord.from_json(e) for e in entries]
+            return sorted(records, key=lambda r: (r.at, int(r.id) if r.id.isdigit() else 0))
+
+    def release_quarantine(self, name: str, ids: Sequence[str]) -> list[str]:
+        with self._lock(name):
+            entries = self._quarantine(name)
+            released = [i for i in dict.fromkeys(ids) if i in entries and not entries[i].get("released")]
+            for i in released:
+                entries[i]["released"] = True
+            if released:
+                _write_json(self._dir(name) / "quarantine.json", entries)
+            return released
 
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
         with self._lock(name):
@@ -439,11 +541,16 @@ class LocalStore(Store):
             for e in self._experiences(name):
                 if e.version == version:
                     lo, hi = int(e.claim["from"]), int(e.claim["upto"])
+                    excluded = set(e.claim.get("excluded") or ())
                     parts = []
                     for path in self._batches(name):
                         if lo < self._seq(path) <= hi:
                             batch, flags = self._read_batch(path)
-                            parts.append(batch.select(flags))
+                            parts.append(
+                                batch.select([f and i not in excluded for i, f in zip(batch.ids, flags, strict=True)])
+                            )
+                    consumed = {i: int(seq) for i, seq in dict(e.claim.get("consumed") or {}).items()}
+                    parts += [batch.select(flags) for _, batch, flags, _ in self._rows(name, consumed)]
                     return SampleSet.concat(parts, shape)
             return SampleSet.concat([], shape)
 
@@ -457,16 +564,24 @@ class LocalStore(Store):
                 found += self._rewrite_batch(path, keep)
             tombstones = self.deleted_ids(name) | {int(i) for i in wanted if i.isdigit()}
             _write_json(self._dir(name) / "deleted.json", sorted(tombstones))
+            entries = self._quarantine(name)
+            if wanted & set(entries):
+                _write_json(self._dir(name) / "quarantine.json", {i: e for i, e in entries.items() if i not in wanted})
             return found
 
     def deleted_ids(self, name: str) -> set[int]:
         path = self._dir(name) / "deleted.json"
         return set(_read_json(path)) if path.exists() else set()
 
-    def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
+    def apply_retention(
+        self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
+    ) -> dict[str, int]:
         dropped = {"training": 0, "held_out": 0}
         with self._lock(name):
-            consumed = self._consumed_upto(name)
+            experiences = self._experiences(name)
+            consumed = max((int(str(e.claim["upto"])) for e in experiences), default=0)
+            quarantine = self._quarantine(name)
+            keep_always = set(protect) | set(quarantine) | set(self._carried(experiences, quarantine))
             now, kept = time.time(), 0
             for path in reversed(self._batches(name)):  # newest first: the newest max_samples survive
                 if self._seq(path) > consumed:
@@ -474,7 +589,10 @@ class LocalStore(Store):
                 meta = tensors.metadata(path.read_bytes())
                 old = max_age_s is not None and now - float(meta["at"]) > max_age_s
                 keep = []
-                for flag in meta["held_out"]:
+                for sample_id, flag in zip(meta["ids"], meta["held_out"], strict=True):
+                    if sample_id in keep_always:
+                        keep.append(True)
+                        continue
                     survive = not old and (max_samples is None or kept < max_samples)
                     kept += survive
                     keep.append(survive)
@@ -485,23 +603,24 @@ class LocalStore(Store):
 
     def pending_counts(self, name: str) -> dict[str, Any]:
         with self._lock(name):
-            start = self._consumed_upto(name)
-            labeled = unlabeled = held_out = 0
-            per_class: dict[str, int] = {}
+            experiences = self._experiences(name)
+            start = max((int(str(e.claim["upto"])) for e in experiences), default=0)
+            quarantine = self._quarantine(name)
+            carried = self._carried(experiences, quarantine)
+            skip = set(quarantine) | set(carried)
+            rows: list[tuple[str | None, bool]] = []
+            for _, batch, flags, _ in self._rows(name, carried):
+                rows += zip(batch.labels, flags, strict=True)
             for path in self._batches(name):
                 if self._seq(path) <= start:
                     continue
                 meta = tensors.metadata(path.read_bytes())
-                for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
-                    if label is not None:
-                        per_class[label] = per_class.get(label, 0) + 1
-                    if flag:
-                        held_out += 1
-                    elif label is None:
-                        unlabeled += 1
-                    else:
-                        labeled += 1
-            return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
+                rows += [
+                    (label, flag)
+                    for label, flag, i in zip(meta["labels"], meta["held_out"], meta["ids"], strict=True)
+                    if i not in skip
+                ]
+            return count_pending(rows)
 
     # -- updates --------------------------------------------------------------------------------------------------
     def put_update(self, record: UpdateRecord) -> None:

@@ -106,3 +106,18 @@ class ExperienceRecord(_JSON):
     unlabeled: int = 0
     held_out: int = 0
     at: float = field(default_factory=now)
+
+
+@dataclass
+class QuarantineRecord(_JSON):
+    """A pending sample that label screening set aside: neither trained nor held out until an admin releases it
+    (it then returns to the pending samples, exempt from screening) or deletes it."""
+
+    id: str
+    label: str | None  # the label it was posted with
+    predicted: str  # the class the live model and the trusted neighbours say it shows
+    held_out: bool  # its hold-out flag from ingestion (kept when it is released)
+    update_id: str | None  # the update whose screening quarantined it
+    reason: str
+    seq: int = 0  # the ingestion batch that holds it (bookkeeping of the store)
+    at: float = field(default_factory=now)

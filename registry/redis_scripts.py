@@ -155,9 +155,10 @@ return 1
 """
 
 ACK = """
--- KEYS: model, fence, acked, experiences, stream, op
--- ARGV: fence|'', from, upto, experience JSON, group, quoted name, op ttl
-if redis.call('GET', KEYS[6]) then return 1 end
+-- KEYS: model, fence, acked, experiences, stream, carried, op
+-- ARGV: fence|'', from, upto, experience JSON, group, quoted name, op ttl,
+--       carried ids consumed (JSON list), samples deferred (JSON object id -> batch; the key "" is ignored)
+if redis.call('GET', KEYS[7]) then return 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[6] .. ' does not exist')
 end
@@ -184,9 +185,47 @@ if upto > acked then
     cursor = '(' .. rows[#rows][1]
   end
 end
+for _, id in ipairs(cjson.decode(ARGV[8])) do redis.call('HDEL', KEYS[6], id) end
+for id, seq in pairs(cjson.decode(ARGV[9])) do
+  if id ~= '' then redis.call('HSET', KEYS[6], id, seq) end
+end
 redis.call('RPUSH', KEYS[4], ARGV[4])
-redis.call('SET', KEYS[6], 1, 'PX', ARGV[7])
+redis.call('SET', KEYS[7], 1, 'PX', ARGV[7])
 return 1
+"""
+
+QUARANTINE = """
+-- KEYS: model, fence, quarantine, carried   ARGV: fence|'', quoted name, then id, record JSON, id, record JSON, ...
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' does not exist')
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('CONFLICT update lock of ' .. ARGV[2] .. ' was lost (fencing token '
+    .. ARGV[1] .. ' is stale)')
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('HDEL', KEYS[4], ARGV[i])
+end
+return 1
+"""
+
+RELEASE = """
+-- KEYS: model, quarantine, carried, exempt   ARGV: quoted name, ids...
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[1] .. ' does not exist')
+end
+local released = {}
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', KEYS[2], ARGV[i])
+  if raw then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('HSET', KEYS[3], ARGV[i], cjson.decode(raw)['seq'])
+    redis.call('SADD', KEYS[4], ARGV[i])
+    released[#released + 1] = ARGV[i]
+  end
+end
+return released
 """
 
 GUARDED_HSET = """

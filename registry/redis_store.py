@@ -19,7 +19,12 @@ keeps a model's keys in one slot)::
     P batches                  ZSET    stored batch numbers
     P stream                   STREAM  one entry per pending batch (id <seq>-0), read by consumer group "updates"
     P acked                    STRING  the newest batch consumed by a committed version
-    P experiences              LIST    ExperienceRecord JSON: which batches each version consumed
+    P experiences              LIST    ExperienceRecord JSON: which batches each version consumed (and which of
+                                       their samples it left out)
+    P carried                  HASH    id → batch of samples pending again inside consumed batches (deferred by
+                                       an update, or released from quarantine)
+    P quarantine / P exempt    HASH    id → QuarantineRecord JSON / SET ids released from quarantine (exempt from
+                                       label screening)
     P bseq / P sseq / P classes        batch and sample counters, labeled samples per class (the hold-out policy)
     P requests / P deleted             request key → batch (idempotent ingestion) / tombstoned sample ids
     P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation
@@ -45,7 +50,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -63,9 +68,9 @@ from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, ModelRecord, QuarantineRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
-from registry.samples import Claim, SampleSet, holdout_flags
+from registry.samples import Claim, SampleSet, consumed_experience, count_pending, holdout_flags
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +169,8 @@ class RedisStore(Store):
                 "delete_version": scripts.DELETE_VERSION,
                 "promote": scripts.PROMOTE,
                 "ack": scripts.ACK,
+                "quarantine": scripts.QUARANTINE,
+                "release": scripts.RELEASE,
                 "hset": scripts.GUARDED_HSET,
                 "request_cancel": scripts.REQUEST_CANCEL,
                 "set": scripts.GUARDED_SET,
@@ -483,6 +490,7 @@ class RedisStore(Store):
         holdout_fraction: float,
         *,
         request_key: str | None = None,
+        relabel: bool = False,
     ) -> tuple[list[str], list[bool]]:
         labels = list(labels)
         k = functools.partial(self._k, name)
@@ -514,6 +522,8 @@ class RedisStore(Store):
                         "original_ids": ids if request_key is not None else None,
                         "original_held_out": held if request_key is not None else None,
                     }
+                    if relabel:
+                        meta["relabel"] = True
                     fields, staged = self._batch_fields(name, inputs, held)
                     pipe.multi()
                     changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
@@ -599,6 +609,31 @@ class RedisStore(Store):
             if _text(cursor) == "0-0":
                 return sorted(seqs)
 
+    def _set_aside(self, name: str) -> tuple[dict[str, int], set[str], set[str]]:
+        """Carried samples (id → batch), quarantined ids and exempt ids, read together."""
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.hgetall(self._k(name, "carried"))
+            pipe.hkeys(self._k(name, "quarantine"))
+            pipe.smembers(self._k(name, "exempt"))
+
+        carried, quarantined, exempt = self._read(name, queue)
+        return (
+            {_text(i): int(seq) for i, seq in carried.items()},
+            {_text(i) for i in quarantined},
+            {_text(i) for i in exempt},
+        )
+
+    def _carried_rows(
+        self, name: str, carried: dict[str, int], shape: Sequence[int]
+    ) -> list[tuple[_Batch, list[bool]]]:
+        """The batches holding carried samples, each with the mask of its carried rows (training and held-out)."""
+        seqs = sorted(set(carried.values()))
+        out = []
+        for batch in self._batches(name, seqs, shape):
+            out.append((batch, [carried.get(i) == batch.seq for i in batch.meta["ids"]]))
+        return out
+
     @_translated
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
         shape = self.get_model(name).input_shape
@@ -607,40 +642,97 @@ class RedisStore(Store):
         stale = [f"{seq}-0" for seq in entries if seq <= start]
         if stale:  # delivered after an acknowledgement already covered them: nothing to train
             self._redis.xack(self._k(name, "stream"), GROUP, *stale)
-        taken, counted = [], 0
+        carried, quarantined, exempt = self._set_aside(name)
+        skip = quarantined | set(carried)
+        train: list[SampleSet] = []
+        held: list[SampleSet] = []
+        where: dict[str, int] = {}
+        counted = 0
+
+        def take(batch: _Batch, keep: Callable[[str], bool]) -> list[str]:
+            train.append(batch.train.select([keep(i) for i in batch.train.ids]))
+            held.append(batch.held.select([keep(i) for i in batch.held.ids]))
+            kept = [i for i in batch.meta["ids"] if keep(i)]
+            where.update(dict.fromkeys(kept, batch.seq))
+            if batch.meta.get("relabel"):
+                exempt.update(kept)
+            return kept
+
+        for batch, _ in self._carried_rows(name, carried, shape):
+            seq = batch.seq
+            take(batch, lambda i: carried.get(i) == seq)  # noqa: B023 (called at once)
+            counted += len(train[-1])
+        taken = []
         for seq, meta in self._metas(name, [seq for seq in entries if seq > start]):
-            n_train = sum(not flag for flag in meta["held_out"])
+            n_train = sum(not flag and i not in skip for flag, i in zip(meta["held_out"], meta["ids"], strict=True))
             if limit is not None and counted and counted + n_train > limit:
                 break
             taken.append(seq)
             counted += n_train
+        skipped: list[str] = []
         batches = self._batches(name, taken, shape)
+        for batch in batches:
+            skipped += [i for i in batch.meta["ids"] if i in skip]
+            take(batch, lambda i: i not in skip)
         upto = batches[-1].seq if batches else start
+        token: dict[str, object] = {
+            "from": start,
+            "upto": upto,
+            "carried": {i: where[i] for i in carried if i in where},
+            "skipped": skipped,
+        }
         return Claim(
-            SampleSet.concat([b.train for b in batches], shape),
-            SampleSet.concat([b.held for b in batches], shape),
-            {"from": start, "upto": upto},
+            SampleSet.concat(train, shape),
+            SampleSet.concat(held, shape),
+            token,
+            frozenset(exempt & set(where)),
+            where,
         )
 
     @_translated
-    def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
-        experience = ExperienceRecord(
-            version=version,
-            update_id=update_id,
-            claim=dict(claim.token),
-            labeled=len(claim.train.labeled),
-            unlabeled=len(claim.train.unlabeled),
-            held_out=len(claim.held_out),
-        )
-        keys = [self._k(name, k) for k in ("model", "fence", "acked", "experiences", "stream")]
+    def ack(
+        self,
+        name: str,
+        claim: Claim,
+        version: int,
+        update_id: str | None,
+        *,
+        fence: int | None = None,
+        quarantined: Collection[str] = (),
+        deferred: Collection[str] = (),
+    ) -> None:
+        experience = consumed_experience(claim, version, update_id, quarantined, deferred)
+        keys = [self._k(name, k) for k in ("model", "fence", "acked", "experiences", "stream", "carried")]
         keys.append(self._k(name, "op", uuid.uuid4().hex))
         args = [
             "" if fence is None else str(fence),
             str(int(str(claim.token["from"]))),
             str(int(str(claim.token["upto"]))),
         ]
-        self._run("ack", keys, [*args, json.dumps(experience.to_json()), GROUP, repr(name), OP_TTL_MS])
+        moves = [
+            json.dumps(sorted(experience.claim["consumed"])),
+            json.dumps(experience.claim["deferred"] or {"": 0}),  # never an empty object (cjson reads it as a list)
+        ]
+        self._run("ack", keys, [*args, json.dumps(experience.to_json()), GROUP, repr(name), OP_TTL_MS, *moves])
         self._forget_idle_consumers(name)
+
+    @_translated
+    def quarantine(self, name: str, records: Sequence[QuarantineRecord], *, fence: int | None = None) -> None:
+        keys = [self._k(name, k) for k in ("model", "fence", "quarantine", "carried")]
+        pairs = [value for record in records for value in (record.id, json.dumps(record.to_json()))]
+        self._run("quarantine", keys, ["" if fence is None else str(fence), repr(name), *pairs])
+
+    @_translated
+    def quarantined(self, name: str) -> list[QuarantineRecord]:
+        [raws] = self._read(name, lambda pipe: pipe.hvals(self._k(name, "quarantine")))
+        records = [QuarantineRecord.from_json(json.loads(raw)) for raw in raws]
+        return sorted(records, key=lambda r: (r.at, int(r.id) if r.id.isdigit() else 0))
+
+    @_translated
+    def release_quarantine(self, name: str, ids: Sequence[str]) -> list[str]:
+        keys = [self._k(name, k) for k in ("model", "quarantine", "carried", "exempt")]
+        released = self._run("release", keys, [repr(name), *dict.fromkeys(str(i) for i in ids)])
+        return [_text(i) for i in released]
 
     def _forget_idle_consumers(self, name: str) -> None:
         """Remove consumers of other processes that hold nothing pending (they accumulate as workers restart)."""
@@ -661,8 +753,15 @@ class RedisStore(Store):
         shape = self.get_model(name).input_shape
         for e in self.experiences(name):
             if e.version == version:
+                excluded = set(e.claim.get("excluded") or ())
                 seqs = self._stored(name, f"({int(e.claim['from'])}", str(int(e.claim["upto"])))
-                return SampleSet.concat([b.held for b in self._batches(name, seqs, shape)], shape)
+                parts = [
+                    b.held.select([i not in excluded for i in b.held.ids]) for b in self._batches(name, seqs, shape)
+                ]
+                consumed = {i: int(seq) for i, seq in dict(e.claim.get("consumed") or {}).items()}
+                for batch, _ in self._carried_rows(name, consumed, shape):
+                    parts.append(batch.held.select([consumed.get(i) == batch.seq for i in batch.held.ids]))
+                return SampleSet.concat(parts, shape)
         return SampleSet.concat([], shape)
 
     def _rewrite_batch(
@@ -727,6 +826,12 @@ class RedisStore(Store):
             result = self._rewrite_batch(name, seq, lambda m: [i not in wanted for i in m["ids"]])
             if result is not None:
                 found += result[0].count(False)
+        if wanted:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hdel(self._k(name, "quarantine"), *wanted)
+            pipe.hdel(self._k(name, "carried"), *wanted)
+            pipe.srem(self._k(name, "exempt"), *wanted)
+            pipe.execute()
         return found
 
     @_translated
@@ -735,15 +840,21 @@ class RedisStore(Store):
         return {int(m) for m in members}
 
     @_translated
-    def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
+    def apply_retention(
+        self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
+    ) -> dict[str, int]:
         dropped = {"training": 0, "held_out": 0}
-        self.get_model(name)
+        carried, quarantined, _ = self._set_aside(name)
+        keep_always = set(protect) | set(carried) | quarantined
         consumed, now, kept = self._acked(name), time.time(), 0
 
         def keep_of(meta: dict[str, Any]) -> list[bool]:
             old = max_age_s is not None and now - float(meta["at"]) > max_age_s
             keep, survivors = [], kept
-            for _ in meta["held_out"]:
+            for sample_id in meta["ids"]:
+                if sample_id in keep_always:
+                    keep.append(True)
+                    continue
                 survive = not old and (max_samples is None or survivors < max_samples)
                 survivors += survive
                 keep.append(survive)
@@ -754,7 +865,7 @@ class RedisStore(Store):
             if result is None:
                 continue
             keep, meta = result
-            kept += sum(keep)
+            kept += sum(k and i not in keep_always for k, i in zip(keep, meta["ids"], strict=True))
             for survive, flag in zip(keep, meta["held_out"], strict=True):
                 if not survive:
                     dropped["held_out" if flag else "training"] += 1
@@ -806,20 +917,22 @@ class RedisStore(Store):
 
     @_translated
     def pending_counts(self, name: str) -> dict[str, Any]:
-        self.get_model(name)
-        labeled = unlabeled = held_out = 0
-        per_class: dict[str, int] = {}
+        carried, quarantined, _ = self._set_aside(name)
+        skip = quarantined | set(carried)
+        rows: list[tuple[str | None, bool]] = []
+        for seq, meta in self._metas(name, sorted(set(carried.values()))):
+            rows += [
+                (label, flag)
+                for label, flag, i in zip(meta["labels"], meta["held_out"], meta["ids"], strict=True)
+                if carried.get(i) == seq
+            ]
         for _, meta in self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf")):
-            for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
-                if label is not None:
-                    per_class[label] = per_class.get(label, 0) + 1
-                if flag:
-                    held_out += 1
-                elif label is None:
-                    unlabeled += 1
-                else:
-                    labeled += 1
-        return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
+            rows += [
+                (label, flag)
+                for label, flag, i in zip(meta["labels"], meta["held_out"], meta["ids"], strict=True)
+                if i not in skip
+            ]
+        return count_pending(rows)
 
     # -- updates --------------------------------------------------------------------------------------------------
     def _hset(self, name: str, field: str, value: str, *, only_if_absent: bool) -> bytes:

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from registry import Conflict, ModelRecord, NotFound, Store, UpdateRecord, VersionRecord
+from registry import Claim, Conflict, ModelRecord, NotFound, Store, UpdateRecord, VersionRecord
 from registry import tensors as st
 
 
@@ -261,3 +261,97 @@ def test_versions_can_be_numbered_scrubbed_and_deleted(store: Store) -> None:
     store.delete_version("digits", 3)
     assert [v.version for v in store.list_versions("digits")] == [4]
     assert store.commit_version(version(), st.dumps({}), st.dumps({})).version == 5  # numbers are not reused
+
+
+def _quarantine(store: Store, claim: Claim, ids: list[str], update_id: str = "u") -> None:
+    from registry import QuarantineRecord
+
+    held = set(claim.held_out.ids)
+    records = [
+        QuarantineRecord(
+            id=i, label="b", predicted="a", held_out=i in held, update_id=update_id, reason="t", seq=claim.where[i]
+        )
+        for i in ids
+    ]
+    store.quarantine("digits", records)
+
+
+def test_quarantined_samples_are_set_aside_until_released(store: Store) -> None:
+    store.create_model(model())
+    ids, held = store.append_samples("digits", torch.rand(10, 3), ["a"] * 5 + ["b"] * 5, 0.2)
+    held_b = ids[9]  # the 5th "b" is held out
+    assert held[9]
+    claim = store.claim("digits")
+    assert set(claim.where) == set(ids) and not claim.exempt
+    _quarantine(store, claim, [ids[5], held_b])
+    assert [r.id for r in store.quarantined("digits")] == [ids[5], held_b]
+    assert store.quarantined("digits")[1].held_out and store.quarantined("digits")[0].predicted == "a"
+    assert ids[5] not in store.claim("digits").ids and held_b not in store.claim("digits").ids
+    assert store.pending_counts("digits")["per_class"] == {"a": 5, "b": 3}
+    store.ack("digits", claim, version=1, update_id="u", quarantined=[ids[5], held_b])
+    assert store.experience_samples("digits", 1).ids == [ids[4]]  # the quarantined held-out sample is not in it
+    [experience] = store.experiences("digits")
+    assert (experience.labeled, experience.held_out) == (7, 1)
+    assert store.claim("digits").ids == [] and store.pending_counts("digits")["per_class"] == {}
+    assert store.release_quarantine("digits", [held_b, "12345"]) == [held_b]
+    assert store.release_quarantine("digits", [held_b]) == []  # released once
+    assert [r.id for r in store.quarantined("digits")] == [ids[5]]
+    again = store.claim("digits")
+    assert again.held_out.ids == [held_b] and again.exempt == {held_b}  # pending again, exempt from screening
+    assert store.pending_counts("digits") == {"labeled": 0, "unlabeled": 0, "held_out": 1, "per_class": {"b": 1}}
+    store.ack("digits", again, version=2, update_id="u2")
+    assert store.experience_samples("digits", 2).ids == [held_b]
+    assert store.claim("digits").ids == []
+    assert store.delete_samples("digits", [ids[5]]) == 1
+    assert store.quarantined("digits") == []
+
+
+def test_quarantine_of_a_pending_batch_survives_a_crashed_update(store: Store) -> None:
+    store.create_model(model())
+    ids, _ = store.append_samples("digits", torch.rand(4, 3), ["a", "b", "a", "b"], 0.0)
+    claim = store.claim("digits")
+    _quarantine(store, claim, [ids[1]])  # then the update crashes before its acknowledgement
+    retry = store.claim("digits")
+    assert retry.ids == [ids[0], ids[2], ids[3]]
+    store.ack("digits", retry, version=1, update_id="u")
+    store.release_quarantine("digits", [ids[1]])
+    assert store.claim("digits").ids == [ids[1]]
+
+
+def test_deferred_samples_stay_pending_for_a_later_update(store: Store) -> None:
+    store.create_model(model())
+    ids, _ = store.append_samples("digits", torch.rand(10, 3), ["a"] * 5 + ["z"] * 5, 0.2)
+    claim = store.claim("digits")
+    waiting = ids[5:]
+    store.ack("digits", claim, version=1, update_id="u1", deferred=waiting)
+    assert store.experience_samples("digits", 1).ids == [ids[4]]
+    assert store.pending_counts("digits") == {"labeled": 4, "unlabeled": 0, "held_out": 1, "per_class": {"z": 5}}
+    more, _ = store.append_samples("digits", torch.rand(2, 3), ["z", "z"], 0.2)
+    second = store.claim("digits")
+    assert second.ids == [*ids[5:9], *more, ids[9]]  # carried first, then the new batch (training before held-out)
+    assert second.where[ids[5]] != second.where[more[0]]
+    store.ack("digits", second, version=2, update_id="u2", deferred=[more[1]])
+    assert store.experience_samples("digits", 2).ids == [ids[9]]
+    assert store.claim("digits").ids == [more[1]]
+    assert store.delete_samples("digits", [more[1]]) == 1
+    assert store.claim("digits").ids == [] and store.pending_counts("digits")["per_class"] == {}
+
+
+def test_samples_posted_as_relabel_are_exempt_from_screening(store: Store) -> None:
+    store.create_model(model())
+    plain, _ = store.append_samples("digits", torch.rand(2, 3), ["a", "a"], 0.0)
+    marked, _ = store.append_samples("digits", torch.rand(2, 3), ["b", "b"], 0.0, relabel=True)
+    claim = store.claim("digits")
+    assert claim.exempt == set(marked) and set(claim.ids) == {*plain, *marked}
+
+
+def test_retention_keeps_quarantined_deferred_and_protected_samples(store: Store) -> None:
+    store.create_model(model())
+    ids, _ = store.append_samples("digits", torch.rand(10, 3), ["a"] * 10, 0.2)
+    claim = store.claim("digits")
+    _quarantine(store, claim, [ids[0]])
+    store.ack("digits", claim, version=1, update_id="u", quarantined=[ids[0]], deferred=[ids[1]])
+    dropped = store.apply_retention("digits", max_age_s=0.0, max_samples=None, protect=[ids[4]])
+    assert dropped == {"training": 6, "held_out": 1}  # everything consumed but the protected held-out sample
+    assert store.experience_samples("digits", 1).ids == [ids[4]]
+    assert store.claim("digits").ids == [ids[1]] and [r.id for r in store.quarantined("digits")] == [ids[0]]
