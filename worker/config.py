@@ -13,6 +13,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cl_core.trainer import TrainConfig
+from worker.evaluation import GateRules
+from worker.screening import ScreeningRules
 
 
 class WorkerSettings(BaseSettings):
@@ -42,9 +44,25 @@ class WorkerSettings(BaseSettings):
     auto_ewc_gamma: float = Field(1.0, ge=0, le=1)
     auto_mas_lambda: float = Field(0.1, ge=0)
 
-    # the forgetting gate
+    # the forgetting gate (judged on trusted held-out data: what versions that went live had held out)
     max_forgetting: float = Field(0.05, ge=0, le=1, description="largest allowed drop of old-class accuracy")
+    max_class_drop: float = Field(
+        0.10, ge=0, le=1, description="largest allowed drop of any one old class (its 95 % lower bound)"
+    )
+    min_class_samples: int = Field(
+        30, ge=1, description="trusted held-out samples a class needs to be judged (and retention keeps)"
+    )
     auto_promote: bool = Field(True, description="promote candidates that pass the gate")
+
+    # which claimed samples train: new classes wait until ready, systematic label flips go to quarantine
+    policy_min_samples_per_new_class: int = Field(
+        20, ge=1, description="a new class is learned (and the policy starts an update) once it has this many"
+    )
+    screening: bool = Field(True, description="screen labels for systematic flips before training")
+    screening_min_share: float = Field(
+        0.05, gt=0, le=1, description="a flip pair is systematic from this share of the samples of its given label"
+    )
+    screening_min_count: int = Field(10, ge=1, description="…and this many samples")
 
     # retention
     keep_versions: int | None = Field(20, ge=0, description="keep the newest N versions plus every promoted one")
@@ -90,6 +108,12 @@ class WorkerSettings(BaseSettings):
             seed=self.seed if seed is None else seed,
             device=self.device,
         )
+
+    def gate_rules(self) -> GateRules:
+        return GateRules(self.max_forgetting, self.max_class_drop, self.min_class_samples)
+
+    def screening_rules(self) -> ScreeningRules:
+        return ScreeningRules(self.screening, self.screening_min_share, self.screening_min_count)
 
     def memory_hparams(self) -> dict[str, Any]:
         return {"per_class": self.memory_per_class, "total": self.memory_total}

@@ -5,15 +5,25 @@ consumed some samples: its held-out part is that update's *experience* (a column
 accuracy on every experience of its lineage (its ancestors' and its own), so the matrix along the live lineage
 gives ACC, BWT and forgetting exactly as the benchmark does (`cl_core.metrics`).
 
-The gate compares a candidate with its parent on the held-out samples of the parent's classes: a drop of more
-than ``max_forgetting`` means the update made the model forget, and the candidate is kept but not promoted.
+The gate compares a candidate with its parent on *trusted* held-out samples only: those of the experiences along
+the parent's lineage, which updates that went live had held out.  Labels arriving in the update being judged never
+judge the classes the parent knew (a poisoned post would otherwise vouch for itself); the claim's own held-out
+samples are reported apart (the new classes, and new data of known classes as its own figure).  Two rules, both
+must hold:
+
+* the average rule: accuracy on the trusted samples of the parent's classes drops by at most ``max_forgetting``;
+* the per-class rule: no parent class drops by more than ``max_class_drop``, judged soundly for small sets: a class
+  fails when the one-sided 95 % lower confidence bound of its paired drop exceeds the limit.  Classes with fewer
+  than ``min_class_samples`` trusted samples are listed as unjudged.
+
+A candidate that breaks either rule is kept but not promoted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +100,31 @@ class EvaluationData:
     def all(self, input_shape: Sequence[int]) -> SampleSet:
         return SampleSet.concat([*self.experiences.values(), self.own], input_shape)
 
+    def trusted(self, input_shape: Sequence[int]) -> SampleSet:
+        """The lineage's held-out samples: what versions that went live had held out (never the update's own)."""
+        return SampleSet.concat(list(self.experiences.values()), input_shape)
+
+
+@dataclass(frozen=True)
+class GateRules:
+    max_forgetting: float = 0.05
+    max_class_drop: float = 0.10
+    min_class_samples: int = 30
+    confidence: float = 0.95
+
+
+@dataclass
+class ClassCheck:
+    """The per-class rule on one of the parent's classes (paired: the same trusted samples, parent vs candidate)."""
+
+    label: str
+    samples: int
+    parent_accuracy: float
+    candidate_accuracy: float
+    drop: float
+    drop_lower_bound: float | None  # one-sided lower confidence bound of the drop (None: unjudged)
+    verdict: Literal["passed", "failed", "unjudged"]
+
 
 @dataclass
 class Gate:
@@ -99,18 +134,99 @@ class Gate:
     candidate_accuracy: float | None
     drop: float | None
     max_forgetting: float
-    samples: int
+    samples: int  # trusted held-out samples of the parent's classes
     passed: bool
+    max_class_drop: float = 0.10
+    min_class_samples: int = 30
+    classes: list[ClassCheck] = field(default_factory=list)
+    failed_classes: list[str] = field(default_factory=list)
+    unjudged_classes: list[str] = field(default_factory=list)
+    claim: dict[str, Any] = field(default_factory=dict)  # the update's own held-out samples, reported apart
 
     def describe(self) -> str:
         if self.drop is None:
-            return "gate passed: no held-out samples of earlier classes to compare"
+            return "gate passed: no trusted held-out samples of earlier classes to compare"
         verdict = "passed" if self.passed else "failed"
-        return (
-            f"gate {verdict}: held-out accuracy on earlier classes {self.parent_accuracy:.3f} (version "
+        text = (
+            f"gate {verdict}: trusted held-out accuracy on earlier classes {self.parent_accuracy:.3f} (version "
             f"{self.parent_version}) → {self.candidate_accuracy:.3f}, a drop of {self.drop:.3f} "
             f"(allowed {self.max_forgetting:.3f}, {self.samples} samples)"
         )
+        failed = [c for c in self.classes if c.verdict == "failed"]
+        if failed:
+            worst = ", ".join(
+                f"{c.label!r} {c.parent_accuracy:.3f} → {c.candidate_accuracy:.3f} (drop {c.drop:.3f}, at least "
+                f"{c.drop_lower_bound:.3f} with 95 % confidence, {c.samples} samples)"
+                for c in failed
+            )
+            text += f"; classes that dropped by more than {self.max_class_drop:.3f}: {worst}"
+        if self.unjudged_classes:
+            text += f"; unjudged (< {self.min_class_samples} trusted samples): {', '.join(self.unjudged_classes)}"
+        return text
+
+
+def describe_gate(metrics: dict[str, Any]) -> str:
+    """What the gate found, from a version's stored metrics (records written before a field existed included)."""
+    data = metrics.get("gate")
+    if not isinstance(data, dict):
+        return "no gate figures recorded"
+    known = {f.name for f in fields(Gate)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["classes"] = [ClassCheck(**c) for c in values.get("classes", [])]
+    try:
+        return Gate(**values).describe()
+    except TypeError:
+        return f"gate passed: {data.get('passed')}"
+
+
+def binomial_bounds(successes: int, trials: int, alpha: float) -> tuple[float, float]:
+    """Clopper-Pearson: one-sided (1 - alpha) lower and upper confidence bounds of a binomial proportion (exact,
+    conservative for every n)."""
+    from scipy.stats import beta  # lazy: only judging a candidate needs it
+
+    lower = 0.0 if successes == 0 else float(beta.ppf(alpha, successes, trials - successes + 1))
+    upper = 1.0 if successes == trials else float(beta.ppf(1 - alpha, successes + 1, trials - successes))
+    return lower, upper
+
+
+def paired_drop_lower_bound(lost: int, gained: int, samples: int, confidence: float = 0.95) -> float:
+    """A lower confidence bound of a paired accuracy drop (p_lost - p_gained), where ``lost`` samples were right
+    before and wrong after, and ``gained`` the reverse: the lower bound of p_lost minus the upper bound of
+    p_gained, each at (1 - confidence) / 2 (Bonferroni), so the bound holds with at least ``confidence``."""
+    alpha = (1 - confidence) / 2
+    low, _ = binomial_bounds(lost, samples, alpha)
+    _, high = binomial_bounds(gained, samples, alpha)
+    return low - high
+
+
+def class_checks(
+    parent_predictions: Sequence[str],
+    candidate_predictions: Sequence[str],
+    labels: Sequence[str | None],
+    old_classes: Sequence[str],
+    rules: GateRules,
+) -> list[ClassCheck]:
+    """The per-class rule for every parent class that has trusted samples."""
+    checks = []
+    for label in old_classes:
+        rows = [i for i, y in enumerate(labels) if y == label]
+        if not rows:
+            continue
+        before = [parent_predictions[i] == label for i in rows]
+        after = [candidate_predictions[i] == label for i in rows]
+        lost = sum(b and not a for b, a in zip(before, after, strict=True))
+        gained = sum(a and not b for b, a in zip(before, after, strict=True))
+        n = len(rows)
+        drop = (lost - gained) / n
+        bound: float | None = None
+        verdict: Literal["passed", "failed", "unjudged"] = "unjudged"
+        if n >= rules.min_class_samples:
+            bound = paired_drop_lower_bound(lost, gained, n, rules.confidence)
+            verdict = "failed" if bound > rules.max_class_drop else "passed"
+        checks.append(
+            ClassCheck(label, n, sum(before) / n, sum(after) / n, round(drop, 6), bound and round(bound, 6), verdict)
+        )
+    return checks
 
 
 def gate(
@@ -119,18 +235,113 @@ def gate(
     labels: Sequence[str | None],
     old_classes: Sequence[str],
     parent_version: int | None,
-    max_forgetting: float,
+    rules: GateRules,
 ) -> Gate:
-    """Compare parent and candidate on the held-out samples of the parent's classes."""
+    """Compare parent and candidate on the trusted held-out samples of the parent's classes: the average rule and
+    the per-class rule."""
     keep = [y in old_classes for y in labels]
     samples = sum(keep)
     if parent_predictions is None or samples == 0:
-        return Gate(list(old_classes), parent_version, None, None, None, max_forgetting, samples, True)
+        return Gate(
+            list(old_classes),
+            parent_version,
+            None,
+            None,
+            None,
+            rules.max_forgetting,
+            samples,
+            True,
+            max_class_drop=rules.max_class_drop,
+            min_class_samples=rules.min_class_samples,
+        )
     before = accuracy(parent_predictions, labels, keep)
     after = accuracy(candidate_predictions, labels, keep)
     assert before is not None and after is not None
     drop = before - after
-    return Gate(list(old_classes), parent_version, before, after, drop, max_forgetting, samples, drop <= max_forgetting)
+    checks = class_checks(parent_predictions, candidate_predictions, labels, old_classes, rules)
+    failed = [c.label for c in checks if c.verdict == "failed"]
+    unjudged = [c.label for c in checks if c.verdict == "unjudged"]
+    unjudged += [c for c in old_classes if c not in {check.label for check in checks}]
+    passed = drop <= rules.max_forgetting and not failed
+    return Gate(
+        list(old_classes),
+        parent_version,
+        before,
+        after,
+        drop,
+        rules.max_forgetting,
+        samples,
+        passed,
+        max_class_drop=rules.max_class_drop,
+        min_class_samples=rules.min_class_samples,
+        classes=checks,
+        failed_classes=failed,
+        unjudged_classes=unjudged,
+    )
+
+
+def claim_figures(
+    parent_predictions: Sequence[str] | None,
+    candidate_predictions: Sequence[str],
+    labels: Sequence[str | None],
+    old_classes: Sequence[str],
+) -> dict[str, Any]:
+    """What the update's own held-out samples say (reported, never used to judge the parent's classes)."""
+    known = [y in old_classes for y in labels]
+    new = [y is not None and y not in old_classes for y in labels]
+    figures: dict[str, Any] = {
+        "new_classes": {"samples": sum(new), "accuracy": accuracy(candidate_predictions, labels, new)},
+        "known_classes": {
+            "samples": sum(known),
+            "parent_accuracy": None if parent_predictions is None else accuracy(parent_predictions, labels, known),
+            "candidate_accuracy": accuracy(candidate_predictions, labels, known),
+        },
+    }
+    return figures
+
+
+@dataclass
+class Baseline:
+    """The parent's predictions on the trusted and the update's own held-out samples, taken before training (the
+    model is trained in place), to judge the candidate against afterwards."""
+
+    evaluation: EvaluationData
+    input_shape: Sequence[int]
+    old_classes: list[str]
+    parent_version: int | None
+    trusted: list[str] | None  # None: no parent
+    own: list[str] | None
+
+    @classmethod
+    def measure(
+        cls,
+        parent: nn.Module | None,
+        old_classes: Sequence[str],
+        evaluation: EvaluationData,
+        input_shape: Sequence[int],
+        parent_version: int | None,
+    ) -> Baseline:
+        trusted = own = None
+        if parent is not None:
+            trusted = predict_labels(parent, old_classes, evaluation.trusted(input_shape).inputs)
+            own = predict_labels(parent, old_classes, evaluation.own.inputs)
+        return cls(evaluation, input_shape, list(old_classes), parent_version, trusted, own)
+
+    def judge(self, candidate: nn.Module, classes: Sequence[str], rules: GateRules) -> Gate:
+        trusted = self.evaluation.trusted(self.input_shape)
+        verdict = gate(
+            self.trusted,
+            predict_labels(candidate, classes, trusted.inputs),
+            trusted.labels,
+            self.old_classes,
+            self.parent_version,
+            rules,
+        )
+        own = self.evaluation.own
+        verdict.claim = claim_figures(
+            self.own, predict_labels(candidate, classes, own.inputs), own.labels, self.old_classes
+        )
+        return verdict
 
 
 def version_metrics(

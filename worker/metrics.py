@@ -29,7 +29,16 @@ class UpdateMetrics:
             "cl_updates_running", "updates running now", ["model"], registry=registry, multiprocess_mode="livesum"
         )
 
+        self.quarantined = Counter(
+            "cl_samples_quarantined",
+            "samples label screening set aside (systematic label flips), by the updates that screened them",
+            ["model"],
+            registry=registry,
+        )
+
     def observe(self, record: UpdateRecord) -> None:
         self.outcomes.labels(record.model, record.status).inc()
+        screening = record.metrics.get("screening") or {}
+        self.quarantined.labels(record.model).inc(int(screening.get("quarantined", 0)))
         if record.started_at is not None and record.finished_at is not None:
             self.duration.labels(record.model).observe(max(0.0, record.finished_at - record.started_at))

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,8 +26,9 @@ from cl_core.models import Classifier, ModelSpec, build_model, grow_classes
 from registry import Conflict, SampleSet, Store, StoreUnavailable, UpdateRecord, VersionRecord
 from registry import tensors as st
 from worker.audit import audit
+from worker.claims import by_policy, prepare_claim
 from worker.config import WorkerSettings
-from worker.evaluation import EvaluationData, gate, lineage, predict_labels, version_metrics
+from worker.evaluation import Baseline, EvaluationData, lineage, version_metrics
 from worker.learners import build_learner
 from worker.retention import prune_versions
 
@@ -248,25 +249,40 @@ def _update(
     token: int,
     report: _Reporter,
     stop: Callable[[], bool],
-) -> tuple[Any, int, dict[str, Any], str | None]:
+) -> tuple[Any, int | None, dict[str, Any], str | None]:
     model_record = store.get_model(name)
     parent = store.live_version(name)
     loaded = load_version(store, name, parent, seed=settings.seed)
     learner, note = restore_learner(loaded, record.method, settings, model_record.method_hparams)
     if learner.memory is not None:
         learner.memory.forget(store.deleted_ids(name))  # samples deleted since the parent was committed
-    claim = store.claim(name, limit=settings.max_samples_per_update)
-    labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
-    if len(labeled) == 0 and len(unlabeled) == 0:
-        raise ValueError("no pending samples to learn from")
-    report(0.05, force=True)
-
     spec, model = loaded.spec, loaded.model
     old_classes = list(spec.classes)
     chain = lineage(store, name, parent)
-    evaluation = EvaluationData.gather(store, name, chain, claim.held_out)
-    everything = evaluation.all(spec.input_shape)
-    parent_predictions = predict_labels(model, old_classes, everything.inputs) if parent is not None else None
+    evaluation = EvaluationData.gather(store, name, chain, SampleSet.concat([], spec.input_shape))
+    prepared = prepare_claim(
+        store,
+        name,
+        store.claim(name, limit=settings.max_samples_per_update),
+        model if parent is not None else None,
+        old_classes,
+        evaluation.trusted(spec.input_shape),
+        min_samples_per_new_class=settings.policy_min_samples_per_new_class if by_policy(record.reason) else 1,
+        rules=settings.screening_rules(),
+        update_id=record.update_id,
+        fence=token,
+    )
+    claim = prepared.claim
+    labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
+    if len(labeled) == 0 and len(unlabeled) == 0:
+        if prepared.quarantined:  # a claim of nothing but flips: no version, the quarantine holds them
+            return "rejected", None, {"screening": prepared.screening.to_json()}, prepared.nothing_left()
+        raise ValueError(prepared.nothing_left())
+    report(0.05, force=True)
+    evaluation.own = claim.held_out
+    baseline = Baseline.measure(
+        model if parent is not None else None, old_classes, evaluation, spec.input_shape, parent
+    )
 
     new_labels = [label for label in dict.fromkeys(labeled.labels) if label is not None and label not in spec.classes]
     new_classes = grow_classes(model, spec, new_labels, seed=settings.seed)
@@ -293,11 +309,9 @@ def _update(
     report(0.88, force=True)
     model.to("cpu")
 
-    candidate_predictions = predict_labels(model, spec.classes, everything.inputs)
-    verdict = gate(
-        parent_predictions, candidate_predictions, everything.labels, old_classes, parent, settings.max_forgetting
-    )
+    verdict = baseline.judge(model, spec.classes, settings.gate_rules())
     metrics = version_metrics(model, spec.classes, evaluation, chain, spec.input_shape, verdict)
+    metrics["screening"] = prepared.screening.to_json()
     hparams = {**learner.hparams(), "service_method": record.method}
     version = VersionRecord(
         model=name,
@@ -312,6 +326,9 @@ def _update(
             "unlabeled": len(unlabeled),
             "held_out": len(claim.held_out),
             "new_classes": new_labels,
+            "quarantined": len(prepared.quarantined),
+            "deferred": len(prepared.deferred),
+            "waiting_classes": [asdict(w) for w in prepared.waiting],
             "weight_align_gamma": gamma,
             "importance_s": importance_s,
             "note": note,
@@ -326,7 +343,15 @@ def _update(
     if learner.memory is not None:
         learner.memory.forget(store.deleted_ids(name))  # deleted while this update ran
     committed = store.commit_version(version, st.dumps(model.state_dict()), st.dumps(learner.state_dict()), fence=token)
-    store.ack(name, claim, committed.version, record.update_id, fence=token)
+    store.ack(
+        name,
+        claim,
+        committed.version,
+        record.update_id,
+        fence=token,
+        quarantined=prepared.quarantined,
+        deferred=prepared.deferred,
+    )
     report(0.97, force=True)
     if not verdict.passed:
         prune_versions(store, name, settings.keep_versions)
@@ -344,7 +369,9 @@ def _update(
 def import_weights(
     store: Store, name: str, weights: bytes, *, by: str | None, settings: WorkerSettings
 ) -> VersionRecord:
-    """Commit pretrained weights (checked against the architecture) as a new version with no learner state."""
+    """Commit pretrained weights (checked against the architecture) as a new version with no learner state, judged
+    by the forgetting gate against the live version like any candidate (status "rejected" when it fails: then it
+    is promoted only by force)."""
     token = store.acquire_update_lock(name, f"import-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
     if token is None:
         raise LockLost(f"an update of {name!r} is running; import the weights when it has finished")
@@ -367,10 +394,13 @@ def import_weights(
                 )
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"weights contain NaN or Inf in {key}")
-        base.model.load_state_dict(state)
         chain = lineage(store, name, parent)
         evaluation = EvaluationData.gather(store, name, chain, SampleSet.concat([], base.spec.input_shape))
-        metrics = version_metrics(base.model, base.spec.classes, evaluation, chain, base.spec.input_shape)
+        live = base.model if parent is not None else None
+        baseline = Baseline.measure(live, base.spec.classes, evaluation, base.spec.input_shape, parent)
+        base.model.load_state_dict(state)
+        verdict = baseline.judge(base.model, base.spec.classes, settings.gate_rules())
+        metrics = version_metrics(base.model, base.spec.classes, evaluation, chain, base.spec.input_shape, verdict)
         record = VersionRecord(
             model=name,
             version=0,
@@ -379,7 +409,7 @@ def import_weights(
             learner={},
             method="import",
             metrics=metrics,
-            status="imported",
+            status="imported" if verdict.passed else "rejected",
             triggered_by=by,
         )
         return store.commit_version(record, st.dumps(base.model.state_dict()), st.dumps({}), fence=token)

@@ -12,13 +12,15 @@ from typing import Any
 
 from registry import Store, UpdateRecord
 from worker.audit import audit
+from worker.claims import POLICY, waiting_classes
 from worker.executor import Executor
 
 
 @dataclass(frozen=True)
 class UpdatePolicy:
-    """Trigger an update when every new class has ``min_samples_per_new_class`` samples, or after
-    ``after_labeled`` new labeled samples (0 disables that rule)."""
+    """Trigger an update when a new class has ``min_samples_per_new_class`` samples, or after ``after_labeled``
+    new labeled samples of classes that can be learned (0 disables that rule).  New classes with fewer samples
+    wait (the update leaves them pending, `worker.claims`) without holding up the others."""
 
     min_samples_per_new_class: int = 20
     after_labeled: int = 0
@@ -27,11 +29,14 @@ class UpdatePolicy:
     def reason(self, pending: dict[str, Any], known_classes: list[str]) -> str | None:
         """Why an update should start now, or None."""
         per_class: dict[str, int] = pending.get("per_class", {})
-        new = {c: n for c, n in per_class.items() if c not in known_classes}
-        if new and all(n >= self.min_samples_per_new_class for n in new.values()):
-            return f"policy: new classes {sorted(new)} have ≥ {self.min_samples_per_new_class} samples each"
-        if self.after_labeled and pending.get("labeled", 0) >= self.after_labeled:
-            return f"policy: {pending['labeled']} new labeled samples (≥ {self.after_labeled})"
+        waiting = waiting_classes(per_class, known_classes, self.min_samples_per_new_class)
+        ready = sorted(c for c in per_class if c not in known_classes and c not in {w.label for w in waiting})
+        if ready:
+            text = f"{POLICY}: new classes {ready} have ≥ {self.min_samples_per_new_class} samples each"
+            return text + (f" ({len(waiting)} other new classes wait)" if waiting else "")
+        learnable = pending.get("labeled", 0) - sum(w.samples for w in waiting)  # a lower bound (held-out included)
+        if self.after_labeled and learnable >= self.after_labeled:
+            return f"{POLICY}: {learnable} new labeled samples (≥ {self.after_labeled})"
         return None
 
 
