@@ -232,13 +232,46 @@ def versions(name: str) -> None:
 
 
 @app.command()
-def promote(name: str, version: int) -> None:
-    """Serve a version (rollback = promote an older one)."""
+def promote(
+    name: str,
+    version: int,
+    force: bool = typer.Option(False, "--force", help="promote a version the forgetting gate rejected"),
+) -> None:
+    """Serve a version (rollback = promote an older one).  A version the gate rejected needs --force."""
     try:
-        answer = client().promote(name, version)
+        answer = client().promote(name, version, force=force)
     except ServiceError as exc:
+        if exc.status == 409 and "forgetting gate" in exc.detail:
+            console.print(f"[red]not promoted[/red]: {exc.detail}")
+            console.print("pass --force to promote it anyway (the promotion is audited)")
+            raise typer.Exit(1) from exc
         fail(exc)
-    console.print(f"{name}: version {answer['live_version']} is live (was {answer['previous']})")
+    if answer.get("forced"):
+        console.print(f"[yellow]version {version} had been rejected by the forgetting gate[/yellow]: {answer['gate']}")
+    forced = " (forced past the gate)" if answer.get("forced") else ""
+    console.print(f"{name}: version {answer['live_version']} is live (was {answer['previous']}){forced}")
+
+
+@app.command()
+def quarantine(
+    name: str,
+    release: list[str] = typer.Option(None, "--release", help="return these sample ids to the pending ones"),
+) -> None:
+    """Samples that label screening set aside (or, with --release ID …, return them to training: admin)."""
+    with client() as c:
+        try:
+            if release:
+                answer = c.release_quarantine(name, release)
+                console.print(f"released {len(answer['released'])} of {len(release)} samples")
+                return
+            rows = c.quarantine(name)
+        except ServiceError as exc:
+            fail(exc)
+    table = Table("id", "label", "looks like", "held out", "update")
+    for r in rows:
+        table.add_row(r["id"], str(r["label"]), r["predicted"], str(r["held_out"]), str(r["update_id"]))
+    console.print(table)
+    console.print(f"{len(rows)} samples in quarantine")
 
 
 @app.command()

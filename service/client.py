@@ -86,11 +86,14 @@ class Client:
         params = {"top_k": top_k} if top_k else None
         return self._call("POST", f"/v1/models/{name}/predict", json={"inputs": _jsonable(inputs)}, params=params)
 
-    def post_samples(self, name: str, inputs: Any, labels: Sequence[Any] | None = None) -> dict[str, Any]:
+    def post_samples(
+        self, name: str, inputs: Any, labels: Sequence[Any] | None = None, *, relabel: bool = False
+    ) -> dict[str, Any]:
         rows = _jsonable(inputs)
         labels = list(labels) if labels is not None else [None] * len(rows)
         samples = [{"input": x, "label": y} for x, y in zip(rows, labels, strict=True)]
-        return self._call("POST", f"/v1/models/{name}/samples", json={"samples": samples})
+        body: dict[str, Any] = {"samples": samples, **({"relabel": True} if relabel else {})}
+        return self._call("POST", f"/v1/models/{name}/samples", json=body)
 
     def post_samples_chunked(
         self,
@@ -147,8 +150,15 @@ class Client:
     def versions(self, name: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/models/{name}/versions")["versions"]
 
-    def promote(self, name: str, version: int) -> dict[str, Any]:
-        return self._call("POST", f"/v1/models/{name}/versions/{version}/promote")
+    def promote(self, name: str, version: int, *, force: bool = False) -> dict[str, Any]:
+        body = {"force": True} if force else None
+        return self._call("POST", f"/v1/models/{name}/versions/{version}/promote", json=body)
+
+    def quarantine(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/models/{name}/quarantine")["samples"]
+
+    def release_quarantine(self, name: str, ids: Sequence[str]) -> dict[str, Any]:
+        return self._call("POST", f"/v1/models/{name}/quarantine/release", json={"ids": list(ids)})
 
     def metrics(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/models/{name}/metrics")

@@ -19,6 +19,7 @@ from service.settings import Settings
 from worker.audit import audit
 from worker.executor import Executor, InProcessExecutor
 from worker.metrics import UpdateMetrics
+from worker.retention import trusted_reserve
 from worker.scheduling import UpdatePolicy
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,10 @@ def enforce_retention(runtime: Runtime) -> dict[str, int]:
     dropped: dict[str, int] = {}
     for model in runtime.store.list_models():
         result = runtime.store.apply_retention(
-            model.name, max_age_s=settings.retention_max_age_s, max_samples=settings.retention_max_samples
+            model.name,
+            max_age_s=settings.retention_max_age_s,
+            max_samples=settings.retention_max_samples,
+            protect=trusted_reserve(runtime.store, model.name, settings.min_class_samples),
         )
         total = sum(result.values())
         if total:

@@ -35,7 +35,9 @@ class ModelCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="becomes paths and keys: lowercase letters, digits, - and _")
     architecture: str = Field(description="a registered architecture: 'mlp', 'cnn' or an operator's own")
     input_shape: list[int] = Field(min_length=1, max_length=4, description="shape of one input, e.g. [784]")
-    classes: list[StrictStr | StrictInt] = Field(default_factory=list, max_length=10_000)
+    classes: list[StrictStr | StrictInt] = Field(
+        default_factory=list, max_length=100_000, description="initial classes (at most CL_MAX_CLASSES)"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="architecture options, e.g. {'hidden': [400, 400]}"
     )
@@ -52,6 +54,14 @@ class PendingCounts(BaseModel):
     per_class: dict[str, int] = Field(description="labeled samples per class, held-out ones included")
 
 
+class WaitingClass(BaseModel):
+    label: str
+    samples: int = Field(description="samples of the class waiting (held-out ones included)")
+    needed: int = Field(
+        description="samples a new class needs before it is learned (CL_POLICY_MIN_SAMPLES_PER_NEW_CLASS)"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     architecture: str
@@ -64,6 +74,10 @@ class ModelInfo(BaseModel):
     versions: int
     pending: PendingCounts
     pending_new_classes: list[str]
+    waiting_classes: list[WaitingClass] = Field(
+        description="new classes with too few samples: they wait while the ready classes are learned"
+    )
+    quarantined: int = Field(description="samples label screening set aside (GET …/quarantine)")
     state: Literal["no live version", "serving", "updating"]
     created_at: float
 
@@ -102,6 +116,9 @@ class Sample(Strict):
 
 class SamplesRequest(Strict):
     samples: list[Sample] = Field(min_length=1)
+    relabel: bool = Field(
+        False, description="admin only: the labels redefine classes on purpose (exempt from label screening)"
+    )
 
 
 class SamplesResponse(BaseModel):
@@ -122,6 +139,31 @@ class SamplesDeleted(BaseModel):
     deleted: int = Field(description="stored samples found and removed")
     exemplars_removed: int = Field(description="copies removed from exemplar memories of stored versions")
     versions_scrubbed: int
+
+
+# -- quarantine --------------------------------------------------------------------------------------------------
+class QuarantinedSample(BaseModel):
+    id: str
+    label: str | None = Field(description="the label it was posted with")
+    predicted: str = Field(description="the class the live model and the trusted neighbours say it shows")
+    held_out: bool
+    update_id: str | None = Field(description="the update whose label screening set it aside")
+    reason: str
+    at: float
+
+
+class QuarantineList(BaseModel):
+    model: str
+    samples: list[QuarantinedSample]
+
+
+class QuarantineRelease(Strict):
+    ids: list[str] = Field(min_length=1, max_length=100_000, description="ids of quarantined samples")
+
+
+class QuarantineReleased(BaseModel):
+    released: list[str] = Field(description="ids returned to the pending samples (exempt from screening)")
+    update_id: str | None = Field(None, description="the update the policy started, if any")
 
 
 # -- updates -----------------------------------------------------------------------------------------------------
@@ -178,10 +220,16 @@ class VersionList(BaseModel):
     versions: list[VersionInfo]
 
 
+class PromoteRequest(Strict):
+    force: bool = Field(False, description="promote a version the forgetting gate rejected (audited)")
+
+
 class Promoted(BaseModel):
     model: str
     live_version: int
     previous: int | None
+    forced: bool = Field(False, description="the version had been rejected by the gate and was promoted by force")
+    gate: str | None = Field(None, description="what the gate had found (when forced)")
 
 
 # -- forgetting report -------------------------------------------------------------------------------------------

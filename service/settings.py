@@ -37,9 +37,8 @@ class Settings(WorkerSettings):
 
     # ingestion and the update policy
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of each labeled class kept for evaluation")
-    policy_min_samples_per_new_class: int = Field(
-        20, ge=1, description="start an update when every new class has this many"
-    )
+    max_classes: int = Field(1000, ge=1, le=100_000, description="classes a model may have (new ones beyond: 422)")
+    max_new_classes_per_request: int = Field(100, ge=1, description="new class names one request may bring")
     policy_after_labeled: int = Field(0, ge=0, description="…or after this many new labeled samples (0: off)")
     policy_method: str = Field("auto", description="method of policy-triggered updates")
     update_workers: int = Field(1, ge=1, le=64, description="models updated in parallel (embedded executor)")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from registry import ModelRecord, Store, UpdateRecord, VersionRecord
 from service import schemas
 from service.serving import ModelServer
+from worker.claims import waiting_classes
 
 
-def model_info(store: Store, server: ModelServer, record: ModelRecord, updating: bool) -> schemas.ModelInfo:
+def model_info(
+    store: Store, server: ModelServer, record: ModelRecord, updating: bool, min_samples_per_new_class: int
+) -> schemas.ModelInfo:
     live = store.live_version(record.name)
     if live is not None:
         classes = list(store.get_version(record.name, live).spec.get("classes", []))
@@ -28,6 +31,11 @@ def model_info(store: Store, server: ModelServer, record: ModelRecord, updating:
         versions=versions,
         pending=schemas.PendingCounts(**pending),
         pending_new_classes=sorted(c for c in pending["per_class"] if c not in classes),
+        waiting_classes=[
+            schemas.WaitingClass(label=w.label, samples=w.samples, needed=w.needed)
+            for w in waiting_classes(pending["per_class"], classes, min_samples_per_new_class)
+        ],
+        quarantined=len(store.quarantined(record.name)),
         state=state,
         created_at=record.created_at,
     )

@@ -38,6 +38,10 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
         )
     if any(d < 1 or d > 100_000 for d in body.input_shape):
         raise ApiError(422, f"input_shape dimensions must be in 1..100000, got {body.input_shape}", field="input_shape")
+    if len(body.classes) > runtime.settings.max_classes:
+        raise ApiError(
+            422, f"{len(body.classes)} classes; a model has at most {runtime.settings.max_classes}", field="classes"
+        )
     classes = labels_of(body.classes)
     if len(set(classes)) != len(classes):
         raise ApiError(422, "class names must be unique", field="classes")
@@ -59,14 +63,20 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
     )
     runtime.store.create_model(record)
     audit("model.created", actor=caller.name, model=record.name, architecture=record.architecture)
-    return model_info(runtime.store, runtime.server, record, False)
+    return model_info(runtime.store, runtime.server, record, False, runtime.settings.policy_min_samples_per_new_class)
 
 
 @router.get("", response_model=schemas.ModelList)
 def list_models(runtime: RuntimeDep, _: PredictCaller) -> schemas.ModelList:
     return schemas.ModelList(
         models=[
-            model_info(runtime.store, runtime.server, r, _updating(runtime, r.name))
+            model_info(
+                runtime.store,
+                runtime.server,
+                r,
+                _updating(runtime, r.name),
+                runtime.settings.policy_min_samples_per_new_class,
+            )
             for r in runtime.store.list_models()
         ]
     )
@@ -75,7 +85,13 @@ def list_models(runtime: RuntimeDep, _: PredictCaller) -> schemas.ModelList:
 @router.get("/{name}", response_model=schemas.ModelInfo, responses={404: {"model": schemas.ErrorBody}})
 def get_model(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> schemas.ModelInfo:
     record = runtime.store.get_model(name)
-    return model_info(runtime.store, runtime.server, record, _updating(runtime, name))
+    return model_info(
+        runtime.store,
+        runtime.server,
+        record,
+        _updating(runtime, name),
+        runtime.settings.policy_min_samples_per_new_class,
+    )
 
 
 @router.put(
@@ -103,10 +119,12 @@ async def import_model_weights(
         raise ApiError(422, str(exc), field="body") from exc
     except LockLost as exc:
         raise ApiError(409, str(exc)) from exc
-    audit("version.imported", actor=caller.name, model=name, version=record.version)
+    audit("version.imported", actor=caller.name, model=name, version=record.version, status=record.status)
     live = await run_in_threadpool(runtime.store.live_version, name)
-    if runtime.settings.auto_promote and await run_in_threadpool(
-        lambda: runtime.store.promote(name, record.version, by=caller.name, expected=live)
+    if (
+        runtime.settings.auto_promote
+        and record.status != "rejected"
+        and await run_in_threadpool(lambda: runtime.store.promote(name, record.version, by=caller.name, expected=live))
     ):
         audit("version.promoted", actor=caller.name, model=name, version=record.version, previous=live)
         live = record.version
@@ -171,4 +189,6 @@ async def import_archive(
         raise ApiError(422, str(exc), field="body") from exc
     await run_in_threadpool(runtime.server.refresh, record.name)
     audit("model.imported", actor=caller.name, model=record.name)
-    return await run_in_threadpool(model_info, runtime.store, runtime.server, record, False)
+    return await run_in_threadpool(
+        model_info, runtime.store, runtime.server, record, False, runtime.settings.policy_min_samples_per_new_class
+    )

@@ -57,6 +57,8 @@ def ingest(
 ) -> schemas.SamplesResponse:
     """Store the samples (blocking I/O: runs in the thread pool)."""
     store, settings = runtime.store, runtime.settings
+    if body.relabel and not caller.allows("admin"):
+        raise ApiError(403, f"this key has the {caller.scope!r} scope; \"relabel\" needs 'admin'", field="relabel")
     record = store.get_model(name)
     request_digest = digest(body.model_dump_json()) if idempotency_key else ""
     if idempotency_key and (first := replay(store, name, "samples", idempotency_key, request_digest)) is not None:
@@ -75,8 +77,11 @@ def ingest(
             headers={"Retry-After": "30"},
         )
     live = store.live_version(name)
-    known = list(store.get_version(name, live).spec.get("classes", [])) if live is not None else []
-    ids, held = store.append_samples(name, inputs, labels, settings.holdout_fraction, request_key=idempotency_key)
+    known = list(store.get_version(name, live).spec.get("classes", [])) if live is not None else list(record.classes)
+    check_class_growth(labels, known, before["per_class"], settings.max_classes, settings.max_new_classes_per_request)
+    ids, held = store.append_samples(
+        name, inputs, labels, settings.holdout_fraction, request_key=idempotency_key, relabel=body.relabel
+    )
     labeled = sum(label is not None for label in labels)
     held_out = sum(held)
     runtime.api_metrics.samples.labels(name, "labeled").inc(labeled - held_out)
@@ -91,6 +96,7 @@ def ingest(
         labeled=labeled,
         held_out=held_out,
         new_classes=new_classes,
+        relabel=body.relabel,
         first_id=ids[0],
         last_id=ids[-1],
     )
@@ -141,6 +147,28 @@ def delete_samples(
     return schemas.SamplesDeleted(
         deleted=result.samples, exemplars_removed=result.exemplars, versions_scrubbed=result.versions
     )
+
+
+def check_class_growth(
+    labels: list[str | None], known: list[str], pending: dict[str, int], max_classes: int, max_new: int
+) -> None:
+    """422 when a request brings more new class names than one request may, or would take the model (its classes,
+    the new ones still pending and this request's) beyond ``max_classes``: nothing is stored."""
+    new = {label for label in labels if label is not None and label not in known}
+    if len(new) > max_new:
+        raise ApiError(
+            422,
+            f"the samples bring {len(new)} new class names; one request may bring at most {max_new} "
+            "(CL_MAX_NEW_CLASSES_PER_REQUEST)",
+            field="samples",
+        )
+    total = len(set(known) | set(pending) | new)
+    if total > max_classes:
+        raise ApiError(
+            422,
+            f"the model would have {total} classes (known, pending and new); at most {max_classes} (CL_MAX_CLASSES)",
+            field="samples",
+        )
 
 
 def _with_request(pending: dict[str, Any], labels: list[str | None], held: list[bool]) -> dict[str, Any]:

@@ -74,9 +74,13 @@ def test_deleting_a_model_leaves_nothing_behind(client: TestClient, tmp_path) ->
 def test_retention_bounds_raw_data_and_counts_what_it_drops(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(retention_max_samples=10)
     trained(client)
-    dropped = enforce_retention(client.app.state.runtime)  # type: ignore[attr-defined]
-    assert dropped == {"m": 90 - 10}
-    assert 'cl_samples_dropped_total{model="m",reason="retention"} 80.0' in client.get("/metrics").text
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    dropped = enforce_retention(runtime)
+    # the 18 held-out samples (6 per class) are the gate's trusted reserve (fewer than CL_MIN_CLASS_SAMPLES per
+    # class: all kept); of the other 72, the newest 10 survive
+    assert dropped == {"m": 90 - 18 - 10}
+    assert 'cl_samples_dropped_total{model="m",reason="retention"} 62.0' in client.get("/metrics").text
+    assert len(runtime.store.experience_samples("m", 1)) == 18
 
 
 def test_queues_and_buffers_are_bounded(make_client) -> None:  # type: ignore[no-untyped-def]

@@ -39,12 +39,21 @@ def test_lineage_promotion_rollback_and_report(client: TestClient) -> None:
     assert [v["version"] for v in versions] == [1, 2] and versions[1]["parent"] == 1
     assert versions[1]["samples"]["new_classes"] == ["d", "e"] and versions[1]["classes"] == ["a", "b", "c", "d", "e"]
     assert versions[0]["promotions"][0]["by"].startswith("auto-promote")
-    # promote explicitly, then roll back: the served version follows
-    assert client.post("/v1/models/m/versions/2/promote").json() == {
+    # promote explicitly (a rejected version only by force, saying what the gate found), then roll back
+    rejected = second["status"] == "rejected"
+    if rejected:
+        refused = client.post("/v1/models/m/versions/2/promote", json={"force": False})
+        assert refused.status_code == 409 and "forgetting gate" in refused.json()["detail"]
+        assert client.get("/v1/models/m").json()["live_version"] == 1
+    promoted = client.post("/v1/models/m/versions/2/promote", json={"force": True} if rejected else None).json()
+    assert promoted == {
         "model": "m",
         "live_version": 2,
-        "previous": 1 if second["status"] == "rejected" else 2,
+        "previous": 1 if rejected else 2,
+        "forced": rejected,
+        "gate": promoted["gate"] if rejected else None,
     }
+    assert not rejected or "gate failed" in promoted["gate"]
     probe = [blobs(["d"], 1, seed=5)[0][0]]
     assert client.post("/v1/models/m/predict", json={"inputs": probe}).json()["version"] == 2
     rollback = client.post("/v1/models/m/versions/1/promote").json()
@@ -61,7 +70,7 @@ def test_report_along_two_versions(client: TestClient) -> None:
     trained(client)
     answer = post_samples(client, "m", *blobs(["d"], 25, seed=4))
     status = wait_update(client, "m", answer["update_id"])
-    client.post(f"/v1/models/m/versions/{status['version']}/promote")
+    client.post(f"/v1/models/m/versions/{status['version']}/promote", json={"force": True})
     report = client.get("/v1/models/m/metrics").json()
     assert report["matrix"]["rows"] == [1, 2] and report["matrix"]["columns"] == [1, 2]
     assert len(report["matrix"]["values"][0]) == 1 and len(report["matrix"]["values"][1]) == 2
