@@ -8,6 +8,7 @@ tuning comes out of the train split only (10 %, stratified, random_state=1).  Sc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -132,3 +133,16 @@ def build_scenario(name: str, train: Split, test: Split, *, tasks: int | None = 
 def joint_experiences(scenario: Scenario) -> list[Experience]:
     """Every task's training data, to be trained together (the upper bound); each keeps its own output mask."""
     return [task.train for task in scenario.tasks]
+
+
+def rotate_images(inputs: Tensor, degrees: float, side: int = 28) -> Tensor:
+    """Flat ``side``×``side`` images (N, side²) rotated by ``degrees`` about their centre (bilinear, zeros outside):
+    a shifted domain of the same classes."""
+    theta = math.radians(degrees)
+    matrix = torch.tensor(
+        [[math.cos(theta), -math.sin(theta), 0.0], [math.sin(theta), math.cos(theta), 0.0]], dtype=torch.float32
+    )
+    images = inputs.reshape(len(inputs), 1, side, side).float()
+    grid = torch.nn.functional.affine_grid(matrix.expand(len(inputs), 2, 3), list(images.shape), align_corners=False)
+    rotated = torch.nn.functional.grid_sample(images, grid, align_corners=False)
+    return rotated.reshape(len(inputs), side * side)

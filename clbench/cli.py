@@ -470,5 +470,53 @@ def distributed(
         report.console.print(f"wrote {out / 'distributed.json'}")
 
 
+@app.command()
+def poison(
+    seeds: str = typer.Option("0,1,2", help="comma-separated seeds (the protocol: 0,1,2)"),
+    case: str | None = typer.Option(None, help="only the cases whose name contains one of these (comma-separated)"),
+    epochs: int | None = typer.Option(None, help="epochs per update (default: the service's CL_EPOCHS, 10)"),
+    threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+    out: Path | None = typer.Option(None, help="write poison.jsonl and poison.md into this folder"),
+) -> None:
+    """Poisoned labels against the forgetting gate: targeted relabels, partial flips (in one post and split over
+    ten), label shuffles, and clean controls, on the protocol's data; promoted or not, quarantined, per-class test
+    accuracy before and after."""
+    from dataclasses import asdict
+
+    from clbench.poison import markdown
+    from clbench.poison import run as run_poison
+    from worker.config import WorkerSettings
+
+    if threads:
+        torch.set_num_threads(threads)
+    overrides: dict[str, object] = {"device": "cpu"}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
+    chosen = [int(s) for s in seeds.split(",") if s.strip()]
+    only = [c.strip() for c in case.split(",")] if case else None
+
+    def line(o: object) -> None:
+        report.console.print(
+            f"seed {o.seed} · {o.case}: {o.status}, promoted {o.promoted}, quarantined {o.quarantined} "  # type: ignore[attr-defined]
+            f"({o.flipped_quarantined} of {o.flipped} flipped), {o.seconds:.1f} s"  # type: ignore[attr-defined]
+        )
+
+    outcomes = run_poison(chosen, settings, only=only, progress=line)
+    table = markdown(outcomes)
+    print(
+        f"\n`clbench poison` — seeds {','.join(map(str, chosen))}, {settings.epochs} epochs per update, "
+        f"service defaults otherwise\n"
+    )
+    print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "poison.jsonl").open("w") as f:
+            for o in outcomes:
+                f.write(json.dumps(asdict(o)) + "\n")
+        (out / "poison.md").write_text(table + "\n")
+        report.console.print(f"wrote {out / 'poison.jsonl'} and {out / 'poison.md'}")
+
+
 if __name__ == "__main__":
     app()

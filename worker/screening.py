@@ -15,7 +15,10 @@ must be mostly trusted samples of ``k``: a relabelled image of ``k`` looks like 
 while an unusual image of ``g`` still looks like the rest of ``g``.
 
 A pair is *systematic*, and its confirmed samples are quarantined, when it holds at least ``min_count`` samples and
-at least ``min_share`` of the samples labeled ``g``; fewer is isolated noise and trains as posted.  Samples posted
+at least ``min_share`` of the samples labeled ``g``; fewer is isolated noise and trains as posted.  Once a pair is
+systematic, every sample labeled ``g`` that the model puts in ``k`` (at any confidence) and whose neighbours confirm
+it goes too; and when at least ``group_share`` of the samples labeled ``g`` are confirmed flips, none of the claim's
+samples labeled ``g`` is believed: the whole group goes to quarantine.  Samples posted
 with ``"relabel": true`` (admin) or released from quarantine are exempt: an operator may redefine a class.
 """
 
@@ -45,6 +48,7 @@ class ScreeningRules:
     min_count: int = 10
     neighbours: int = 10
     min_reference: int = 10  # trusted samples a class needs before flips into it are screened
+    group_share: float = 0.5  # from this share of confirmed flips, a label's whole group in the claim is set aside
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Screening:
     quarantined: dict[str, tuple[str, str]] = field(default_factory=dict)  # id → (given, predicted)
     thresholds: dict[str, float] = field(default_factory=dict)
     unscreened_classes: list[str] = field(default_factory=list)  # too few trusted samples to screen flips into
+    groups: list[str] = field(default_factory=list)  # labels whose every sample in the claim was set aside
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +84,7 @@ class Screening:
             "pairs": [asdict(p) for p in self.pairs],
             "thresholds": {k: round(v, 4) for k, v in self.thresholds.items()},
             "unscreened_classes": self.unscreened_classes,
+            "groups": self.groups,
         }
 
     def describe(self) -> str:
@@ -86,6 +92,8 @@ class Screening:
         if not systematic:
             return "label screening found no systematic flip"
         parts = [f"{p.confirmed} labeled {p.given!r} look like {p.predicted!r} ({p.share:.0%})" for p in systematic]
+        if self.groups:
+            parts.append(f"every sample labeled {', '.join(map(repr, self.groups))} (mostly flips)")
         return f"label screening quarantined {len(self.quarantined)} samples: " + "; ".join(parts)
 
 
@@ -206,4 +214,22 @@ def screen(
             extended = [i for i, vote in zip(suspects, votes.tolist(), strict=True) if vote]
             for i in sorted(set(confirmed) | set(extended)):
                 result.quarantined[samples.ids[i]] = (given, assigned)
+    _set_aside_groups(result, samples, labels, given_rows, rules)
     return result
+
+
+def _set_aside_groups(
+    result: Screening, samples: SampleSet, labels: list[str], given_rows: dict[str, list[int]], rules: ScreeningRules
+) -> None:
+    """When most samples posted with one label are confirmed flips, the claim's other samples with that label are
+    not believed either: the whole group goes to quarantine (with the class most of it was flipped from)."""
+    flipped: dict[str, dict[str, int]] = {}
+    for given, predicted in result.quarantined.values():
+        flipped.setdefault(given, {})
+        flipped[given][predicted] = flipped[given].get(predicted, 0) + 1
+    for given, counts in sorted(flipped.items()):
+        if sum(counts.values()) / len(given_rows[given]) >= rules.group_share:
+            dominant = max(sorted(counts), key=lambda c: counts[c])
+            result.groups.append(given)
+            for i in given_rows[given]:
+                result.quarantined.setdefault(samples.ids[i], (given, dominant))
