@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from typing_extensions import TypeAliasType
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -116,7 +116,7 @@ class Sample(Strict):
 
 class SamplesRequest(Strict):
     samples: list[Sample] = Field(min_length=1)
-    relabel: bool = Field(
+    relabel: StrictBool = Field(
         False, description="admin only: the labels redefine classes on purpose (exempt from label screening)"
     )
 
@@ -221,7 +221,7 @@ class VersionList(BaseModel):
 
 
 class PromoteRequest(Strict):
-    force: bool = Field(False, description="promote a version the forgetting gate rejected (audited)")
+    force: StrictBool = Field(False, description="promote a version the forgetting gate rejected (audited)")
 
 
 class Promoted(BaseModel):

@@ -19,7 +19,6 @@ from registry import Claim, QuarantineRecord, SampleSet, Store
 from worker.audit import audit
 from worker.screening import Screening, ScreeningRules, screen
 
-
 POLICY = "policy"
 """How the reasons of updates the update policy started begin."""
 

@@ -8,11 +8,11 @@ Counting per pair over the *whole* claim (every pending post together) is what m
 posts add up.
 
 A softmax is over-confident on inputs unlike anything it has seen, so a genuinely new class is often called an old
-one "confidently" (on the protocol's data, a model of digits 0-4 calls half of the 9s a confident 4).  A count
+one "confidently" (on the protocol's data, a model of digits 0-4 calls about half of the 9s a confident 4).  A count
 is therefore confirmed by a second, model-free test: the sample's nearest neighbours in input space, among the
-trusted samples of ``k`` and the other samples labeled ``g`` (the claim's and, for a known class, the trusted ones),
-must be mostly trusted samples of ``k``: a relabelled image of ``k`` looks like the ``k`` the lineage already has,
-while an unusual image of ``g`` still looks like the rest of ``g``.
+trusted samples of ``k`` and those of ``g`` (the trusted ones for a known class; for a class new in the claim, the
+claim's other samples labeled ``g``), must be mostly trusted samples of ``k``: a relabelled image of ``k`` looks
+like the ``k`` the lineage already has, while an unusual image of ``g`` still looks like the rest of ``g``.
 
 A pair is *systematic*, and its confirmed samples are quarantined, when it holds at least ``min_count`` samples and
 at least ``min_share`` of the samples labeled ``g``; fewer is isolated noise and trains as posted.  Once a pair is
@@ -135,6 +135,22 @@ def _mostly_reference(queries: Tensor, reference: Tensor, others: Tensor, k: int
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
+def _given_side(
+    vectors: Tensor,
+    trusted_vectors: Tensor,
+    given: list[int],
+    trusted_given: list[int],
+    suspects: set[int],
+    rules: ScreeningRules,
+) -> Tensor:
+    """What the samples labeled ``g`` are compared against: the lineage's trusted samples of ``g`` when it has
+    enough (the claim's own samples never vouch for each other), else, for a class new in the claim, the claim's
+    samples labeled ``g`` other than the suspects."""
+    if len(trusted_given) >= rules.min_reference:
+        return trusted_vectors[trusted_given]
+    return vectors[[i for i in given if i not in suspects]]
+
+
 def screen(
     model: nn.Module,
     classes: Sequence[str],
@@ -193,8 +209,9 @@ def screen(
         if len(rows) >= rules.min_count and len(rows) / labeled >= rules.min_share:
             reference = trusted_vectors[trusted_rows[assigned]]
             flagged = set(rows)
-            core = [i for i in given_rows[given] if i not in flagged]
-            others = torch.cat([vectors[core], trusted_vectors[trusted_rows.get(given, [])]])
+            others = _given_side(
+                vectors, trusted_vectors, given_rows[given], trusted_rows.get(given, []), flagged, rules
+            )
             votes = _mostly_reference(vectors[rows], reference, others, rules.neighbours)
             confirmed = [i for i, vote in zip(rows, votes.tolist(), strict=True) if vote]
         share = len(confirmed) / labeled
@@ -206,8 +223,9 @@ def screen(
             # the pair is systematic: every sample labeled `given` the model puts in `assigned` (at any confidence)
             # whose neighbours are mostly trusted `assigned` samples goes too
             suspects = [i for i in given_rows[given] if classes[int(predicted[i])] == assigned]
-            core = [i for i in given_rows[given] if classes[int(predicted[i])] != assigned]
-            others = torch.cat([vectors[core], trusted_vectors[trusted_rows.get(given, [])]])
+            others = _given_side(
+                vectors, trusted_vectors, given_rows[given], trusted_rows.get(given, []), set(suspects), rules
+            )
             votes = _mostly_reference(
                 vectors[suspects], trusted_vectors[trusted_rows[assigned]], others, rules.neighbours
             )
