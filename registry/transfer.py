@@ -1,8 +1,10 @@
 """Moving a model between stores (local ↔ Redis): every version with its weights and method state, the held-out
 data of every experience, and the samples still waiting for an update, as one zip archive.
 
-Pending samples (not yet trained) are re-ingested on import, so the importing store splits them into training
-and held-out parts again by its own counters; everything already consumed keeps its role exactly.
+Pending samples (not yet trained, deferred ones included) are re-ingested on import, so the importing store splits
+them into training and held-out parts again by its own counters; everything already consumed keeps its role
+exactly.  Quarantined samples are not moved (release or delete them first), and re-ingested samples are screened
+again by the next update (an exemption from label screening does not travel).
 
 The archive holds JSON and safetensors only (nothing executable, nothing pickled), stored uncompressed; reading
 checks every member's name and the total size before unpacking anything.

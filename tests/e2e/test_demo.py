@@ -26,7 +26,7 @@ def live_version(client: Client, name: str) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_demo_learns_new_digits_keeps_old_ones_gates_bad_data_and_rolls_back(tmp_path: Path) -> None:
+def test_demo_learns_new_digits_keeps_old_ones_quarantines_bad_data_and_rolls_back(tmp_path: Path) -> None:
     with clserve(tmp_path / "data", ["--demo"], log=tmp_path / "clserve.log") as url, Client(url) as client:
         wait_until(lambda: live_version(client, "digits") == 1, timeout=300, what="the demo's first version")
         first = client.metrics("digits")["per_class_accuracy"]
@@ -46,12 +46,14 @@ def test_demo_learns_new_digits_keeps_old_ones_gates_bad_data_and_rolls_back(tmp
         assert mean([per_class[c] for c in OLD]) > 0.80, per_class  # old classes kept (stated bound)
         assert report["bwt"] is not None and report["matrix"]["rows"] == [1, 2]
 
-        # a label-shuffled update is rejected by the gate; version 2 keeps serving
+        # label-shuffled samples (every digit posted as digit + 3) are quarantined by label screening: nothing is
+        # left to learn, the update is rejected without a version, and version 2 keeps serving
         inputs, labels = demo_digits(list(range(10)))
         wrong = [str((int(y) + 3) % 10) for y in labels[:1500]]
         list(client.post_samples_chunked("digits", inputs[:1500], wrong))
         bad = client.wait_update("digits", client.start_update("digits")["update_id"], timeout=300)
-        assert bad["status"] == "rejected" and "forgetting gate" in bad["error"], bad
+        assert bad["status"] == "rejected" and "label screening" in bad["error"] and bad["version"] is None, bad
+        assert len(client.quarantine("digits")) == 1500
         probe, _ = demo_digits([7], split="test")
         answer = client.predict("digits", probe[:20])
         assert answer["version"] == 2
@@ -62,4 +64,4 @@ def test_demo_learns_new_digits_keeps_old_ones_gates_bad_data_and_rolls_back(tmp
         answer = client.predict("digits", probe[:20])
         assert answer["version"] == 1 and {p["label"] for p in answer["predictions"]} <= set(OLD)
         versions = client.versions("digits")
-        assert [v["status"] for v in versions] == ["live", "candidate", "rejected"]
+        assert [v["status"] for v in versions] == ["live", "candidate"]
