@@ -34,6 +34,9 @@ from torch import Tensor, nn
 
 from registry import SampleSet
 
+MAX_CORE = 4096
+"""At most about this many of a new class's samples are compared against (the neighbour search's cost)."""
+
 PROJECTION_DIM = 512
 """Inputs with more values than this are compared after a fixed random projection (distances are kept within a
 few per cent, Johnson-Lindenstrauss), which bounds the cost of the neighbour search."""
@@ -148,7 +151,9 @@ def _given_side(
     samples labeled ``g`` other than the suspects."""
     if len(trusted_given) >= rules.min_reference:
         return trusted_vectors[trusted_given]
-    return vectors[[i for i in given if i not in suspects]]
+    core = [i for i in given if i not in suspects]
+    stride = max(1, len(core) // MAX_CORE)  # a bounded, evenly spread subset keeps the search cheap
+    return vectors[core[::stride]]
 
 
 def screen(
