@@ -258,15 +258,14 @@ def quarantine(
     release: list[str] = typer.Option(None, "--release", help="return these sample ids to the pending ones"),
 ) -> None:
     """Samples that label screening set aside (or, with --release ID …, return them to training: admin)."""
-    with client() as c:
-        try:
-            if release:
-                answer = c.release_quarantine(name, release)
-                console.print(f"released {len(answer['released'])} of {len(release)} samples")
-                return
-            rows = c.quarantine(name)
-        except ServiceError as exc:
-            fail(exc)
+    try:
+        if release:
+            answer = client().release_quarantine(name, release)
+            console.print(f"released {len(answer['released'])} of {len(release)} samples")
+            return
+        rows = client().quarantine(name)
+    except ServiceError as exc:
+        fail(exc)
     table = Table("id", "label", "looks like", "held out", "update")
     for r in rows:
         table.add_row(r["id"], str(r["label"]), r["predicted"], str(r["held_out"]), str(r["update_id"]))

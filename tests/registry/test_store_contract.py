@@ -355,3 +355,24 @@ def test_retention_keeps_quarantined_deferred_and_protected_samples(store: Store
     assert dropped == {"training": 6, "held_out": 1}  # everything consumed but the protected held-out sample
     assert store.experience_samples("digits", 1).ids == [ids[4]]
     assert store.claim("digits").ids == [ids[1]] and [r.id for r in store.quarantined("digits")] == [ids[0]]
+
+
+def test_quarantine_is_fenced_like_a_commit(store: Store) -> None:
+    from registry import QuarantineRecord
+
+    store.create_model(model())
+    ids, _ = store.append_samples("digits", torch.rand(2, 3), ["a", "a"], 0.0)
+    claim = store.claim("digits")
+    token = store.acquire_update_lock("digits", "w1", ttl_s=30)
+    assert token is not None
+    record = QuarantineRecord(id=ids[0], label="a", predicted="b", held_out=False, update_id="u", reason="t")
+    record.seq = claim.where[ids[0]]
+    with pytest.raises(Conflict):
+        store.quarantine("digits", [record], fence=token + 1000)
+    assert store.quarantined("digits") == []
+    store.quarantine("digits", [record], fence=token)
+    assert [r.id for r in store.quarantined("digits")] == [ids[0]]
+    with pytest.raises(NotFound):
+        store.quarantined("nope")
+    with pytest.raises(NotFound):
+        store.release_quarantine("nope", [ids[0]])

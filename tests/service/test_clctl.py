@@ -70,3 +70,28 @@ def test_operator_architectures_by_import_path(make_client) -> None:  # type: ig
     client = make_client(architectures={"tiny": "tests.service.custom_architecture:tiny_body"})
     body = {"name": "t", "architecture": "tiny", "input_shape": [8], "options": {"width": 6}}
     assert client.post("/v1/models", json=body).status_code == 201
+
+
+def test_clctl_promote_needs_force_for_a_rejected_version_and_lists_the_quarantine(make_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(max_forgetting=0.0, max_class_drop=0.0, screening=False)
+    monkeypatch.setattr(clctl, "client", lambda: Client(http=client))
+    cli = CliRunner()
+    api = Client(http=client)
+    api.create_model("m", "mlp", [8], options={"hidden": [16]})
+    x, y = blobs(["a", "b", "c"], 60)
+    api.wait_update("m", api.post_samples("m", x, y)["update_id"], timeout=60)
+    shifted = {"a": "b", "b": "c", "c": "a"}
+    x, y = blobs(["a", "b", "c"], 40, seed=5)
+    api.post_samples("m", x, [shifted[v] for v in y])
+    status = api.wait_update("m", api.start_update("m")["update_id"], timeout=60)
+    assert status["status"] == "rejected", status
+    refused = cli.invoke(clctl.app, ["promote", "m", str(status["version"])])
+    assert refused.exit_code == 1 and "forgetting gate" in refused.output and "--force" in refused.output
+    assert api.model("m")["live_version"] == 1
+    forced = cli.invoke(clctl.app, ["promote", "m", str(status["version"]), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "gate failed" in forced.output and "forced past the gate" in forced.output
+    listed = cli.invoke(clctl.app, ["quarantine", "m"])
+    assert listed.exit_code == 0 and "0 samples in quarantine" in listed.output
+    released = cli.invoke(clctl.app, ["quarantine", "m", "--release", "12345"])
+    assert released.exit_code == 0 and "released 0 of 1" in released.output
