@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from registry import Claim, QuarantineRecord, SampleSet, Store
+from registry import Claim, QuarantineRecord, SampleSet, Store, UpdateRecord
 from worker.audit import audit
-from worker.screening import Screening, ScreeningRules, screen
+from worker.config import WorkerSettings
+from worker.screening import Screening, screen
 
 POLICY = "policy"
 """How the reasons of updates the update policy started begin."""
@@ -72,19 +73,20 @@ class Prepared:
 
 def prepare_claim(
     store: Store,
-    name: str,
     claim: Claim,
     live: nn.Module | None,
     known: list[str],
     trusted: SampleSet,
-    *,
-    min_samples_per_new_class: int,
-    rules: ScreeningRules,
-    update_id: str | None,
+    update: UpdateRecord,
+    settings: WorkerSettings,
     fence: int | None,
 ) -> Prepared:
-    """Defer the samples of new classes that are not ready, screen the rest with the ``live`` model and record the
-    systematic flips in the store's quarantine (before training: a crash later keeps them there)."""
+    """Defer the samples of new classes that are not ready (in updates the policy started), screen the rest with
+    the ``live`` model (None: the first version, nothing to screen against) against the lineage's ``trusted``
+    held-out samples, and record the systematic flips in the store's quarantine (before training: a crash later
+    keeps them there)."""
+    name, update_id = update.model, update.update_id
+    min_samples_per_new_class = settings.policy_min_samples_per_new_class if by_policy(update.reason) else 1
     claimed = SampleSet.concat([claim.train, claim.held_out], trusted.inputs.shape[1:])
     per_class: dict[str, int] = {}
     for label in claimed.labels:
@@ -97,7 +99,7 @@ def prepare_claim(
     if live is None:
         return prepared
     rest = SampleSet.concat([prepared.claim.train.labeled, prepared.claim.held_out], trusted.inputs.shape[1:])
-    prepared.screening = screening = screen(live, known, rest, trusted, claim.exempt, rules)
+    prepared.screening = screening = screen(live, known, rest, trusted, claim.exempt, settings.screening_rules())
     if not screening.quarantined:
         return prepared
     held = set(claim.held_out.ids)
@@ -119,6 +121,13 @@ def prepare_claim(
         for p in screening.pairs
         if p.systematic
     ]
-    audit("samples.quarantined", actor=update_id, model=name, update_id=update_id, count=len(records), pairs=pairs)
+    audit(
+        "samples.quarantined",
+        actor=f"label-screening ({update_id})",
+        model=name,
+        update_id=update_id,
+        count=len(records),
+        pairs=pairs,
+    )
     prepared.claim = prepared.claim.without(screening.quarantined)
     return prepared

@@ -26,7 +26,7 @@ from cl_core.models import Classifier, ModelSpec, build_model, grow_classes
 from registry import Conflict, SampleSet, Store, StoreUnavailable, UpdateRecord, VersionRecord
 from registry import tensors as st
 from worker.audit import audit
-from worker.claims import by_policy, prepare_claim
+from worker.claims import prepare_claim
 from worker.config import WorkerSettings
 from worker.evaluation import Baseline, EvaluationData, lineage, version_metrics
 from worker.learners import build_learner
@@ -260,17 +260,10 @@ def _update(
     old_classes = list(spec.classes)
     chain = lineage(store, name, parent)
     evaluation = EvaluationData.gather(store, name, chain, SampleSet.concat([], spec.input_shape))
+    live = model if parent is not None else None
+    claimed = store.claim(name, limit=settings.max_samples_per_update)
     prepared = prepare_claim(
-        store,
-        name,
-        store.claim(name, limit=settings.max_samples_per_update),
-        model if parent is not None else None,
-        old_classes,
-        evaluation.trusted(spec.input_shape),
-        min_samples_per_new_class=settings.policy_min_samples_per_new_class if by_policy(record.reason) else 1,
-        rules=settings.screening_rules(),
-        update_id=record.update_id,
-        fence=token,
+        store, claimed, live, old_classes, evaluation.trusted(spec.input_shape), record, settings, token
     )
     claim = prepared.claim
     labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
@@ -280,9 +273,7 @@ def _update(
         raise ValueError(prepared.nothing_left())
     report(0.05, force=True)
     evaluation.own = claim.held_out
-    baseline = Baseline.measure(
-        model if parent is not None else None, old_classes, evaluation, spec.input_shape, parent
-    )
+    baseline = Baseline.measure(live, old_classes, evaluation, spec.input_shape, parent)
 
     new_labels = [label for label in dict.fromkeys(labeled.labels) if label is not None and label not in spec.classes]
     new_classes = grow_classes(model, spec, new_labels, seed=settings.seed)
