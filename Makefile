@@ -1,19 +1,37 @@
 # The two commands the README names: `make run` (install, then start the main job) and `make test`.
-PYTHON ?= python3
+#
+# Inside an activated virtual environment everything installs there; outside one the project makes its own
+# (.venv in the checkout), so neither command installs into the system's Python (which Debian refuses anyway).
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := $(CURDIR)/.venv
+endif
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.continual-serve-installed
+TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint
 
-install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+# PyTorch first, and only when none is importable: a resolver left to pick torch itself may fetch a multi-GB
+# CUDA build.  Re-installs the project when pyproject.toml changes.
+$(INSTALLED): pyproject.toml | $(PYTHON)
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH)
 	$(PYTHON) -m pip install -e '.[dev]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
 
 run: install
-	clserve --demo
+	$(VENV)/bin/clserve --demo
 
-test:
+test: install
 	$(PYTHON) -m pytest
 
-lint:
-	ruff check cl_core registry worker service clbench tests
-	ruff format --check cl_core registry worker service clbench tests
-	mypy
+lint: install
+	$(PYTHON) -m ruff check cl_core registry worker service clbench tests
+	$(PYTHON) -m ruff format --check cl_core registry worker service clbench tests
+	$(PYTHON) -m mypy

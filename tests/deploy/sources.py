@@ -47,7 +47,7 @@ def load_yaml_documents(path: Path) -> list[Any]:
 
 
 def load_dashboard(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return json.loads(path.read_text())
 
 
 def dashboard_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:

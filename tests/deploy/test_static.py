@@ -56,7 +56,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def compose_config(*profiles: str) -> dict[str, Any]:
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
-    return yaml.safe_load(ok(run(require("docker-compose"), "-f", str(COMPOSE), *flags, "config")))  # type: ignore[no-any-return]
+    return yaml.safe_load(ok(run(require("docker-compose"), "-f", str(COMPOSE), *flags, "config")))
 
 
 def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
@@ -330,7 +330,7 @@ def by_kind(kind: str) -> dict[str, dict[str, Any]]:
 
 
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
-    return workload["spec"]["template"]["spec"]["containers"]  # type: ignore[no-any-return]
+    return workload["spec"]["template"]["spec"]["containers"]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

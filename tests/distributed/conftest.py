@@ -42,7 +42,7 @@ def cluster(session_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
     logs = tmp_path_factory.mktemp("cluster")
     a, a_url = start_replica(url, logs / "a", log=logs / "a.log", **REPLICA_ENV)
     b, b_url = start_replica(url, logs / "b", log=logs / "b.log", **REPLICA_ENV)
-    worker, port = start_worker(url, log=logs / "worker.log", concurrency=2, **WORKER_ENV)
+    worker, port = start_worker(url, log=logs / "worker.log", concurrency=2, env=WORKER_ENV)
     store = RedisStore(url)
     try:
         with running(a, b, worker):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +145,11 @@ def _spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
         )
 
 
-def start_worker(redis_url: str, *, log: Path, concurrency: int = 1, **env: str) -> tuple[Process, int]:
-    """A `celery -A worker.app worker -Q updates` (prefork) and the port of its /metrics."""
+def start_worker(
+    redis_url: str, *, log: Path, concurrency: int = 1, env: Mapping[str, str] | None = None
+) -> tuple[Process, int]:
+    """A `celery -A worker.app worker -Q updates` (prefork) and the port of its /metrics; ``env`` adds or
+    overrides ``CL_*`` settings."""
     metrics_port = free_port()
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "updates", "--pool", "prefork"]
     command += ["--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"t{uuid.uuid4().hex[:8]}@lo"]
@@ -158,7 +161,7 @@ def start_worker(redis_url: str, *, log: Path, concurrency: int = 1, **env: str)
         "CL_UPDATE_LOCK_TTL_S": "3",
         "CL_CELERY_LOCK_RETRY_S": "0.5",
         "CL_CELERY_RESTORE_INTERVAL_S": "1",
-        **env,
+        **(env or {}),
     }
     process = _spawn(command, log, settings)
     return Process(process, log, "celery worker", lambda: b" ready." in log.read_bytes()), metrics_port

@@ -121,7 +121,7 @@ def check_outcome(site: Site, name: str, update_id: str, trained_ids: list[str],
 
 def test_killing_the_pool_process_requeues_the_update_at_once(site: Site) -> None:
     name = "pool"
-    worker, _ = start_worker(site.redis_url, log=site.logs / "pool-worker.log", **CRASH_ENV)
+    worker, _ = start_worker(site.redis_url, log=site.logs / "pool-worker.log", env=CRASH_ENV)
     with running(worker):
         update_id, predictions, trained_ids = prepare(site, name)
         wait_running(site, name, update_id)
@@ -133,12 +133,14 @@ def test_killing_the_pool_process_requeues_the_update_at_once(site: Site) -> Non
 
 def test_killing_the_whole_worker_hands_the_update_to_another_one(site: Site) -> None:
     name = "whole"
-    first, _ = start_worker(site.redis_url, log=site.logs / "w1.log", **CRASH_ENV)
-    second, _ = start_worker(site.redis_url, log=site.logs / "w2.log", **CRASH_ENV)
+    first, _ = start_worker(site.redis_url, log=site.logs / "w1.log", env=CRASH_ENV)
+    second, _ = start_worker(site.redis_url, log=site.logs / "w2.log", env=CRASH_ENV)
     with running(first, second):
         update_id, predictions, trained_ids = prepare(site, name)
         wait_running(site, name, update_id)
-        owner_pid = int(site.store._redis.get(f"cl:{{{name}}}:lock").decode().rsplit(":", 1)[1])
+        holder = site.store._redis.get(f"cl:{{{name}}}:lock")
+        assert isinstance(holder, bytes)
+        owner_pid = int(holder.decode().rsplit(":", 1)[1])
         [running_it] = [w for w in (first, second) if owner_pid in w.children()]  # the lock names its holder
         running_it.kill_all()
         check_outcome(site, name, update_id, trained_ids, predictions)

@@ -28,7 +28,7 @@ def test_a_redis_outage_degrades_to_serving_from_memory_and_heals_by_itself(tmp_
     with redis_server(tmp_path / "redis", appendonly=True) as server:  # its own server: this test stops it
         url = f"{server.url}/0"
         replica, api = start_replica(url, tmp_path / "api", log=tmp_path / "api.log", **REPLICA_ENV)
-        worker, _ = start_worker(url, log=tmp_path / "worker.log", **WORKER_ENV)
+        worker, _ = start_worker(url, log=tmp_path / "worker.log", env=WORKER_ENV)
         with running(replica, worker):
             create_model(api, "m", ("a", "b", "c"))
             assert import_weights(api, "m", ["a", "b", "c"]) == 1

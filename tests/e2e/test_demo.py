@@ -19,7 +19,7 @@ def mean(values: list[float]) -> float:
 
 def live_version(client: Client, name: str) -> int | None:
     try:
-        return client.model(name)["live_version"]  # type: ignore[no-any-return]
+        return client.model(name)["live_version"]
     except ServiceError:
         return None  # not created yet
 

@@ -74,7 +74,7 @@ def test_deleting_a_model_leaves_nothing_behind(client: TestClient, tmp_path) ->
 def test_retention_bounds_raw_data_and_counts_what_it_drops(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(retention_max_samples=10)
     trained(client)
-    dropped = enforce_retention(client.app.state.runtime)  # type: ignore[attr-defined]
+    dropped = enforce_retention(client.app.state.runtime)
     assert dropped == {"m": 90 - 10}
     assert 'cl_samples_dropped_total{model="m",reason="retention"} 80.0' in client.get("/metrics").text
 
