@@ -80,7 +80,7 @@ def test_new_classes_grow_the_head_keep_old_ones_and_build_the_matrix(
     matrix = accuracy_matrix(lineage(store, "digits", 2))
     assert matrix.rows == [1, 2] and matrix.columns == [1, 2]
     assert matrix.values[1][0] == meta.metrics["experience_accuracy"]["1"]
-    (old_then, _), (old_now, new_now) = matrix.values
+    (old_then,), (old_now, new_now) = matrix.values  # lower-triangular: row k holds experiences 1..k
     assert old_then is not None and old_now is not None and new_now is not None
     assert meta.metrics["acc"] == pytest.approx((old_now + new_now) / 2)
     assert meta.metrics["bwt"] == pytest.approx(old_now - old_then)
