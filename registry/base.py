@@ -9,7 +9,9 @@ Rules every implementation keeps:
 * the live pointer changes by compare-and-set, so two writers can never both promote;
 * accepted samples are durable when `append_samples` returns; an update `claim`s the pending ones and they stay
   pending until `ack` names the committed version that consumed them (a crashed update loses nothing);
-* tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled.
+* tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled;
+* a name or id that `registry.names` does not accept is an `InvalidIdentifier` (a ValueError): nothing is read or
+  written for it.
 """
 
 from __future__ import annotations
@@ -145,11 +147,18 @@ class Store(ABC):
     @abstractmethod
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
         """Forget samples by id: pending ones are never trained, stored ones are dropped, and the ids are kept as
-        tombstones (`deleted_ids`) so exemplar memories can drop them too.  Returns how many were found."""
+        tombstones (`deleted_ids`) so exemplar memories can drop them too.  Returns how many were found.  One
+        invalid id (`registry.names.check_sample_ids`) is an InvalidIdentifier, and nothing is deleted."""
 
     @abstractmethod
     def deleted_ids(self, name: str) -> set[int]:
-        """Ids of every sample deleted on request."""
+        """Ids of every sample deleted on request (entries of the record that are not valid ids are ignored, with a
+        warning)."""
+
+    @abstractmethod
+    def repair_deleted_ids(self, name: str) -> int:
+        """Drop the invalid entries of the deletion record (written by code that did not check ids), with a
+        warning; returns how many were dropped."""
 
     @abstractmethod
     def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:

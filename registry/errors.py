@@ -15,3 +15,7 @@ class Conflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The backend cannot be reached; nothing was changed."""
+
+
+class InvalidIdentifier(StoreError, ValueError):
+    """A name or id that no store accepts (`registry.names`): the caller's mistake, nothing was read or written."""

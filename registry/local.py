@@ -18,12 +18,17 @@ Layout (format 1, recorded in ``FORMAT``)::
 Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file; a crash
 between the steps of a multi-file change leaves the store consistent (a version without experience record is a
 candidate whose samples are still pending, and the next update trains on them again).
+
+Every path is built from a checked name or id (`registry.names`) and resolved: a path that leads outside the data
+folder (a symbolic link, say) is refused, and a directory is removed recursively only when it is verifiably the
+store's own (a real directory inside the folder holding the file the store wrote there).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -38,9 +43,20 @@ from torch import Tensor
 
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreUnavailable
+from registry.errors import Conflict, InvalidIdentifier, NotFound, StoreUnavailable
+from registry.names import (
+    check_model_name,
+    check_request_key,
+    check_sample_ids,
+    check_update_id,
+    check_version,
+    is_model_name,
+    tombstones,
+)
 from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
 from registry.samples import Claim, SampleSet, holdout_flags
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -99,6 +115,7 @@ class LocalStore(Store):
         else:
             _write_json(marker, {"format": FORMAT_VERSION})
         (self.root / "models").mkdir(exist_ok=True)
+        self._real_root = self.root.resolve()
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._listeners: set[LiveListener] = set()
@@ -112,17 +129,41 @@ class LocalStore(Store):
         with self._locks_guard:
             return self._locks.setdefault(name, threading.RLock())
 
+    def _inside(self, path: Path) -> Path:
+        """``path`` when it resolves inside the data folder, else InvalidIdentifier."""
+        if not path.resolve().is_relative_to(self._real_root):
+            raise InvalidIdentifier(f"{path} resolves outside the store's data folder {self._real_root}")
+        return path
+
+    def _model_path(self, name: str) -> Path:
+        """Where model ``name`` lives (it may not exist): a checked name, a real directory inside the folder."""
+        path = self.root / "models" / check_model_name(name)
+        if path.is_symlink():
+            raise InvalidIdentifier(f"{path} is a symbolic link; the store keeps nothing outside its data folder")
+        return self._inside(path)
+
     def _dir(self, name: str) -> Path:
-        path = self.root / "models" / name
+        path = self._model_path(name)
         if not (path / "model.json").exists():
             raise NotFound(f"model {name!r} does not exist")
         return path
 
     def _version_dir(self, name: str, version: int) -> Path:
-        path = self._dir(name) / "versions" / str(version)
+        path = self._inside(self._dir(name) / "versions" / str(check_version(version, allow_zero=True)))
         if not (path / "meta.json").exists():
             raise NotFound(f"model {name!r} has no version {version}")
         return path
+
+    def _update_path(self, name: str, update_id: str, suffix: str) -> Path:
+        return self._inside(self._dir(name) / "updates" / f"{check_update_id(update_id)}{suffix}")
+
+    def _remove_own(self, path: Path, marker: str) -> None:
+        """Remove a directory tree, only if it is verifiably the store's: a real directory inside the data folder
+        holding ``marker`` (a file the store wrote there).  Anything else is left alone, with a warning."""
+        if path.is_symlink() or not (path / marker).is_file() or not path.resolve().is_relative_to(self._real_root):
+            log.warning("not removing %s: it is not verifiably this store's own", path)
+            return
+        shutil.rmtree(path, ignore_errors=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def ping(self) -> None:
@@ -131,12 +172,17 @@ class LocalStore(Store):
 
     # -- models ---------------------------------------------------------------------------------------------------
     def create_model(self, record: ModelRecord) -> None:
-        path = self.root / "models" / record.name
+        path = self._model_path(record.name)
         with self._lock(record.name):
             if (path / "model.json").exists():
                 raise Conflict(f"model {record.name!r} already exists")
-            if path.exists():  # leftovers of a crashed create or delete
-                shutil.rmtree(path)
+            if path.exists():  # creating and deleting rename whole directories: this is not the store's
+                try:
+                    path.rmdir()  # an empty directory holds nobody's data
+                except OSError:
+                    raise Conflict(
+                        f"{path} exists and is not a model of this store; move it away to create {record.name!r}"
+                    ) from None
             staging = Path(tempfile.mkdtemp(dir=self.root / "models", prefix=f".create-{record.name}-"))
             _write_json(staging / "model.json", record.to_json())
             _write_json(staging / "live.json", {"version": None})
@@ -149,7 +195,8 @@ class LocalStore(Store):
     def list_models(self) -> list[ModelRecord]:
         out = []
         for path in sorted((self.root / "models").iterdir()):
-            if not path.name.startswith(".") and (path / "model.json").exists():
+            valid = not path.name.startswith(".") and not path.is_symlink() and is_model_name(path.name)
+            if valid and (path / "model.json").exists():
                 out.append(ModelRecord.from_json(_read_json(path / "model.json")))
         return out
 
@@ -158,7 +205,7 @@ class LocalStore(Store):
             path = self._dir(name)
             graveyard = self.root / "models" / f".deleted-{name}-{uuid.uuid4().hex}"
             os.rename(path, graveyard)  # atomic: the model vanishes at once
-            shutil.rmtree(graveyard, ignore_errors=True)
+            self._remove_own(graveyard, "model.json")
             self._update_locks.pop(name, None)
         self._notify(name, None)
 
@@ -183,6 +230,8 @@ class LocalStore(Store):
         number: int | None = None,
     ) -> VersionRecord:
         name = record.model
+        if number is not None:
+            check_version(number)
         with self._lock(name):
             self._check_fence(name, fence)
             vdir = self._dir(name) / "versions"
@@ -230,7 +279,7 @@ class LocalStore(Store):
                 raise Conflict(f"version {version} of {name!r} is live; promote another one first")
             graveyard = path.parent / f".deleted-{version}-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
-            shutil.rmtree(graveyard, ignore_errors=True)
+            self._remove_own(graveyard, "meta.json")
 
     # -- live pointer ---------------------------------------------------------------------------------------------
     def live_version(self, name: str) -> int | None:
@@ -315,6 +364,8 @@ class LocalStore(Store):
         *,
         request_key: str | None = None,
     ) -> tuple[list[str], list[bool]]:
+        if request_key is not None:
+            check_request_key(request_key)
         with self._lock(name):
             if request_key is not None:
                 seq = self._requests(name).get(request_key)
@@ -448,20 +499,31 @@ class LocalStore(Store):
             return SampleSet.concat([], shape)
 
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
-        wanted = {str(i) for i in ids}
+        wanted = set(check_sample_ids(ids))  # all or nothing: one bad id and nothing is deleted
         with self._lock(name):
             found = 0
             for path in self._batches(name):
                 meta = tensors.metadata(path.read_bytes())
                 keep = [i not in wanted for i in meta["ids"]]
                 found += self._rewrite_batch(path, keep)
-            tombstones = self.deleted_ids(name) | {int(i) for i in wanted if i.isdigit()}
-            _write_json(self._dir(name) / "deleted.json", sorted(tombstones))
+            _write_json(self._dir(name) / "deleted.json", sorted(self.deleted_ids(name) | {int(i) for i in wanted}))
             return found
 
-    def deleted_ids(self, name: str) -> set[int]:
+    def _deletion_record(self, name: str) -> tuple[set[int], list[object]]:
         path = self._dir(name) / "deleted.json"
-        return set(_read_json(path)) if path.exists() else set()
+        entries = _read_json(path) if path.exists() else []
+        return tombstones(name, entries if isinstance(entries, list) else [entries])
+
+    def deleted_ids(self, name: str) -> set[int]:
+        return self._deletion_record(name)[0]
+
+    def repair_deleted_ids(self, name: str) -> int:
+        with self._lock(name):
+            valid, invalid = self._deletion_record(name)
+            if invalid:
+                _write_json(self._dir(name) / "deleted.json", sorted(valid))
+                log.warning("repaired the deletion record of model %r: dropped %d invalid id(s)", name, len(invalid))
+            return len(invalid)
 
     def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
         dropped = {"training": 0, "held_out": 0}
@@ -506,22 +568,20 @@ class LocalStore(Store):
     # -- updates --------------------------------------------------------------------------------------------------
     def put_update(self, record: UpdateRecord) -> None:
         with self._lock(record.model):
-            _write_json(self._dir(record.model) / "updates" / f"{record.update_id}.json", record.to_json())
+            _write_json(self._update_path(record.model, record.update_id, ".json"), record.to_json())
 
     def get_update(self, name: str, update_id: str) -> UpdateRecord:
-        if not update_id.replace("-", "").isalnum():
-            raise NotFound(f"model {name!r} has no update {update_id!r}")
-        path = self._dir(name) / "updates" / f"{update_id}.json"
+        path = self._update_path(name, update_id, ".json")
         if not path.exists():
             raise NotFound(f"model {name!r} has no update {update_id!r}")
         return UpdateRecord.from_json(_read_json(path))
 
     def request_cancel(self, name: str, update_id: str) -> None:
         self.get_update(name, update_id)
-        write_atomic(self._dir(name) / "updates" / f"{update_id}.cancel", b"")
+        write_atomic(self._update_path(name, update_id, ".cancel"), b"")
 
     def cancel_requested(self, name: str, update_id: str) -> bool:
-        return (self._dir(name) / "updates" / f"{update_id}.cancel").exists()
+        return self._update_path(name, update_id, ".cancel").exists()
 
     def create_update(self, record: UpdateRecord) -> UpdateRecord:
         with self._lock(record.model):

@@ -22,6 +22,7 @@ keeps a model's keys in one slot)::
     P experiences              LIST    ExperienceRecord JSON: which batches each version consumed
     P bseq / P sseq / P classes        batch and sample counters, labeled samples per class (the hold-out policy)
     P requests / P deleted             request key → batch (idempotent ingestion) / tombstoned sample ids
+                                       (canonical decimals; `repair_deleted_ids` drops anything else)
     P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation
     P answer:<sha256>          STRING  remembered answers (with their expiry)
     P lock / P fence           STRING  the update lock "<token> <owner>" (with expiry) / the newest fencing token
@@ -31,6 +32,8 @@ keeps a model's keys in one slot)::
     channel cl:db<N>:live      pub/sub: {"model": name, "version": n | null} on every pointer change
 
 Every multi-key change is one Lua script or one WATCH/MULTI transaction, so it happens entirely or not at all.
+A key is built only from a checked model name (`registry.names`: no brace, colon or glob character can reach the
+key scheme), a checked version number or update id.
 Connection problems surface as `StoreUnavailable`; the same store object works again once Redis is back.
 """
 
@@ -59,10 +62,20 @@ from redis.exceptions import WatchError
 from redis.retry import Retry
 from torch import Tensor
 
+from cl_core.validation import shown
 from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from registry.names import (
+    check_model_name,
+    check_request_key,
+    check_sample_ids,
+    check_update_id,
+    check_version,
+    is_model_name,
+    tombstones,
+)
 from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
 from registry.samples import Claim, SampleSet, holdout_flags
@@ -182,10 +195,19 @@ class RedisStore(Store):
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _p(self, name: str) -> str:
-        return f"{self._prefix}:{{{name}}}:"
+        return f"{self._prefix}:{{{check_model_name(name)}}}:"
 
     def _k(self, name: str, *parts: object) -> str:
         return self._p(name) + ":".join(str(p) for p in parts)
+
+    def _names(self) -> list[str]:
+        """Every model's name, sorted; a name that is not valid (stored by code that did not check names) is left
+        out, with a warning: no key is built from it."""
+        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        invalid = [n for n in names if not is_model_name(n)]
+        if invalid:
+            log.warning("ignoring model(s) whose names are not valid: %s", ", ".join(map(shown, invalid)))
+        return [n for n in names if is_model_name(n)]
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[script](keys=list(keys), args=list(args))
@@ -299,7 +321,7 @@ class RedisStore(Store):
 
     @_translated
     def list_models(self) -> list[ModelRecord]:
-        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        names = self._names()
         raws = self._redis.mget([self._k(n, "model") for n in names]) if names else []
         return [ModelRecord.from_json(json.loads(raw)) for raw in raws if raw is not None]
 
@@ -325,6 +347,8 @@ class RedisStore(Store):
         number: int | None = None,
     ) -> VersionRecord:
         name = record.model
+        if number is not None:
+            check_version(number)
         staged = [self._stage(name, weights), self._stage(name, state)]
         (w_mode, w_value), (s_mode, s_value) = staged
         keys = [self._k(name, k) for k in ("model", "fence", "vseq", "versions")]
@@ -340,6 +364,7 @@ class RedisStore(Store):
         return record
 
     def _version_fields(self, name: str, version: int, *fields: str) -> list[Any]:
+        check_version(version, allow_zero=True)
         replies = self._read(name, lambda pipe: pipe.hmget(self._k(name, "v", version), ["meta", *fields]))
         values: list[Any] = replies[0]
         if values[0] is None:
@@ -348,6 +373,8 @@ class RedisStore(Store):
 
     @_translated
     def get_version(self, name: str, version: int) -> VersionRecord:
+        check_version(version, allow_zero=True)
+
         def queue(pipe: Pipeline) -> None:
             pipe.hget(self._k(name, "v", version), "meta")
             pipe.lrange(self._k(name, "v", version, "promotions"), 0, -1)
@@ -402,6 +429,7 @@ class RedisStore(Store):
 
     @_translated
     def rewrite_state(self, name: str, version: int, state: bytes) -> None:
+        check_version(version, allow_zero=True)
         self.get_model(name)
         staged = self._stage(name, state)
         try:
@@ -416,6 +444,7 @@ class RedisStore(Store):
 
     @_translated
     def delete_version(self, name: str, version: int) -> None:
+        check_version(version, allow_zero=True)
         self.get_model(name)
         keys = [self._k(name, "v", version), self._k(name, "live"), self._k(name, "versions")]
         keys.append(self._k(name, "v", version, "promotions"))
@@ -431,6 +460,7 @@ class RedisStore(Store):
 
     @_translated
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
+        check_version(version, allow_zero=True)
         wanted = "" if expected is UNSET else ("null" if expected is None else str(int(expected)))
         keys = [self._k(name, "model"), self._k(name, "live"), self._k(name, "v", version)]
         keys += [self._k(name, "v", version, "promotions"), self._k(name, "op", uuid.uuid4().hex)]
@@ -451,7 +481,7 @@ class RedisStore(Store):
 
     def _pointers(self) -> dict[str, int | None]:
         """Every model's live pointer now (delivered to listeners after a reconnect, in case messages were missed)."""
-        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        names = self._names()
         values = self._redis.mget([self._k(n, "live") for n in names]) if names else []
         return {n: None if v is None else int(v) for n, v in zip(names, values, strict=True)}
 
@@ -484,6 +514,8 @@ class RedisStore(Store):
         *,
         request_key: str | None = None,
     ) -> tuple[list[str], list[bool]]:
+        if request_key is not None:
+            check_request_key(request_key)
         labels = list(labels)
         k = functools.partial(self._k, name)
         with self._transaction() as pipe:
@@ -714,10 +746,9 @@ class RedisStore(Store):
 
     @_translated
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
-        wanted = {str(i) for i in ids}
-        tombstones = sorted({str(int(i)) for i in wanted if i.isdigit()})
-        if tombstones:
-            self._run("sadd", [self._k(name, "model"), self._k(name, "deleted")], [repr(name), *tombstones])
+        wanted = set(check_sample_ids(ids))  # all or nothing: one bad id and nothing is deleted
+        if wanted:
+            self._run("sadd", [self._k(name, "model"), self._k(name, "deleted")], [repr(name), *sorted(wanted)])
         else:
             self.get_model(name)
         found = 0
@@ -732,7 +763,16 @@ class RedisStore(Store):
     @_translated
     def deleted_ids(self, name: str) -> set[int]:
         [members] = self._read(name, lambda pipe: pipe.smembers(self._k(name, "deleted")))
-        return {int(m) for m in members}
+        return tombstones(name, members)[0]
+
+    @_translated
+    def repair_deleted_ids(self, name: str) -> int:
+        [members] = self._read(name, lambda pipe: pipe.smembers(self._k(name, "deleted")))
+        _, invalid = tombstones(name, members)
+        if invalid:  # removing members is idempotent and never loses a valid id: no transaction needed
+            self._redis.srem(self._k(name, "deleted"), *[m for m in members if m in invalid])
+            log.warning("repaired the deletion record of model %r: dropped %d invalid id(s)", name, len(invalid))
+        return len(invalid)
 
     @_translated
     def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
@@ -829,15 +869,18 @@ class RedisStore(Store):
 
     @_translated
     def put_update(self, record: UpdateRecord) -> None:
+        check_update_id(record.update_id)
         self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=False)
 
     @_translated
     def create_update(self, record: UpdateRecord) -> UpdateRecord:
+        check_update_id(record.update_id)
         stored = self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=True)
         return UpdateRecord.from_json(json.loads(stored))
 
     @_translated
     def get_update(self, name: str, update_id: str) -> UpdateRecord:
+        check_update_id(update_id)
         [raw] = self._read(name, lambda pipe: pipe.hget(self._k(name, "updates"), update_id))
         if raw is None:
             raise NotFound(f"model {name!r} has no update {update_id!r}")
@@ -851,11 +894,13 @@ class RedisStore(Store):
 
     @_translated
     def request_cancel(self, name: str, update_id: str) -> None:
+        check_update_id(update_id)
         keys = [self._k(name, "model"), self._k(name, "updates"), self._k(name, "cancel")]
         self._run("request_cancel", keys, [update_id, repr(name), repr(update_id)])
 
     @_translated
     def cancel_requested(self, name: str, update_id: str) -> bool:
+        check_update_id(update_id)
         [member] = self._read(name, lambda pipe: pipe.sismember(self._k(name, "cancel"), update_id))
         return bool(member)
 

@@ -17,6 +17,7 @@ from service.quotas import RateLimiter
 from service.serving import LiveModel, ModelServer
 from service.settings import Settings
 from worker.audit import audit
+from worker.deletion import repair_deletion_records
 from worker.executor import Executor, InProcessExecutor
 from worker.metrics import UpdateMetrics
 from worker.scheduling import UpdatePolicy
@@ -122,6 +123,10 @@ def _retention_loop(runtime: Runtime) -> None:
 
 
 def start(runtime: Runtime) -> None:
+    try:
+        repair_deletion_records(runtime.store)
+    except StoreError:  # the store is unreachable now: reading a record ignores invalid entries all the same
+        log.warning("the deletion records could not be checked at start", exc_info=True)
     runtime.server.start()
     runtime.executor.start()
     if runtime.settings.retention_max_age_s is not None or runtime.settings.retention_max_samples is not None:

@@ -55,3 +55,15 @@ def forget_samples(
     finally:
         store.release_update_lock(name, token)
     return Forgotten(deleted, scrubbed, rewritten)
+
+
+def repair_deletion_records(store: Store) -> dict[str, int]:
+    """Drop invalid entries from every model's deletion record (each with a warning); returns how many per model
+    that had any.  Run at start-up: a record written by code that did not check ids (an id beyond int64) made
+    every later update of its model fail, and this makes such a store work again."""
+    repaired = {}
+    for record in store.list_models():
+        dropped = store.repair_deleted_ids(record.name)
+        if dropped:
+            repaired[record.name] = dropped
+    return repaired

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from cl_core.models import ModelSpec, architectures, build_model
+from cl_core.validation import shown
 from registry import ModelRecord
 from registry.transfer import export_model, import_model
 from service import schemas
@@ -33,7 +34,7 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
     if body.architecture not in architectures():
         raise ApiError(
             422,
-            f"unknown architecture {body.architecture!r}; known: {', '.join(architectures())}",
+            f"unknown architecture {shown(body.architecture)}; known: {', '.join(architectures())}",
             field="architecture",
         )
     if any(d < 1 or d > 100_000 for d in body.input_shape):

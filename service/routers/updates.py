@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from registry import NotFound
 from service import schemas
-from service.deps import ModelName, PredictCaller, RuntimeDep, TrainCaller
+from service.deps import ModelName, PredictCaller, RuntimeDep, TrainCaller, UpdateId
 from service.errors import ApiError
 from service.idempotency import IdempotencyKey, derived_id
 from service.views import update_status
@@ -69,12 +69,14 @@ def list_updates(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> sche
 @router.get(
     "/{name}/updates/{update_id}", response_model=schemas.UpdateStatus, responses={404: {"model": schemas.ErrorBody}}
 )
-def get_update(name: ModelName, update_id: str, runtime: RuntimeDep, _: PredictCaller) -> schemas.UpdateStatus:
+def get_update(name: ModelName, update_id: UpdateId, runtime: RuntimeDep, _: PredictCaller) -> schemas.UpdateStatus:
     return update_status(runtime.store.get_update(name, update_id))
 
 
 @router.delete("/{name}/updates/{update_id}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.UpdateStatus)
-def cancel_update(name: ModelName, update_id: str, runtime: RuntimeDep, caller: TrainCaller) -> schemas.UpdateStatus:
+def cancel_update(
+    name: ModelName, update_id: UpdateId, runtime: RuntimeDep, caller: TrainCaller
+) -> schemas.UpdateStatus:
     """Cancel a queued update, or stop a running one between batches (nothing is committed)."""
     record = runtime.store.get_update(name, update_id)
     if not record.finished:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service import schemas
-from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep
+from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep, VersionNumber
 from service.views import version_info
 from worker.audit import audit
 
@@ -21,14 +21,14 @@ def list_versions(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> sch
 @router.get(
     "/{name}/versions/{version}", response_model=schemas.VersionInfo, responses={404: {"model": schemas.ErrorBody}}
 )
-def get_version(name: ModelName, version: int, runtime: RuntimeDep, _: PredictCaller) -> schemas.VersionInfo:
+def get_version(name: ModelName, version: VersionNumber, runtime: RuntimeDep, _: PredictCaller) -> schemas.VersionInfo:
     return version_info(runtime.store.get_version(name, version), runtime.store.live_version(name))
 
 
 @router.post(
     "/{name}/versions/{version}/promote", response_model=schemas.Promoted, responses={404: {"model": schemas.ErrorBody}}
 )
-def promote(name: ModelName, version: int, runtime: RuntimeDep, caller: AdminCaller) -> schemas.Promoted:
+def promote(name: ModelName, version: VersionNumber, runtime: RuntimeDep, caller: AdminCaller) -> schemas.Promoted:
     """Serve ``version`` (rolling back is promoting an older one).  In-flight requests finish on the old version."""
     runtime.store.get_version(name, version)
     previous = runtime.store.live_version(name)

@@ -15,9 +15,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import redis
 
+from service.launcher import start_clserve
 from tests.e2e.conftest import free_port, subprocess_env, wait_until
 
 
@@ -168,19 +168,9 @@ def start_worker(
 
 
 def start_replica(redis_url: str, data_dir: Path, *, log: Path, **env: str) -> tuple[Process, str]:
-    """A `clserve` API replica in distributed mode and its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "service.cli", "--port", str(port), "--data-dir", str(data_dir)]
-    url = f"http://127.0.0.1:{port}"
-    process = _spawn(command, log, {"CL_REDIS_URL": redis_url, **env})
-    return Process(process, log, f"clserve on {url}", lambda: _ready(url)), url
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """A `clserve` API replica in distributed mode (its own process group) and its base URL."""
+    server = start_clserve(data_dir, env=subprocess_env(CL_REDIS_URL=redis_url, **env), log=log, own_session=True)
+    return Process(server.process, log, f"clserve on {server.url}", server.ready), server.url
 
 
 @contextmanager
