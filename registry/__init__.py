@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.local import LocalStore
 from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
 from registry.samples import Claim, SampleSet, holdout_flags
@@ -34,6 +34,7 @@ __all__ = [
     "ModelRecord",
     "NotFound",
     "Promotion",
+    "QueueFull",
     "SampleSet",
     "Store",
     "StoreError",

@@ -172,8 +172,18 @@ class Store(ABC):
         """Create or replace an update record."""
 
     @abstractmethod
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        """Store a new update unless one with its id exists; returns the stored one (idempotent requests)."""
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        """Store ``record`` (a queued update) and return it, unless, checked atomically with the write, in order:
+
+        * an update with its id exists: return that one, whatever the queue holds (idempotent requests);
+        * ``join_queued`` and an update of the model is queued: return the newest queued one (policy triggers
+          merge into it);
+        * ``max_queued`` (≥ 1) updates of the model are queued: raise QueueFull.
+
+        The check and the write are one step, so concurrent requests (threads, replicas) never queue more than
+        ``max_queued`` updates."""
 
     @abstractmethod
     def get_update(self, name: str, update_id: str) -> UpdateRecord: ...

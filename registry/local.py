@@ -38,7 +38,7 @@ from torch import Tensor
 
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreUnavailable
+from registry.errors import Conflict, NotFound, QueueFull, StoreUnavailable
 from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
 from registry.samples import Claim, SampleSet, holdout_flags
 
@@ -523,13 +523,23 @@ class LocalStore(Store):
     def cancel_requested(self, name: str, update_id: str) -> bool:
         return (self._dir(name) / "updates" / f"{update_id}.cancel").exists()
 
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        with self._lock(record.model):
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        with self._lock(record.model):  # the check and the write under the model's lock: one step for every thread
             try:
                 return self.get_update(record.model, record.update_id)
             except NotFound:
-                self.put_update(record)
-                return record
+                pass
+            queued = [u for u in self.list_updates(record.model) if u.status == "queued"]  # oldest first
+            if join_queued and queued:
+                return queued[-1]
+            if max_queued is not None and len(queued) >= max_queued:
+                raise QueueFull(record.model, len(queued), max_queued)
+            self.put_update(record)
+            return record
 
     def list_updates(self, name: str) -> list[UpdateRecord]:
         udir = self._dir(name) / "updates"

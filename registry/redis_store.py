@@ -22,7 +22,8 @@ keeps a model's keys in one slot)::
     P experiences              LIST    ExperienceRecord JSON: which batches each version consumed
     P bseq / P sseq / P classes        batch and sample counters, labeled samples per class (the hold-out policy)
     P requests / P deleted             request key → batch (idempotent ingestion) / tombstoned sample ids
-    P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation
+    P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation (a new update
+                                       is stored by a script that counts the queued ones: the queue limit)
     P answer:<sha256>          STRING  remembered answers (with their expiry)
     P lock / P fence           STRING  the update lock "<token> <owner>" (with expiry) / the newest fencing token
     P op:<id>                  STRING  result of a finished script call, so a call retried after a lost reply
@@ -62,7 +63,7 @@ from torch import Tensor
 from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
 from registry.samples import Claim, SampleSet, holdout_flags
@@ -165,6 +166,7 @@ class RedisStore(Store):
                 "promote": scripts.PROMOTE,
                 "ack": scripts.ACK,
                 "hset": scripts.GUARDED_HSET,
+                "create_update": scripts.CREATE_UPDATE,
                 "request_cancel": scripts.REQUEST_CANCEL,
                 "set": scripts.GUARDED_SET,
                 "sadd": scripts.GUARDED_SADD,
@@ -822,19 +824,24 @@ class RedisStore(Store):
         return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
 
     # -- updates --------------------------------------------------------------------------------------------------
-    def _hset(self, name: str, field: str, value: str, *, only_if_absent: bool) -> bytes:
-        keys = [self._k(name, "model"), self._k(name, "updates")]
-        reply: bytes = self._run("hset", keys, [field, value, repr(name), "1" if only_if_absent else "0"])
-        return reply
-
     @_translated
     def put_update(self, record: UpdateRecord) -> None:
-        self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=False)
+        keys = [self._k(record.model, "model"), self._k(record.model, "updates")]
+        self._run("hset", keys, [record.update_id, json.dumps(record.to_json()), repr(record.model)])
 
     @_translated
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        stored = self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=True)
-        return UpdateRecord.from_json(json.loads(stored))
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        name = record.model
+        keys = [self._k(name, "model"), self._k(name, "updates")]
+        args = [record.update_id, json.dumps(record.to_json()), repr(name), "" if max_queued is None else max_queued]
+        kind, value = self._run("create_update", keys, [*args, "1" if join_queued else "0"])
+        if _text(kind) == "full":
+            raise QueueFull(name, int(value), int(max_queued or 0))
+        return UpdateRecord.from_json(json.loads(value))
 
     @_translated
     def get_update(self, name: str, update_id: str) -> UpdateRecord:

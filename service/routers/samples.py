@@ -98,7 +98,14 @@ def ingest(
     reason = runtime.policy.reason(_with_request(before, labels, held), known)
     if reason is not None:
         update = request_update(
-            store, runtime.executor, name, runtime.policy.method, triggered_by=caller.name, reason=reason, merge=True
+            store,
+            runtime.executor,
+            name,
+            runtime.policy.method,
+            triggered_by=caller.name,
+            reason=reason,
+            merge=True,  # joins a queued update, so the queue limit never refuses it
+            max_queued=settings.max_queued_updates,
         )
         update_id = update.update_id
     answer = schemas.SamplesResponse(
