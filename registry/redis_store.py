@@ -46,8 +46,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -80,6 +80,8 @@ _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "NOAUTH", "WRON
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Staged = tuple[str, bytes | str]
+"""A payload as `RedisStore._stage` left it: ("i", bytes) inline, or ("c", "<blob> <count>") in expiring chunks."""
 
 
 def redact(url: str) -> str:
@@ -222,7 +224,7 @@ class RedisStore(Store):
         queue(pipe)
         return self._checked(name, pipe.execute())
 
-    def _stage(self, name: str, data: bytes) -> tuple[str, bytes | str]:
+    def _stage(self, name: str, data: bytes) -> Staged:
         """("i", bytes) to store inline, or ("c", "<blob> <count>") after writing the chunks with an expiry (the
         commit that references them makes them permanent)."""
         if len(data) <= self.chunk_bytes:
@@ -245,7 +247,7 @@ class RedisStore(Store):
         blob, count = _text(ref).split()
         return [self._k(name, "blob", blob, i) for i in range(int(count))]
 
-    def _unstage(self, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+    def _unstage(self, name: str, staged: list[Staged]) -> None:
         keys = [k for mode, value in staged if mode == "c" for k in self._chunk_keys(name, value)]
         if keys:
             with suppress(redis.RedisError):
@@ -266,15 +268,29 @@ class RedisStore(Store):
                 parts.append(part)
         return b"".join(parts)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Pipeline]:
-        with self._redis.pipeline(transaction=True) as pipe:
-            yield pipe
+    def _optimistic(self, name: str, what: str, attempt: Callable[[Pipeline, list[Staged]], R]) -> R:
+        """``attempt`` as one WATCH/MULTI transaction, run again (a bounded number of times) while another client
+        changes a watched key under it: the one optimistic-transaction loop of the store.
 
-    def _contended(self, attempt: int) -> None:
-        """After a failed WATCH: back off a little; an outage (not contention) raises from the ping."""
-        self._redis.ping()
-        time.sleep(min(0.05, 0.001 * attempt))
+        ``attempt(pipe, staged)`` watches the keys it reads, reads them, then queues its writes after
+        ``pipe.multi()`` and executes them, or returns without writing.  It lists the chunks it stages in
+        ``staged``: they are removed whenever the attempt does not commit.  A chunked value that moved while being
+        read (`_Moved`) counts as a change too.  Contention beyond the bound raises StoreUnavailable (``what``
+        says what failed); an outage raises from the ping between attempts."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            for n in range(_TRANSACTION_ATTEMPTS):
+                staged: list[Staged] = []
+                try:
+                    return attempt(pipe, staged)
+                except (WatchError, _Moved):
+                    self._unstage(name, staged)
+                    pipe.reset()
+                    self._redis.ping()
+                    time.sleep(min(0.05, 0.001 * n))
+                except BaseException:
+                    self._unstage(name, staged)
+                    raise
+        raise StoreUnavailable(f"{what}: too many concurrent writers")
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     @_translated
@@ -458,19 +474,19 @@ class RedisStore(Store):
         return {n: None if v is None else int(v) for n, v in zip(names, values, strict=True)}
 
     # -- samples --------------------------------------------------------------------------------------------------
-    def _batch_fields(self, name: str, inputs: Tensor, held: Sequence[bool]) -> tuple[dict[Any, Any], list[Any]]:
-        """The payload fields of a batch: training rows and held-out rows apart (staged when large)."""
+    def _batch_fields(self, name: str, inputs: Tensor, held: Sequence[bool], staged: list[Staged]) -> dict[Any, Any]:
+        """The payload fields of a batch: training rows and held-out rows apart (staged when large, each staged
+        payload added to ``staged`` at once so that a failure cleans it up)."""
         fields: dict[Any, Any] = {}
-        staged: list[tuple[str, bytes | str]] = []
         for field, flag in (("train", False), ("held", True)):
             rows = [i for i, h in enumerate(held) if h == flag]
             if rows:
                 mode, value = self._stage(name, tensors.dumps({"inputs": inputs[rows]}))
-                fields[field if mode == "i" else field + "@"] = value
                 staged.append((mode, value))
-        return fields, staged
+                fields[field if mode == "i" else field + "@"] = value
+        return fields
 
-    def _persist(self, pipe: Pipeline, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+    def _persist(self, pipe: Pipeline, name: str, staged: list[Staged]) -> None:
         for mode, value in staged:
             if mode == "c":
                 for key in self._chunk_keys(name, value):
@@ -488,56 +504,49 @@ class RedisStore(Store):
     ) -> tuple[list[str], list[bool]]:
         labels = list(labels)
         k = functools.partial(self._k, name)
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
-                    if not pipe.exists(k("model")):
-                        raise NotFound(f"model {name!r} does not exist")
-                    if request_key is not None:
-                        known = pipe.hget(k("requests"), request_key)
-                        meta_raw = pipe.hget(k("b", int(known)), "meta") if known is not None else None
-                        if meta_raw is not None:
-                            meta = json.loads(meta_raw)
-                            return list(meta["original_ids"]), list(meta["original_held_out"])
-                    counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
-                    before = dict(counts)
-                    held = holdout_flags(labels, counts, holdout_fraction)
-                    seq = int(pipe.get(k("bseq")) or 0) + 1
-                    first = int(pipe.get(k("sseq")) or 0) + 1
-                    ids = [str(first + i) for i in range(len(labels))]
-                    meta = {
-                        "labels": labels,
-                        "held_out": held,
-                        "ids": ids,
-                        "at": time.time(),
-                        "request_key": request_key,
-                        "original_ids": ids if request_key is not None else None,
-                        "original_held_out": held if request_key is not None else None,
-                    }
-                    fields, staged = self._batch_fields(name, inputs, held)
-                    pipe.multi()
-                    changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
-                    if changed:
-                        pipe.hset(k("classes"), mapping=changed)
-                    pipe.set(k("bseq"), seq)
-                    pipe.set(k("sseq"), first + len(labels) - 1)
-                    pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta), **fields})
-                    self._persist(pipe, name, staged)
-                    pipe.zadd(k("batches"), {str(seq): seq})
-                    pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
-                    if request_key is not None:
-                        pipe.hset(k("requests"), request_key, seq)
-                    pipe.execute()
-                    return ids, held
-                except WatchError:
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"samples of {name!r} could not be stored: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[str], list[bool]]:
+            pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            if request_key is not None:
+                known = pipe.hget(k("requests"), request_key)
+                meta_raw = pipe.hget(k("b", int(known)), "meta") if known is not None else None
+                if meta_raw is not None:
+                    first_answer = json.loads(meta_raw)
+                    return list(first_answer["original_ids"]), list(first_answer["original_held_out"])
+            counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
+            before = dict(counts)
+            held = holdout_flags(labels, counts, holdout_fraction)
+            seq = int(pipe.get(k("bseq")) or 0) + 1
+            first = int(pipe.get(k("sseq")) or 0) + 1
+            ids = [str(first + i) for i in range(len(labels))]
+            meta = {
+                "labels": labels,
+                "held_out": held,
+                "ids": ids,
+                "at": time.time(),
+                "request_key": request_key,
+                "original_ids": ids if request_key is not None else None,
+                "original_held_out": held if request_key is not None else None,
+            }
+            fields = self._batch_fields(name, inputs, held, staged)
+            pipe.multi()
+            changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
+            if changed:
+                pipe.hset(k("classes"), mapping=changed)
+            pipe.set(k("bseq"), seq)
+            pipe.set(k("sseq"), first + len(labels) - 1)
+            pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta), **fields})
+            self._persist(pipe, name, staged)
+            pipe.zadd(k("batches"), {str(seq): seq})
+            pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
+            if request_key is not None:
+                pipe.hset(k("requests"), request_key, seq)
+            pipe.execute()
+            return ids, held
+
+        return self._optimistic(name, f"samples of {name!r} could not be stored", attempt)
 
     def _batch(self, name: str, seq: int, data: dict[Any, Any], shape: Sequence[int]) -> _Batch:
         """A batch from its hash (HGETALL); raises _Moved if a chunked payload changed meanwhile."""
@@ -673,46 +682,38 @@ class RedisStore(Store):
         """Keep only some rows of a batch (removing it, its stream entry and its request key when none remain).
         Returns the mask applied and the metadata it was computed from (None if the batch is gone)."""
         key, shape = self._k(name, "b", seq), self.get_model(name).input_shape
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(key)
-                    data = pipe.hgetall(key)
-                    if not data:
-                        return None
-                    batch = self._batch(name, seq, data, shape)
-                    keep = keep_of(batch.meta)
-                    if all(keep):
-                        return keep, batch.meta
-                    old_chunks = [c for f in (b"train@", b"held@") for c in self._chunk_keys(name, data.get(f))]
-                    pipe.multi()
-                    pipe.delete(key)
-                    if any(keep):
-                        meta = dict(batch.meta)
-                        for field in ("labels", "held_out", "ids"):
-                            meta[field] = [v for v, kept in zip(meta[field], keep, strict=True) if kept]
-                        rows = _merge_rows(batch, keep)
-                        fields, staged = self._batch_fields(name, rows, meta["held_out"])
-                        pipe.hset(key, mapping={"meta": json.dumps(meta), **fields})
-                        self._persist(pipe, name, staged)
-                    else:
-                        pipe.zrem(self._k(name, "batches"), str(seq))
-                        pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
-                        pipe.xdel(self._k(name, "stream"), f"{seq}-0")
-                        if batch.meta.get("request_key"):
-                            pipe.hdel(self._k(name, "requests"), batch.meta["request_key"])
-                    if old_chunks:
-                        pipe.unlink(*old_chunks)
-                    pipe.execute()
-                    return keep, batch.meta
-                except (WatchError, _Moved):
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"batch {seq} of {name!r} could not be rewritten: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[bool], dict[str, Any]] | None:
+            pipe.watch(key)
+            data = pipe.hgetall(key)
+            if not data:
+                return None
+            batch = self._batch(name, seq, data, shape)
+            keep = keep_of(batch.meta)
+            if all(keep):
+                return keep, batch.meta
+            old_chunks = [c for f in (b"train@", b"held@") for c in self._chunk_keys(name, data.get(f))]
+            pipe.multi()
+            pipe.delete(key)
+            if any(keep):
+                meta = dict(batch.meta)
+                for field in ("labels", "held_out", "ids"):
+                    meta[field] = [v for v, kept in zip(meta[field], keep, strict=True) if kept]
+                fields = self._batch_fields(name, _merge_rows(batch, keep), meta["held_out"], staged)
+                pipe.hset(key, mapping={"meta": json.dumps(meta), **fields})
+                self._persist(pipe, name, staged)
+            else:
+                pipe.zrem(self._k(name, "batches"), str(seq))
+                pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
+                pipe.xdel(self._k(name, "stream"), f"{seq}-0")
+                if batch.meta.get("request_key"):
+                    pipe.hdel(self._k(name, "requests"), batch.meta["request_key"])
+            if old_chunks:
+                pipe.unlink(*old_chunks)
+            pipe.execute()
+            return keep, batch.meta
+
+        return self._optimistic(name, f"batch {seq} of {name!r} could not be rewritten", attempt)
 
     @_translated
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
@@ -765,46 +766,38 @@ class RedisStore(Store):
     @_translated
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
         k = functools.partial(self._k, name)
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
-                    if not pipe.exists(k("model")):
-                        raise NotFound(f"model {name!r} does not exist")
-                    start = int(pipe.get(k("acked")) or 0)
-                    if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
-                        raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
-                    seq = start
-                    fields: dict[Any, Any] = {}
-                    if len(held_out):
-                        seq = int(pipe.get(k("bseq")) or 0) + 1
-                        first = int(pipe.get(k("sseq")) or 0) + 1
-                        ids = [str(first + i) for i in range(len(held_out))]
-                        flags = [True] * len(held_out)
-                        meta = {"labels": held_out.labels, "held_out": flags, "ids": ids, "at": time.time()}
-                        fields, staged = self._batch_fields(name, held_out.inputs, flags)
-                        fields["meta"] = json.dumps(meta)
-                    token = {"from": start, "upto": seq}
-                    experience = ExperienceRecord(version, update_id, token, held_out=len(held_out))
-                    pipe.multi()
-                    if fields:
-                        pipe.set(k("bseq"), seq)
-                        pipe.set(k("sseq"), first + len(held_out) - 1)
-                        pipe.hset(k("b", seq), mapping=fields)
-                        self._persist(pipe, name, staged)
-                        pipe.zadd(k("batches"), {str(seq): seq})
-                        pipe.set(k("acked"), seq)
-                    pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
-                    pipe.execute()
-                    return
-                except WatchError:
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"the experience of {name!r} could not be stored: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+            pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            start = int(pipe.get(k("acked")) or 0)
+            if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
+                raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
+            seq = start
+            fields: dict[Any, Any] = {}
+            if len(held_out):
+                seq = int(pipe.get(k("bseq")) or 0) + 1
+                first = int(pipe.get(k("sseq")) or 0) + 1
+                ids = [str(first + i) for i in range(len(held_out))]
+                flags = [True] * len(held_out)
+                meta = {"labels": held_out.labels, "held_out": flags, "ids": ids, "at": time.time()}
+                fields = self._batch_fields(name, held_out.inputs, flags, staged)
+                fields["meta"] = json.dumps(meta)
+            token = {"from": start, "upto": seq}
+            experience = ExperienceRecord(version, update_id, token, held_out=len(held_out))
+            pipe.multi()
+            if fields:
+                pipe.set(k("bseq"), seq)
+                pipe.set(k("sseq"), first + len(held_out) - 1)
+                pipe.hset(k("b", seq), mapping=fields)
+                self._persist(pipe, name, staged)
+                pipe.zadd(k("batches"), {str(seq): seq})
+                pipe.set(k("acked"), seq)
+            pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
+            pipe.execute()
+
+        self._optimistic(name, f"the experience of {name!r} could not be stored", attempt)
 
     @_translated
     def pending_counts(self, name: str) -> dict[str, Any]:
