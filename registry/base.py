@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
-from registry.samples import Claim, SampleSet
+from registry.samples import Claim, PendingCounts, SampleSet
 
 LiveListener = Callable[[str, int | None], None]
 """Called with (model name, new live version or None) whenever a live pointer changes."""
@@ -161,10 +161,8 @@ class Store(ABC):
         """Record held-out samples as ``version``'s experience directly (importing a model from another store)."""
 
     @abstractmethod
-    def pending_counts(self, name: str) -> dict[str, Any]:
-        """What is waiting for the next update: {"labeled": n, "unlabeled": n, "held_out": n,
-        "per_class": {label: n}}; ``labeled`` excludes the held-out samples, ``per_class`` counts every labeled
-        sample posted (held-out ones included)."""
+    def pending_counts(self, name: str) -> PendingCounts:
+        """What is waiting for the next update (`samples.tally_pending` over the pending batches)."""
 
     # -- updates --------------------------------------------------------------------------------------------------
     @abstractmethod

@@ -66,7 +66,17 @@ from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
-from registry.samples import Claim, SampleSet, holdout_flags
+from registry.samples import (
+    BatchMeta,
+    Claim,
+    ClaimToken,
+    PendingCounts,
+    RetentionPass,
+    SampleSet,
+    claim_batches,
+    holdout_flags,
+    tally_pending,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +135,7 @@ def _translated(method: Callable[Concatenate[RedisStore, P], R]) -> Callable[Con
 class _Batch:
     """One ingestion batch as read back: its metadata, training rows and held-out rows."""
 
-    seq: int
-    meta: dict[str, Any]
+    meta: BatchMeta
     train: SampleSet
     held: SampleSet
 
@@ -521,15 +530,16 @@ class RedisStore(Store):
             seq = int(pipe.get(k("bseq")) or 0) + 1
             first = int(pipe.get(k("sseq")) or 0) + 1
             ids = [str(first + i) for i in range(len(labels))]
-            meta = {
-                "labels": labels,
-                "held_out": held,
-                "ids": ids,
-                "at": time.time(),
-                "request_key": request_key,
-                "original_ids": ids if request_key is not None else None,
-                "original_held_out": held if request_key is not None else None,
-            }
+            meta = BatchMeta(
+                seq,
+                labels,
+                held,
+                ids,
+                at=time.time(),
+                request_key=request_key,
+                original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
+                original_held_out=held if request_key is not None else None,
+            )
             fields = self._batch_fields(name, inputs, held, staged)
             pipe.multi()
             changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
@@ -537,7 +547,7 @@ class RedisStore(Store):
                 pipe.hset(k("classes"), mapping=changed)
             pipe.set(k("bseq"), seq)
             pipe.set(k("sseq"), first + len(labels) - 1)
-            pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta), **fields})
+            pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta.to_json()), **fields})
             self._persist(pipe, name, staged)
             pipe.zadd(k("batches"), {str(seq): seq})
             pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
@@ -550,15 +560,14 @@ class RedisStore(Store):
 
     def _batch(self, name: str, seq: int, data: dict[Any, Any], shape: Sequence[int]) -> _Batch:
         """A batch from its hash (HGETALL); raises _Moved if a chunked payload changed meanwhile."""
-        meta = json.loads(data[b"meta"])
-        flags: list[bool] = meta["held_out"]
+        meta = BatchMeta.from_json(seq, json.loads(data[b"meta"]))
         parts = {}
         for field, flag in (("train", False), ("held", True)):
-            rows = [i for i, h in enumerate(flags) if h == flag]
+            rows = [i for i, h in enumerate(meta.held_out) if h == flag]
             payload = self._payload(name, data.get(field.encode()), data.get(f"{field}@".encode()))
             inputs = tensors.loads(payload)["inputs"] if payload is not None else torch.zeros(0, *shape)
-            parts[field] = SampleSet(inputs, [meta["labels"][i] for i in rows], [meta["ids"][i] for i in rows])
-        return _Batch(seq, meta, parts["train"], parts["held"])
+            parts[field] = SampleSet(inputs, [meta.labels[i] for i in rows], [meta.ids[i] for i in rows])
+        return _Batch(meta, parts["train"], parts["held"])
 
     def _batches(self, name: str, seqs: Sequence[int], shape: Sequence[int]) -> list[_Batch]:
         """The stored batches among ``seqs``, in order (deleted ones are skipped)."""
@@ -579,12 +588,15 @@ class RedisStore(Store):
                         data = self._redis.hgetall(self._k(name, "b", seq))
         return out
 
-    def _metas(self, name: str, seqs: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+    def _metas(self, name: str, seqs: Sequence[int]) -> list[BatchMeta]:
+        """The metadata of the stored batches among ``seqs``, in order (deleted ones are skipped)."""
         pipe = self._redis.pipeline(transaction=False)
         for seq in seqs:
             pipe.hget(self._k(name, "b", seq), "meta")
         replies = pipe.execute() if seqs else []
-        return [(seq, json.loads(raw)) for seq, raw in zip(seqs, replies, strict=True) if raw is not None]
+        return [
+            BatchMeta.from_json(seq, json.loads(raw)) for seq, raw in zip(seqs, replies, strict=True) if raw is not None
+        ]
 
     def _acked(self, name: str) -> int:
         return int(self._redis.get(self._k(name, "acked")) or 0)
@@ -618,19 +630,13 @@ class RedisStore(Store):
         stale = [f"{seq}-0" for seq in entries if seq <= start]
         if stale:  # delivered after an acknowledgement already covered them: nothing to train
             self._redis.xack(self._k(name, "stream"), GROUP, *stale)
-        taken, counted = [], 0
-        for seq, meta in self._metas(name, [seq for seq in entries if seq > start]):
-            n_train = sum(not flag for flag in meta["held_out"])
-            if limit is not None and counted and counted + n_train > limit:
-                break
-            taken.append(seq)
-            counted += n_train
-        batches = self._batches(name, taken, shape)
-        upto = batches[-1].seq if batches else start
+        taken = claim_batches(self._metas(name, [seq for seq in entries if seq > start]), limit)
+        batches = self._batches(name, [meta.seq for meta in taken], shape)
+        upto = batches[-1].meta.seq if batches else start
         return Claim(
             SampleSet.concat([b.train for b in batches], shape),
             SampleSet.concat([b.held for b in batches], shape),
-            {"from": start, "upto": upto},
+            ClaimToken(start, upto),
         )
 
     @_translated
@@ -638,18 +644,14 @@ class RedisStore(Store):
         experience = ExperienceRecord(
             version=version,
             update_id=update_id,
-            claim=dict(claim.token),
+            claim=claim.token.to_json(),
             labeled=len(claim.train.labeled),
             unlabeled=len(claim.train.unlabeled),
             held_out=len(claim.held_out),
         )
         keys = [self._k(name, k) for k in ("model", "fence", "acked", "experiences", "stream")]
         keys.append(self._k(name, "op", uuid.uuid4().hex))
-        args = [
-            "" if fence is None else str(fence),
-            str(int(str(claim.token["from"]))),
-            str(int(str(claim.token["upto"]))),
-        ]
+        args = ["" if fence is None else str(fence), str(claim.token.after), str(claim.token.upto)]
         self._run("ack", keys, [*args, json.dumps(experience.to_json()), GROUP, repr(name), OP_TTL_MS])
         self._forget_idle_consumers(name)
 
@@ -672,18 +674,19 @@ class RedisStore(Store):
         shape = self.get_model(name).input_shape
         for e in self.experiences(name):
             if e.version == version:
-                seqs = self._stored(name, f"({int(e.claim['from'])}", str(int(e.claim["upto"])))
+                token = ClaimToken.from_json(e.claim)
+                seqs = self._stored(name, f"({token.after}", str(token.upto))
                 return SampleSet.concat([b.held for b in self._batches(name, seqs, shape)], shape)
         return SampleSet.concat([], shape)
 
     def _rewrite_batch(
-        self, name: str, seq: int, keep_of: Callable[[dict[str, Any]], list[bool]]
-    ) -> tuple[list[bool], dict[str, Any]] | None:
+        self, name: str, seq: int, keep_of: Callable[[BatchMeta], list[bool]]
+    ) -> tuple[list[bool], BatchMeta] | None:
         """Keep only some rows of a batch (removing it, its stream entry and its request key when none remain).
         Returns the mask applied and the metadata it was computed from (None if the batch is gone)."""
         key, shape = self._k(name, "b", seq), self.get_model(name).input_shape
 
-        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[bool], dict[str, Any]] | None:
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[bool], BatchMeta] | None:
             pipe.watch(key)
             data = pipe.hgetall(key)
             if not data:
@@ -696,18 +699,16 @@ class RedisStore(Store):
             pipe.multi()
             pipe.delete(key)
             if any(keep):
-                meta = dict(batch.meta)
-                for field in ("labels", "held_out", "ids"):
-                    meta[field] = [v for v, kept in zip(meta[field], keep, strict=True) if kept]
-                fields = self._batch_fields(name, _merge_rows(batch, keep), meta["held_out"], staged)
-                pipe.hset(key, mapping={"meta": json.dumps(meta), **fields})
+                meta = batch.meta.select(keep)
+                fields = self._batch_fields(name, _merge_rows(batch, keep), meta.held_out, staged)
+                pipe.hset(key, mapping={"meta": json.dumps(meta.to_json()), **fields})
                 self._persist(pipe, name, staged)
             else:
                 pipe.zrem(self._k(name, "batches"), str(seq))
                 pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
                 pipe.xdel(self._k(name, "stream"), f"{seq}-0")
-                if batch.meta.get("request_key"):
-                    pipe.hdel(self._k(name, "requests"), batch.meta["request_key"])
+                if batch.meta.request_key:
+                    pipe.hdel(self._k(name, "requests"), batch.meta.request_key)
             if old_chunks:
                 pipe.unlink(*old_chunks)
             pipe.execute()
@@ -724,10 +725,10 @@ class RedisStore(Store):
         else:
             self.get_model(name)
         found = 0
-        for seq, meta in self._metas(name, self._stored(name)):
-            if not any(i in wanted for i in meta["ids"]):
+        for meta in self._metas(name, self._stored(name)):
+            if not any(i in wanted for i in meta.ids):
                 continue
-            result = self._rewrite_batch(name, seq, lambda m: [i not in wanted for i in m["ids"]])
+            result = self._rewrite_batch(name, meta.seq, lambda m: [i not in wanted for i in m.ids])
             if result is not None:
                 found += result[0].count(False)
         return found
@@ -739,29 +740,13 @@ class RedisStore(Store):
 
     @_translated
     def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
-        dropped = {"training": 0, "held_out": 0}
         self.get_model(name)
-        consumed, now, kept = self._acked(name), time.time(), 0
-
-        def keep_of(meta: dict[str, Any]) -> list[bool]:
-            old = max_age_s is not None and now - float(meta["at"]) > max_age_s
-            keep, survivors = [], kept
-            for _ in meta["held_out"]:
-                survive = not old and (max_samples is None or survivors < max_samples)
-                survivors += survive
-                keep.append(survive)
-            return keep
-
-        for seq in reversed(self._stored(name, "-inf", str(consumed))):  # newest first; pending ones stay
-            result = self._rewrite_batch(name, seq, keep_of)
-            if result is None:
-                continue
-            keep, meta = result
-            kept += sum(keep)
-            for survive, flag in zip(keep, meta["held_out"], strict=True):
-                if not survive:
-                    dropped["held_out" if flag else "training"] += 1
-        return dropped
+        retention = RetentionPass(time.time(), max_age_s, max_samples)
+        for seq in reversed(self._stored(name, "-inf", str(self._acked(name)))):  # newest first; pending ones stay
+            result = self._rewrite_batch(name, seq, retention.mask)
+            if result is not None:
+                retention.record(result[1], result[0])
+        return retention.dropped
 
     @_translated
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
@@ -780,12 +765,10 @@ class RedisStore(Store):
                 seq = int(pipe.get(k("bseq")) or 0) + 1
                 first = int(pipe.get(k("sseq")) or 0) + 1
                 ids = [str(first + i) for i in range(len(held_out))]
-                flags = [True] * len(held_out)
-                meta = {"labels": held_out.labels, "held_out": flags, "ids": ids, "at": time.time()}
-                fields = self._batch_fields(name, held_out.inputs, flags, staged)
-                fields["meta"] = json.dumps(meta)
-            token = {"from": start, "upto": seq}
-            experience = ExperienceRecord(version, update_id, token, held_out=len(held_out))
+                meta = BatchMeta(seq, list(held_out.labels), [True] * len(held_out), ids, at=time.time())
+                fields = self._batch_fields(name, held_out.inputs, meta.held_out, staged)
+                fields["meta"] = json.dumps(meta.to_json())
+            experience = ExperienceRecord(version, update_id, ClaimToken(start, seq).to_json(), held_out=len(held_out))
             pipe.multi()
             if fields:
                 pipe.set(k("bseq"), seq)
@@ -800,21 +783,9 @@ class RedisStore(Store):
         self._optimistic(name, f"the experience of {name!r} could not be stored", attempt)
 
     @_translated
-    def pending_counts(self, name: str) -> dict[str, Any]:
+    def pending_counts(self, name: str) -> PendingCounts:
         self.get_model(name)
-        labeled = unlabeled = held_out = 0
-        per_class: dict[str, int] = {}
-        for _, meta in self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf")):
-            for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
-                if label is not None:
-                    per_class[label] = per_class.get(label, 0) + 1
-                if flag:
-                    held_out += 1
-                elif label is None:
-                    unlabeled += 1
-                else:
-                    labeled += 1
-        return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
+        return tally_pending(self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf")))
 
     # -- updates --------------------------------------------------------------------------------------------------
     @_translated
@@ -892,7 +863,7 @@ class RedisStore(Store):
 
 def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
     """The kept rows of a batch in their original order (training and held-out payloads interleaved back)."""
-    flags: list[bool] = batch.meta["held_out"]
+    flags = batch.meta.held_out
     shape = batch.train.inputs.shape[1:] if len(batch.train) else batch.held.inputs.shape[1:]
     rows = torch.zeros(len(flags), *shape)
     train_rows = [i for i, h in enumerate(flags) if not h]

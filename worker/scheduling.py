@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from registry import Store, UpdateRecord
+from registry import PendingCounts, Store, UpdateRecord
 from worker.audit import audit
 from worker.executor import Executor
 
@@ -25,14 +24,13 @@ class UpdatePolicy:
     after_labeled: int = 0
     method: str = "auto"
 
-    def reason(self, pending: dict[str, Any], known_classes: list[str]) -> str | None:
+    def reason(self, pending: PendingCounts, known_classes: list[str]) -> str | None:
         """Why an update should start now, or None."""
-        per_class: dict[str, int] = pending.get("per_class", {})
-        new = {c: n for c, n in per_class.items() if c not in known_classes}
+        new = {c: n for c, n in pending.per_class.items() if c not in known_classes}
         if new and all(n >= self.min_samples_per_new_class for n in new.values()):
             return f"policy: new classes {sorted(new)} have ≥ {self.min_samples_per_new_class} samples each"
-        if self.after_labeled and pending.get("labeled", 0) >= self.after_labeled:
-            return f"policy: {pending['labeled']} new labeled samples (≥ {self.after_labeled})"
+        if self.after_labeled and pending.labeled >= self.after_labeled:
+            return f"policy: {pending.labeled} new labeled samples (≥ {self.after_labeled})"
         return None
 
 

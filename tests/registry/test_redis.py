@@ -107,7 +107,7 @@ def test_deleting_a_model_leaves_no_key_behind(store: RedisStore, redis_url: str
     assert keys(redis_url, "*digits*") == set()
     assert [m.name for m in store.list_models()] == ["other"]
     store.create_model(model())  # the name can be used again, from scratch
-    assert store.live_version(NAME) is None and store.pending_counts(NAME)["labeled"] == 0
+    assert store.live_version(NAME) is None and store.pending_counts(NAME).labeled == 0
 
 
 def test_a_transaction_whose_watched_key_changes_runs_again(store: RedisStore, redis_url: str) -> None:
@@ -187,7 +187,7 @@ def test_an_acknowledgement_with_a_stale_fencing_token_is_refused(store: RedisSt
     wait_for(lambda: store.acquire_update_lock(NAME, "w2", ttl_s=30) is not None)
     with pytest.raises(Conflict):
         store.ack(NAME, claim, 1, "u", fence=token)
-    assert store.pending_counts(NAME)["labeled"] == 2
+    assert store.pending_counts(NAME).labeled == 2
 
 
 def test_promotions_reach_other_processes_and_stay_within_their_database(redis_url: str) -> None:

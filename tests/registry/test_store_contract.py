@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_
 
-from registry import Conflict, ModelRecord, NotFound, QueueFull, Store, UpdateRecord, VersionRecord
+from registry import Conflict, ModelRecord, NotFound, PendingCounts, QueueFull, Store, UpdateRecord, VersionRecord
 from registry import tensors as st
 from registry.records import UpdateStatus
 
@@ -99,7 +99,7 @@ def test_samples_are_held_out_by_class_claimed_and_acknowledged(store: Store) ->
     assert len(set(ids)) == 18
     assert [i for i, h in enumerate(held) if h] == [4, 9, 14]  # the 5th and 10th "a", the 5th "b"
     counts = store.pending_counts("digits")
-    assert counts == {"labeled": 12, "unlabeled": 3, "held_out": 3, "per_class": {"a": 10, "b": 5}}
+    assert counts == PendingCounts(labeled=12, unlabeled=3, held_out=3, per_class={"a": 10, "b": 5})
     claim = store.claim("digits")
     assert len(claim.train) == 15 and len(claim.held_out) == 3
     assert claim.train.labels.count(None) == 3
@@ -116,6 +116,17 @@ def test_samples_are_held_out_by_class_claimed_and_acknowledged(store: Store) ->
     assert (experience.version, experience.labeled, experience.unlabeled, experience.held_out) == (1, 12, 3, 3)
     with pytest.raises(Conflict):
         store.ack("digits", claim, version=2, update_id="u2")  # already consumed
+
+
+def test_the_counts_before_a_batch_plus_the_batch_are_the_counts_after_it(store: Store) -> None:
+    """Ingestion asks the policy with ``before.plus(batch)`` instead of reading the store again: the same rule."""
+    store.create_model(model())
+    store.append_samples("digits", torch.rand(7, 3), ["a", None, "a", "b", "a", "a", "a"], 0.2)
+    before = store.pending_counts("digits")
+    labels: list[str | None] = ["b", "b", None, "c", "b", "b", "b"]
+    _, held = store.append_samples("digits", torch.rand(7, 3), labels, 0.2)
+    assert store.pending_counts("digits") == before.plus(labels, held)
+    assert before.held_out == 1 and held == [False] * 5 + [True, False]  # the 5th "a", then the 5th "b"
 
 
 def test_sample_inputs_round_trip_exactly(store: Store) -> None:
@@ -189,7 +200,7 @@ def test_ingestion_with_a_request_key_stores_once(store: Store) -> None:
     ids, held = store.append_samples("digits", x, ["a"] * 5, 0.2, request_key="k1")
     again, held_again = store.append_samples("digits", torch.rand(5, 3), ["a"] * 5, 0.2, request_key="k1")
     assert (again, held_again) == (ids, held)
-    assert store.pending_counts("digits")["per_class"] == {"a": 5}
+    assert store.pending_counts("digits").per_class == {"a": 5}
     other, _ = store.append_samples("digits", x, ["a"] * 5, 0.2, request_key="k2")
     assert set(other).isdisjoint(ids)
 
