@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, InvalidIdentifier, NotFound, StoreError, StoreUnavailable
+from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.local import LocalStore
 from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
-from registry.samples import Claim, SampleSet, holdout_flags
+from registry.samples import Claim, PendingCounts, SampleSet, holdout_flags
 
 
 def open_store(data_dir: str | Path, redis_url: str | None = None, *, redis_chunk_bytes: int | None = None) -> Store:
@@ -34,7 +34,9 @@ __all__ = [
     "LocalStore",
     "ModelRecord",
     "NotFound",
+    "PendingCounts",
     "Promotion",
+    "QueueFull",
     "SampleSet",
     "Store",
     "StoreError",

@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
-from registry.samples import Claim, SampleSet
+from registry.samples import Claim, PendingCounts, SampleSet
 
 LiveListener = Callable[[str, int | None], None]
 """Called with (model name, new live version or None) whenever a live pointer changes."""
@@ -170,10 +170,8 @@ class Store(ABC):
         """Record held-out samples as ``version``'s experience directly (importing a model from another store)."""
 
     @abstractmethod
-    def pending_counts(self, name: str) -> dict[str, Any]:
-        """What is waiting for the next update: {"labeled": n, "unlabeled": n, "held_out": n,
-        "per_class": {label: n}}; ``labeled`` excludes the held-out samples, ``per_class`` counts every labeled
-        sample posted (held-out ones included)."""
+    def pending_counts(self, name: str) -> PendingCounts:
+        """What is waiting for the next update (`samples.tally_pending` over the pending batches)."""
 
     # -- updates --------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -181,8 +179,18 @@ class Store(ABC):
         """Create or replace an update record."""
 
     @abstractmethod
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        """Store a new update unless one with its id exists; returns the stored one (idempotent requests)."""
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        """Store ``record`` (a queued update) and return it, unless, checked atomically with the write, in order:
+
+        * an update with its id exists: return that one, whatever the queue holds (idempotent requests);
+        * ``join_queued`` and an update of the model is queued: return the newest queued one (policy triggers
+          merge into it);
+        * ``max_queued`` (≥ 1) updates of the model are queued: raise QueueFull.
+
+        The check and the write are one step, so concurrent requests (threads, replicas) never queue more than
+        ``max_queued`` updates."""
 
     @abstractmethod
     def get_update(self, name: str, update_id: str) -> UpdateRecord: ...

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -43,7 +44,7 @@ from torch import Tensor
 
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, InvalidIdentifier, NotFound, StoreUnavailable
+from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
 from registry.names import (
     check_model_name,
     check_request_key,
@@ -54,7 +55,17 @@ from registry.names import (
     tombstones,
 )
 from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
-from registry.samples import Claim, SampleSet, holdout_flags
+from registry.samples import (
+    BatchMeta,
+    Claim,
+    ClaimToken,
+    PendingCounts,
+    RetentionPass,
+    SampleSet,
+    claim_batches,
+    holdout_flags,
+    tally_pending,
+)
 
 log = logging.getLogger(__name__)
 
@@ -370,37 +381,49 @@ class LocalStore(Store):
             if request_key is not None:
                 seq = self._requests(name).get(request_key)
                 if seq is not None and self._batch_path(name, seq).exists():
-                    meta = tensors.metadata(self._batch_path(name, seq).read_bytes())
-                    return list(meta["original_ids"]), list(meta["original_held_out"])
+                    first_answer = tensors.metadata(self._batch_path(name, seq).read_bytes())
+                    return list(first_answer["original_ids"]), list(first_answer["original_held_out"])
             counters = self._counters(name)
             held = holdout_flags(labels, counters["per_class"], holdout_fraction)
             seq, first = self._next_numbers(name, counters)
             ids = [str(first + i) for i in range(len(labels))]
-            meta = {
-                "labels": list(labels),
-                "held_out": held,
-                "ids": ids,
-                "at": time.time(),
-                "request_key": request_key,
-                "original_ids": ids if request_key is not None else None,  # the answer to repeat on a retry
-                "original_held_out": held if request_key is not None else None,
-            }
-            write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta))
+            meta = BatchMeta(
+                seq,
+                list(labels),
+                held,
+                ids,
+                at=time.time(),
+                request_key=request_key,
+                original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
+                original_held_out=held if request_key is not None else None,
+            )
+            write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta.to_json()))
             counters["next_batch"], counters["next_sample"] = seq + 1, first + len(labels)
             self._write_counters(name, counters)
             if request_key is not None:
                 self._requests(name)[request_key] = seq
         return ids, held
 
-    def _read_batch(self, path: Path) -> tuple[SampleSet, list[bool]]:
+    def _read_meta(self, path: Path) -> BatchMeta:
+        """A batch's metadata, read from the file's header alone (not its tensors)."""
+        with path.open("rb") as f:
+            head = f.read(8)
+            size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            return BatchMeta.from_json(self._seq(path), tensors.metadata(head + f.read(size)))
+
+    def _pending_metas(self, name: str, after: int) -> list[BatchMeta]:
+        """The metadata of the batches numbered above ``after`` (the pending ones), in arrival order."""
+        return [self._read_meta(path) for path in self._batches(name) if self._seq(path) > after]
+
+    def _read_batch(self, path: Path) -> tuple[SampleSet, BatchMeta]:
         data = path.read_bytes()
-        meta = tensors.metadata(data)
-        return SampleSet(tensors.loads(data)["inputs"], meta["labels"], meta["ids"]), meta["held_out"]
+        meta = BatchMeta.from_json(self._seq(path), tensors.metadata(data))
+        return SampleSet(tensors.loads(data)["inputs"], meta.labels, meta.ids), meta
 
     def _rewrite_batch(self, path: Path, keep: list[bool]) -> int:
         """Keep only some rows of a batch (deleting the file when none remain); returns how many were dropped."""
         data = path.read_bytes()
-        meta = tensors.metadata(data)
+        meta = BatchMeta.from_json(self._seq(path), tensors.metadata(data))
         dropped = keep.count(False)
         if dropped == 0:
             return 0
@@ -409,9 +432,7 @@ class LocalStore(Store):
             _fsync_dir(path.parent)
             return dropped
         inputs = tensors.loads(data)["inputs"][[i for i, k in enumerate(keep) if k]]
-        for key in ("labels", "held_out", "ids"):
-            meta[key] = [v for v, k in zip(meta[key], keep, strict=True) if k]
-        write_atomic(path, tensors.dumps({"inputs": inputs}, meta))
+        write_atomic(path, tensors.dumps({"inputs": inputs}, meta.select(keep).to_json()))
         return dropped
 
     def _experiences(self, name: str) -> list[ExperienceRecord]:
@@ -419,26 +440,20 @@ class LocalStore(Store):
         return [ExperienceRecord.from_json(e) for e in _read_json(path)] if path.exists() else []
 
     def _consumed_upto(self, name: str) -> int:
-        return max((int(str(e.claim["upto"])) for e in self._experiences(name)), default=0)
+        return max((ClaimToken.from_json(e.claim).upto for e in self._experiences(name)), default=0)
 
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
         with self._lock(name):
             start = self._consumed_upto(name)
             shape = self.get_model(name).input_shape
-            train, held, upto, taken = [], [], start, 0
-            for path in self._batches(name):
-                seq = self._seq(path)
-                if seq <= start:
-                    continue
-                batch, flags = self._read_batch(path)
-                n_train = sum(not f for f in flags)
-                if limit is not None and taken and taken + n_train > limit:
-                    break
-                train.append(batch.select([not f for f in flags]))
-                held.append(batch.select(flags))
-                taken += n_train
-                upto = seq
-            return Claim(SampleSet.concat(train, shape), SampleSet.concat(held, shape), {"from": start, "upto": upto})
+            train, held = [], []
+            taken = claim_batches(self._pending_metas(name, start), limit)
+            for meta in taken:
+                batch, _ = self._read_batch(self._batch_path(name, meta.seq))
+                train.append(batch.select([not f for f in meta.held_out]))
+                held.append(batch.select(meta.held_out))
+            token = ClaimToken(start, taken[-1].seq if taken else start)
+            return Claim(SampleSet.concat(train, shape), SampleSet.concat(held, shape), token)
 
     def _append_experience(self, name: str, record: ExperienceRecord) -> None:
         experiences = self._experiences(name)
@@ -447,14 +462,14 @@ class LocalStore(Store):
     def ack(self, name: str, claim: Claim, version: int, update_id: str | None, *, fence: int | None = None) -> None:
         with self._lock(name):
             self._check_fence(name, fence)
-            if int(str(claim.token["from"])) != self._consumed_upto(name):
+            if claim.token.after != self._consumed_upto(name):
                 raise Conflict(f"samples of {name!r} were consumed by another update since this claim")
             self._append_experience(
                 name,
                 ExperienceRecord(
                     version=version,
                     update_id=update_id,
-                    claim=dict(claim.token),
+                    claim=claim.token.to_json(),
                     labeled=len(claim.train.labeled),
                     unlabeled=len(claim.train.unlabeled),
                     held_out=len(claim.held_out),
@@ -471,13 +486,13 @@ class LocalStore(Store):
                 counters = self._counters(name)
                 seq, first = self._next_numbers(name, counters)
                 ids = [str(first + i) for i in range(len(held_out))]
-                meta = {"labels": held_out.labels, "held_out": [True] * len(held_out), "ids": ids, "at": time.time()}
-                write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": held_out.inputs}, meta))
+                meta = BatchMeta(seq, list(held_out.labels), [True] * len(held_out), ids, at=time.time())
+                write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": held_out.inputs}, meta.to_json()))
                 counters["next_batch"], counters["next_sample"] = seq + 1, first + len(held_out)
                 self._write_counters(name, counters)
             self._append_experience(
                 name,
-                ExperienceRecord(version, update_id, {"from": start, "upto": seq}, held_out=len(held_out)),
+                ExperienceRecord(version, update_id, ClaimToken(start, seq).to_json(), held_out=len(held_out)),
             )
 
     def experiences(self, name: str) -> list[ExperienceRecord]:
@@ -489,12 +504,11 @@ class LocalStore(Store):
             shape = self.get_model(name).input_shape
             for e in self._experiences(name):
                 if e.version == version:
-                    lo, hi = int(e.claim["from"]), int(e.claim["upto"])
-                    parts = []
+                    token, parts = ClaimToken.from_json(e.claim), []
                     for path in self._batches(name):
-                        if lo < self._seq(path) <= hi:
-                            batch, flags = self._read_batch(path)
-                            parts.append(batch.select(flags))
+                        if token.covers(self._seq(path)):
+                            batch, meta = self._read_batch(path)
+                            parts.append(batch.select(meta.held_out))
                     return SampleSet.concat(parts, shape)
             return SampleSet.concat([], shape)
 
@@ -526,44 +540,21 @@ class LocalStore(Store):
             return len(invalid)
 
     def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
-        dropped = {"training": 0, "held_out": 0}
+        retention = RetentionPass(time.time(), max_age_s, max_samples)
         with self._lock(name):
             consumed = self._consumed_upto(name)
-            now, kept = time.time(), 0
             for path in reversed(self._batches(name)):  # newest first: the newest max_samples survive
                 if self._seq(path) > consumed:
                     continue  # pending samples stay until trained
-                meta = tensors.metadata(path.read_bytes())
-                old = max_age_s is not None and now - float(meta["at"]) > max_age_s
-                keep = []
-                for flag in meta["held_out"]:
-                    survive = not old and (max_samples is None or kept < max_samples)
-                    kept += survive
-                    keep.append(survive)
-                    if not survive:
-                        dropped["held_out" if flag else "training"] += 1
+                meta = self._read_meta(path)
+                keep = retention.mask(meta)
                 self._rewrite_batch(path, keep)
-        return dropped
+                retention.record(meta, keep)
+        return retention.dropped
 
-    def pending_counts(self, name: str) -> dict[str, Any]:
+    def pending_counts(self, name: str) -> PendingCounts:
         with self._lock(name):
-            start = self._consumed_upto(name)
-            labeled = unlabeled = held_out = 0
-            per_class: dict[str, int] = {}
-            for path in self._batches(name):
-                if self._seq(path) <= start:
-                    continue
-                meta = tensors.metadata(path.read_bytes())
-                for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
-                    if label is not None:
-                        per_class[label] = per_class.get(label, 0) + 1
-                    if flag:
-                        held_out += 1
-                    elif label is None:
-                        unlabeled += 1
-                    else:
-                        labeled += 1
-            return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
+            return tally_pending(self._pending_metas(name, self._consumed_upto(name)))
 
     # -- updates --------------------------------------------------------------------------------------------------
     def put_update(self, record: UpdateRecord) -> None:
@@ -583,13 +574,23 @@ class LocalStore(Store):
     def cancel_requested(self, name: str, update_id: str) -> bool:
         return self._update_path(name, update_id, ".cancel").exists()
 
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        with self._lock(record.model):
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        with self._lock(record.model):  # the check and the write under the model's lock: one step for every thread
             try:
                 return self.get_update(record.model, record.update_id)
             except NotFound:
-                self.put_update(record)
-                return record
+                pass
+            queued = [u for u in self.list_updates(record.model) if u.status == "queued"]  # oldest first
+            if join_queued and queued:
+                return queued[-1]
+            if max_queued is not None and len(queued) >= max_queued:
+                raise QueueFull(record.model, len(queued), max_queued)
+            self.put_update(record)
+            return record
 
     def list_updates(self, name: str) -> list[UpdateRecord]:
         udir = self._dir(name) / "updates"

@@ -23,7 +23,8 @@ keeps a model's keys in one slot)::
     P bseq / P sseq / P classes        batch and sample counters, labeled samples per class (the hold-out policy)
     P requests / P deleted             request key → batch (idempotent ingestion) / tombstoned sample ids
                                        (canonical decimals; `repair_deleted_ids` drops anything else)
-    P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation
+    P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation (a new update
+                                       is stored by a script that counts the queued ones: the queue limit)
     P answer:<sha256>          STRING  remembered answers (with their expiry)
     P lock / P fence           STRING  the update lock "<token> <owner>" (with expiry) / the newest fencing token
     P op:<id>                  STRING  result of a finished script call, so a call retried after a lost reply
@@ -48,8 +49,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -66,7 +67,7 @@ from cl_core.validation import shown
 from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.names import (
     check_model_name,
     check_request_key,
@@ -78,7 +79,17 @@ from registry.names import (
 )
 from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
-from registry.samples import Claim, SampleSet, holdout_flags
+from registry.samples import (
+    BatchMeta,
+    Claim,
+    ClaimToken,
+    PendingCounts,
+    RetentionPass,
+    SampleSet,
+    claim_batches,
+    holdout_flags,
+    tally_pending,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +103,8 @@ _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "NOAUTH", "WRON
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Staged = tuple[str, bytes | str]
+"""A payload as `RedisStore._stage` left it: ("i", bytes) inline, or ("c", "<blob> <count>") in expiring chunks."""
 
 
 def redact(url: str) -> str:
@@ -135,8 +148,7 @@ def _translated(method: Callable[Concatenate[RedisStore, P], R]) -> Callable[Con
 class _Batch:
     """One ingestion batch as read back: its metadata, training rows and held-out rows."""
 
-    seq: int
-    meta: dict[str, Any]
+    meta: BatchMeta
     train: SampleSet
     held: SampleSet
 
@@ -178,6 +190,7 @@ class RedisStore(Store):
                 "promote": scripts.PROMOTE,
                 "ack": scripts.ACK,
                 "hset": scripts.GUARDED_HSET,
+                "create_update": scripts.CREATE_UPDATE,
                 "request_cancel": scripts.REQUEST_CANCEL,
                 "set": scripts.GUARDED_SET,
                 "sadd": scripts.GUARDED_SADD,
@@ -242,7 +255,7 @@ class RedisStore(Store):
         queue(pipe)
         return self._checked(name, pipe.execute())
 
-    def _stage(self, name: str, data: bytes) -> tuple[str, bytes | str]:
+    def _stage(self, name: str, data: bytes) -> Staged:
         """("i", bytes) to store inline, or ("c", "<blob> <count>") after writing the chunks with an expiry (the
         commit that references them makes them permanent)."""
         if len(data) <= self.chunk_bytes:
@@ -265,7 +278,7 @@ class RedisStore(Store):
         blob, count = _text(ref).split()
         return [self._k(name, "blob", blob, i) for i in range(int(count))]
 
-    def _unstage(self, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+    def _unstage(self, name: str, staged: list[Staged]) -> None:
         keys = [k for mode, value in staged if mode == "c" for k in self._chunk_keys(name, value)]
         if keys:
             with suppress(redis.RedisError):
@@ -286,15 +299,29 @@ class RedisStore(Store):
                 parts.append(part)
         return b"".join(parts)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Pipeline]:
-        with self._redis.pipeline(transaction=True) as pipe:
-            yield pipe
+    def _optimistic(self, name: str, what: str, attempt: Callable[[Pipeline, list[Staged]], R]) -> R:
+        """``attempt`` as one WATCH/MULTI transaction, run again (a bounded number of times) while another client
+        changes a watched key under it: the one optimistic-transaction loop of the store.
 
-    def _contended(self, attempt: int) -> None:
-        """After a failed WATCH: back off a little; an outage (not contention) raises from the ping."""
-        self._redis.ping()
-        time.sleep(min(0.05, 0.001 * attempt))
+        ``attempt(pipe, staged)`` watches the keys it reads, reads them, then queues its writes after
+        ``pipe.multi()`` and executes them, or returns without writing.  It lists the chunks it stages in
+        ``staged``: they are removed whenever the attempt does not commit.  A chunked value that moved while being
+        read (`_Moved`) counts as a change too.  Contention beyond the bound raises StoreUnavailable (``what``
+        says what failed); an outage raises from the ping between attempts."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            for n in range(_TRANSACTION_ATTEMPTS):
+                staged: list[Staged] = []
+                try:
+                    return attempt(pipe, staged)
+                except (WatchError, _Moved):
+                    self._unstage(name, staged)
+                    pipe.reset()
+                    self._redis.ping()
+                    time.sleep(min(0.05, 0.001 * n))
+                except BaseException:
+                    self._unstage(name, staged)
+                    raise
+        raise StoreUnavailable(f"{what}: too many concurrent writers")
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     @_translated
@@ -486,19 +513,19 @@ class RedisStore(Store):
         return {n: None if v is None else int(v) for n, v in zip(names, values, strict=True)}
 
     # -- samples --------------------------------------------------------------------------------------------------
-    def _batch_fields(self, name: str, inputs: Tensor, held: Sequence[bool]) -> tuple[dict[Any, Any], list[Any]]:
-        """The payload fields of a batch: training rows and held-out rows apart (staged when large)."""
+    def _batch_fields(self, name: str, inputs: Tensor, held: Sequence[bool], staged: list[Staged]) -> dict[Any, Any]:
+        """The payload fields of a batch: training rows and held-out rows apart (staged when large, each staged
+        payload added to ``staged`` at once so that a failure cleans it up)."""
         fields: dict[Any, Any] = {}
-        staged: list[tuple[str, bytes | str]] = []
         for field, flag in (("train", False), ("held", True)):
             rows = [i for i, h in enumerate(held) if h == flag]
             if rows:
                 mode, value = self._stage(name, tensors.dumps({"inputs": inputs[rows]}))
-                fields[field if mode == "i" else field + "@"] = value
                 staged.append((mode, value))
-        return fields, staged
+                fields[field if mode == "i" else field + "@"] = value
+        return fields
 
-    def _persist(self, pipe: Pipeline, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+    def _persist(self, pipe: Pipeline, name: str, staged: list[Staged]) -> None:
         for mode, value in staged:
             if mode == "c":
                 for key in self._chunk_keys(name, value):
@@ -518,68 +545,61 @@ class RedisStore(Store):
             check_request_key(request_key)
         labels = list(labels)
         k = functools.partial(self._k, name)
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
-                    if not pipe.exists(k("model")):
-                        raise NotFound(f"model {name!r} does not exist")
-                    if request_key is not None:
-                        known = pipe.hget(k("requests"), request_key)
-                        meta_raw = pipe.hget(k("b", int(known)), "meta") if known is not None else None
-                        if meta_raw is not None:
-                            meta = json.loads(meta_raw)
-                            return list(meta["original_ids"]), list(meta["original_held_out"])
-                    counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
-                    before = dict(counts)
-                    held = holdout_flags(labels, counts, holdout_fraction)
-                    seq = int(pipe.get(k("bseq")) or 0) + 1
-                    first = int(pipe.get(k("sseq")) or 0) + 1
-                    ids = [str(first + i) for i in range(len(labels))]
-                    meta = {
-                        "labels": labels,
-                        "held_out": held,
-                        "ids": ids,
-                        "at": time.time(),
-                        "request_key": request_key,
-                        "original_ids": ids if request_key is not None else None,
-                        "original_held_out": held if request_key is not None else None,
-                    }
-                    fields, staged = self._batch_fields(name, inputs, held)
-                    pipe.multi()
-                    changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
-                    if changed:
-                        pipe.hset(k("classes"), mapping=changed)
-                    pipe.set(k("bseq"), seq)
-                    pipe.set(k("sseq"), first + len(labels) - 1)
-                    pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta), **fields})
-                    self._persist(pipe, name, staged)
-                    pipe.zadd(k("batches"), {str(seq): seq})
-                    pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
-                    if request_key is not None:
-                        pipe.hset(k("requests"), request_key, seq)
-                    pipe.execute()
-                    return ids, held
-                except WatchError:
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"samples of {name!r} could not be stored: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[str], list[bool]]:
+            pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            if request_key is not None:
+                known = pipe.hget(k("requests"), request_key)
+                meta_raw = pipe.hget(k("b", int(known)), "meta") if known is not None else None
+                if meta_raw is not None:
+                    first_answer = json.loads(meta_raw)
+                    return list(first_answer["original_ids"]), list(first_answer["original_held_out"])
+            counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
+            before = dict(counts)
+            held = holdout_flags(labels, counts, holdout_fraction)
+            seq = int(pipe.get(k("bseq")) or 0) + 1
+            first = int(pipe.get(k("sseq")) or 0) + 1
+            ids = [str(first + i) for i in range(len(labels))]
+            meta = BatchMeta(
+                seq,
+                labels,
+                held,
+                ids,
+                at=time.time(),
+                request_key=request_key,
+                original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
+                original_held_out=held if request_key is not None else None,
+            )
+            fields = self._batch_fields(name, inputs, held, staged)
+            pipe.multi()
+            changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
+            if changed:
+                pipe.hset(k("classes"), mapping=changed)
+            pipe.set(k("bseq"), seq)
+            pipe.set(k("sseq"), first + len(labels) - 1)
+            pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta.to_json()), **fields})
+            self._persist(pipe, name, staged)
+            pipe.zadd(k("batches"), {str(seq): seq})
+            pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
+            if request_key is not None:
+                pipe.hset(k("requests"), request_key, seq)
+            pipe.execute()
+            return ids, held
+
+        return self._optimistic(name, f"samples of {name!r} could not be stored", attempt)
 
     def _batch(self, name: str, seq: int, data: dict[Any, Any], shape: Sequence[int]) -> _Batch:
         """A batch from its hash (HGETALL); raises _Moved if a chunked payload changed meanwhile."""
-        meta = json.loads(data[b"meta"])
-        flags: list[bool] = meta["held_out"]
+        meta = BatchMeta.from_json(seq, json.loads(data[b"meta"]))
         parts = {}
         for field, flag in (("train", False), ("held", True)):
-            rows = [i for i, h in enumerate(flags) if h == flag]
+            rows = [i for i, h in enumerate(meta.held_out) if h == flag]
             payload = self._payload(name, data.get(field.encode()), data.get(f"{field}@".encode()))
             inputs = tensors.loads(payload)["inputs"] if payload is not None else torch.zeros(0, *shape)
-            parts[field] = SampleSet(inputs, [meta["labels"][i] for i in rows], [meta["ids"][i] for i in rows])
-        return _Batch(seq, meta, parts["train"], parts["held"])
+            parts[field] = SampleSet(inputs, [meta.labels[i] for i in rows], [meta.ids[i] for i in rows])
+        return _Batch(meta, parts["train"], parts["held"])
 
     def _batches(self, name: str, seqs: Sequence[int], shape: Sequence[int]) -> list[_Batch]:
         """The stored batches among ``seqs``, in order (deleted ones are skipped)."""
@@ -600,12 +620,15 @@ class RedisStore(Store):
                         data = self._redis.hgetall(self._k(name, "b", seq))
         return out
 
-    def _metas(self, name: str, seqs: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+    def _metas(self, name: str, seqs: Sequence[int]) -> list[BatchMeta]:
+        """The metadata of the stored batches among ``seqs``, in order (deleted ones are skipped)."""
         pipe = self._redis.pipeline(transaction=False)
         for seq in seqs:
             pipe.hget(self._k(name, "b", seq), "meta")
         replies = pipe.execute() if seqs else []
-        return [(seq, json.loads(raw)) for seq, raw in zip(seqs, replies, strict=True) if raw is not None]
+        return [
+            BatchMeta.from_json(seq, json.loads(raw)) for seq, raw in zip(seqs, replies, strict=True) if raw is not None
+        ]
 
     def _acked(self, name: str) -> int:
         return int(self._redis.get(self._k(name, "acked")) or 0)
@@ -639,19 +662,13 @@ class RedisStore(Store):
         stale = [f"{seq}-0" for seq in entries if seq <= start]
         if stale:  # delivered after an acknowledgement already covered them: nothing to train
             self._redis.xack(self._k(name, "stream"), GROUP, *stale)
-        taken, counted = [], 0
-        for seq, meta in self._metas(name, [seq for seq in entries if seq > start]):
-            n_train = sum(not flag for flag in meta["held_out"])
-            if limit is not None and counted and counted + n_train > limit:
-                break
-            taken.append(seq)
-            counted += n_train
-        batches = self._batches(name, taken, shape)
-        upto = batches[-1].seq if batches else start
+        taken = claim_batches(self._metas(name, [seq for seq in entries if seq > start]), limit)
+        batches = self._batches(name, [meta.seq for meta in taken], shape)
+        upto = batches[-1].meta.seq if batches else start
         return Claim(
             SampleSet.concat([b.train for b in batches], shape),
             SampleSet.concat([b.held for b in batches], shape),
-            {"from": start, "upto": upto},
+            ClaimToken(start, upto),
         )
 
     @_translated
@@ -659,18 +676,14 @@ class RedisStore(Store):
         experience = ExperienceRecord(
             version=version,
             update_id=update_id,
-            claim=dict(claim.token),
+            claim=claim.token.to_json(),
             labeled=len(claim.train.labeled),
             unlabeled=len(claim.train.unlabeled),
             held_out=len(claim.held_out),
         )
         keys = [self._k(name, k) for k in ("model", "fence", "acked", "experiences", "stream")]
         keys.append(self._k(name, "op", uuid.uuid4().hex))
-        args = [
-            "" if fence is None else str(fence),
-            str(int(str(claim.token["from"]))),
-            str(int(str(claim.token["upto"]))),
-        ]
+        args = ["" if fence is None else str(fence), str(claim.token.after), str(claim.token.upto)]
         self._run("ack", keys, [*args, json.dumps(experience.to_json()), GROUP, repr(name), OP_TTL_MS])
         self._forget_idle_consumers(name)
 
@@ -693,56 +706,47 @@ class RedisStore(Store):
         shape = self.get_model(name).input_shape
         for e in self.experiences(name):
             if e.version == version:
-                seqs = self._stored(name, f"({int(e.claim['from'])}", str(int(e.claim["upto"])))
+                token = ClaimToken.from_json(e.claim)
+                seqs = self._stored(name, f"({token.after}", str(token.upto))
                 return SampleSet.concat([b.held for b in self._batches(name, seqs, shape)], shape)
         return SampleSet.concat([], shape)
 
     def _rewrite_batch(
-        self, name: str, seq: int, keep_of: Callable[[dict[str, Any]], list[bool]]
-    ) -> tuple[list[bool], dict[str, Any]] | None:
+        self, name: str, seq: int, keep_of: Callable[[BatchMeta], list[bool]]
+    ) -> tuple[list[bool], BatchMeta] | None:
         """Keep only some rows of a batch (removing it, its stream entry and its request key when none remain).
         Returns the mask applied and the metadata it was computed from (None if the batch is gone)."""
         key, shape = self._k(name, "b", seq), self.get_model(name).input_shape
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(key)
-                    data = pipe.hgetall(key)
-                    if not data:
-                        return None
-                    batch = self._batch(name, seq, data, shape)
-                    keep = keep_of(batch.meta)
-                    if all(keep):
-                        return keep, batch.meta
-                    old_chunks = [c for f in (b"train@", b"held@") for c in self._chunk_keys(name, data.get(f))]
-                    pipe.multi()
-                    pipe.delete(key)
-                    if any(keep):
-                        meta = dict(batch.meta)
-                        for field in ("labels", "held_out", "ids"):
-                            meta[field] = [v for v, kept in zip(meta[field], keep, strict=True) if kept]
-                        rows = _merge_rows(batch, keep)
-                        fields, staged = self._batch_fields(name, rows, meta["held_out"])
-                        pipe.hset(key, mapping={"meta": json.dumps(meta), **fields})
-                        self._persist(pipe, name, staged)
-                    else:
-                        pipe.zrem(self._k(name, "batches"), str(seq))
-                        pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
-                        pipe.xdel(self._k(name, "stream"), f"{seq}-0")
-                        if batch.meta.get("request_key"):
-                            pipe.hdel(self._k(name, "requests"), batch.meta["request_key"])
-                    if old_chunks:
-                        pipe.unlink(*old_chunks)
-                    pipe.execute()
-                    return keep, batch.meta
-                except (WatchError, _Moved):
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"batch {seq} of {name!r} could not be rewritten: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[bool], BatchMeta] | None:
+            pipe.watch(key)
+            data = pipe.hgetall(key)
+            if not data:
+                return None
+            batch = self._batch(name, seq, data, shape)
+            keep = keep_of(batch.meta)
+            if all(keep):
+                return keep, batch.meta
+            old_chunks = [c for f in (b"train@", b"held@") for c in self._chunk_keys(name, data.get(f))]
+            pipe.multi()
+            pipe.delete(key)
+            if any(keep):
+                meta = batch.meta.select(keep)
+                fields = self._batch_fields(name, _merge_rows(batch, keep), meta.held_out, staged)
+                pipe.hset(key, mapping={"meta": json.dumps(meta.to_json()), **fields})
+                self._persist(pipe, name, staged)
+            else:
+                pipe.zrem(self._k(name, "batches"), str(seq))
+                pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
+                pipe.xdel(self._k(name, "stream"), f"{seq}-0")
+                if batch.meta.request_key:
+                    pipe.hdel(self._k(name, "requests"), batch.meta.request_key)
+            if old_chunks:
+                pipe.unlink(*old_chunks)
+            pipe.execute()
+            return keep, batch.meta
+
+        return self._optimistic(name, f"batch {seq} of {name!r} could not be rewritten", attempt)
 
     @_translated
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
@@ -752,10 +756,10 @@ class RedisStore(Store):
         else:
             self.get_model(name)
         found = 0
-        for seq, meta in self._metas(name, self._stored(name)):
-            if not any(i in wanted for i in meta["ids"]):
+        for meta in self._metas(name, self._stored(name)):
+            if not any(i in wanted for i in meta.ids):
                 continue
-            result = self._rewrite_batch(name, seq, lambda m: [i not in wanted for i in m["ids"]])
+            result = self._rewrite_batch(name, meta.seq, lambda m: [i not in wanted for i in m.ids])
             if result is not None:
                 found += result[0].count(False)
         return found
@@ -776,107 +780,74 @@ class RedisStore(Store):
 
     @_translated
     def apply_retention(self, name: str, *, max_age_s: float | None, max_samples: int | None) -> dict[str, int]:
-        dropped = {"training": 0, "held_out": 0}
         self.get_model(name)
-        consumed, now, kept = self._acked(name), time.time(), 0
-
-        def keep_of(meta: dict[str, Any]) -> list[bool]:
-            old = max_age_s is not None and now - float(meta["at"]) > max_age_s
-            keep, survivors = [], kept
-            for _ in meta["held_out"]:
-                survive = not old and (max_samples is None or survivors < max_samples)
-                survivors += survive
-                keep.append(survive)
-            return keep
-
-        for seq in reversed(self._stored(name, "-inf", str(consumed))):  # newest first; pending ones stay
-            result = self._rewrite_batch(name, seq, keep_of)
-            if result is None:
-                continue
-            keep, meta = result
-            kept += sum(keep)
-            for survive, flag in zip(keep, meta["held_out"], strict=True):
-                if not survive:
-                    dropped["held_out" if flag else "training"] += 1
-        return dropped
+        retention = RetentionPass(time.time(), max_age_s, max_samples)
+        for seq in reversed(self._stored(name, "-inf", str(self._acked(name)))):  # newest first; pending ones stay
+            result = self._rewrite_batch(name, seq, retention.mask)
+            if result is not None:
+                retention.record(result[1], result[0])
+        return retention.dropped
 
     @_translated
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
         k = functools.partial(self._k, name)
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
-                    if not pipe.exists(k("model")):
-                        raise NotFound(f"model {name!r} does not exist")
-                    start = int(pipe.get(k("acked")) or 0)
-                    if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
-                        raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
-                    seq = start
-                    fields: dict[Any, Any] = {}
-                    if len(held_out):
-                        seq = int(pipe.get(k("bseq")) or 0) + 1
-                        first = int(pipe.get(k("sseq")) or 0) + 1
-                        ids = [str(first + i) for i in range(len(held_out))]
-                        flags = [True] * len(held_out)
-                        meta = {"labels": held_out.labels, "held_out": flags, "ids": ids, "at": time.time()}
-                        fields, staged = self._batch_fields(name, held_out.inputs, flags)
-                        fields["meta"] = json.dumps(meta)
-                    token = {"from": start, "upto": seq}
-                    experience = ExperienceRecord(version, update_id, token, held_out=len(held_out))
-                    pipe.multi()
-                    if fields:
-                        pipe.set(k("bseq"), seq)
-                        pipe.set(k("sseq"), first + len(held_out) - 1)
-                        pipe.hset(k("b", seq), mapping=fields)
-                        self._persist(pipe, name, staged)
-                        pipe.zadd(k("batches"), {str(seq): seq})
-                        pipe.set(k("acked"), seq)
-                    pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
-                    pipe.execute()
-                    return
-                except WatchError:
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"the experience of {name!r} could not be stored: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+            pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            start = int(pipe.get(k("acked")) or 0)
+            if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
+                raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
+            seq = start
+            fields: dict[Any, Any] = {}
+            if len(held_out):
+                seq = int(pipe.get(k("bseq")) or 0) + 1
+                first = int(pipe.get(k("sseq")) or 0) + 1
+                ids = [str(first + i) for i in range(len(held_out))]
+                meta = BatchMeta(seq, list(held_out.labels), [True] * len(held_out), ids, at=time.time())
+                fields = self._batch_fields(name, held_out.inputs, meta.held_out, staged)
+                fields["meta"] = json.dumps(meta.to_json())
+            experience = ExperienceRecord(version, update_id, ClaimToken(start, seq).to_json(), held_out=len(held_out))
+            pipe.multi()
+            if fields:
+                pipe.set(k("bseq"), seq)
+                pipe.set(k("sseq"), first + len(held_out) - 1)
+                pipe.hset(k("b", seq), mapping=fields)
+                self._persist(pipe, name, staged)
+                pipe.zadd(k("batches"), {str(seq): seq})
+                pipe.set(k("acked"), seq)
+            pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
+            pipe.execute()
+
+        self._optimistic(name, f"the experience of {name!r} could not be stored", attempt)
 
     @_translated
-    def pending_counts(self, name: str) -> dict[str, Any]:
+    def pending_counts(self, name: str) -> PendingCounts:
         self.get_model(name)
-        labeled = unlabeled = held_out = 0
-        per_class: dict[str, int] = {}
-        for _, meta in self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf")):
-            for label, flag in zip(meta["labels"], meta["held_out"], strict=True):
-                if label is not None:
-                    per_class[label] = per_class.get(label, 0) + 1
-                if flag:
-                    held_out += 1
-                elif label is None:
-                    unlabeled += 1
-                else:
-                    labeled += 1
-        return {"labeled": labeled, "unlabeled": unlabeled, "held_out": held_out, "per_class": per_class}
+        return tally_pending(self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf")))
 
     # -- updates --------------------------------------------------------------------------------------------------
-    def _hset(self, name: str, field: str, value: str, *, only_if_absent: bool) -> bytes:
-        keys = [self._k(name, "model"), self._k(name, "updates")]
-        reply: bytes = self._run("hset", keys, [field, value, repr(name), "1" if only_if_absent else "0"])
-        return reply
-
     @_translated
     def put_update(self, record: UpdateRecord) -> None:
         check_update_id(record.update_id)
-        self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=False)
+        keys = [self._k(record.model, "model"), self._k(record.model, "updates")]
+        self._run("hset", keys, [record.update_id, json.dumps(record.to_json()), repr(record.model)])
 
     @_translated
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
         check_update_id(record.update_id)
-        stored = self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=True)
-        return UpdateRecord.from_json(json.loads(stored))
+        name = record.model
+        keys = [self._k(name, "model"), self._k(name, "updates")]
+        args = [record.update_id, json.dumps(record.to_json()), repr(name), "" if max_queued is None else max_queued]
+        kind, value = self._run("create_update", keys, [*args, "1" if join_queued else "0"])
+        if _text(kind) == "full":
+            raise QueueFull(name, int(value), int(max_queued or 0))
+        return UpdateRecord.from_json(json.loads(value))
 
     @_translated
     def get_update(self, name: str, update_id: str) -> UpdateRecord:
@@ -937,7 +908,7 @@ class RedisStore(Store):
 
 def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
     """The kept rows of a batch in their original order (training and held-out payloads interleaved back)."""
-    flags: list[bool] = batch.meta["held_out"]
+    flags = batch.meta.held_out
     shape = batch.train.inputs.shape[1:] if len(batch.train) else batch.held.inputs.shape[1:]
     rows = torch.zeros(len(flags), *shape)
     train_rows = [i for i, h in enumerate(flags) if not h]

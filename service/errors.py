@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cl_core.validation import InvalidData
-from registry import Conflict, InvalidIdentifier, NotFound, StoreUnavailable
+from registry import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:
         return error_response(409, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return error_response(429, str(exc), headers={"Retry-After": "10"})
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -26,8 +26,10 @@ def model_info(store: Store, server: ModelServer, record: ModelRecord, updating:
         classes=classes,
         live_version=live,
         versions=versions,
-        pending=schemas.PendingCounts(**pending),
-        pending_new_classes=sorted(c for c in pending["per_class"] if c not in classes),
+        pending=schemas.PendingCounts(
+            labeled=pending.labeled, unlabeled=pending.unlabeled, held_out=pending.held_out, per_class=pending.per_class
+        ),
+        pending_new_classes=sorted(c for c in pending.per_class if c not in classes),
         state=state,
         created_at=record.created_at,
     )

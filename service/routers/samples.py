@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
@@ -66,7 +64,7 @@ def ingest(
     inputs = to_tensor([s.input for s in body.samples], record.input_shape, "input", "samples[{index}].input")
     labels = labels_of([s.label for s in body.samples])
     before = store.pending_counts(name)
-    waiting = before["labeled"] + before["unlabeled"] + before["held_out"]
+    waiting = before.total
     if waiting + len(labels) > settings.max_pending_samples:
         raise ApiError(
             429,
@@ -95,10 +93,17 @@ def ingest(
         last_id=ids[-1],
     )
     update_id = None
-    reason = runtime.policy.reason(_with_request(before, labels, held), known)
+    reason = runtime.policy.reason(before.plus(labels, held), known)  # saves reading the store again
     if reason is not None:
         update = request_update(
-            store, runtime.executor, name, runtime.policy.method, triggered_by=caller.name, reason=reason, merge=True
+            store,
+            runtime.executor,
+            name,
+            runtime.policy.method,
+            triggered_by=caller.name,
+            reason=reason,
+            merge=True,  # joins a queued update, so the queue limit never refuses it
+            max_queued=settings.max_queued_updates,
         )
         update_id = update.update_id
     answer = schemas.SamplesResponse(
@@ -141,17 +146,3 @@ def delete_samples(
     return schemas.SamplesDeleted(
         deleted=result.samples, exemplars_removed=result.exemplars, versions_scrubbed=result.versions
     )
-
-
-def _with_request(pending: dict[str, Any], labels: list[str | None], held: list[bool]) -> dict[str, Any]:
-    """The pending counts read before this request, plus what it added (saves reading the store again)."""
-    per_class = dict(pending["per_class"])
-    for label in labels:
-        if label is not None:
-            per_class[label] = per_class.get(label, 0) + 1
-    return {
-        "labeled": pending["labeled"] + sum(y is not None and not h for y, h in zip(labels, held, strict=True)),
-        "unlabeled": pending["unlabeled"] + labels.count(None),
-        "held_out": pending["held_out"] + sum(held),
-        "per_class": per_class,
-    }

@@ -84,7 +84,7 @@ def test_evaluation_and_importance_tasks_answer_in_json(store: RedisStore) -> No
     importance = estimate_importance_task.apply(args=["m"], kwargs={"max_samples": 4}).get()
     assert importance["version"] == 1 and importance["samples"] == 4
     assert set(importance["parameters"]) >= {"head.weight"} and json.dumps(importance)
-    assert store.pending_counts("m")["unlabeled"] == 6  # measured, not consumed
+    assert store.pending_counts("m").unlabeled == 6  # measured, not consumed
 
 
 def test_the_executor_sends_one_json_message_per_update_under_an_id_derived_from_it(store: RedisStore) -> None:

@@ -75,7 +75,7 @@ def test_request_keys_are_refused_unless_printable_ascii(store: Store) -> None:
     for bad in ("", "a b", "x" * 201, "é"):
         with pytest.raises(ValueError, match="request key"):
             store.append_samples("digits", torch.zeros(1, 3), ["a"], 0.2, request_key=bad)
-    assert store.pending_counts("digits")["labeled"] == 0
+    assert store.pending_counts("digits").labeled == 0
 
 
 @pytest.mark.parametrize("bad", [*BAD_SAMPLE_IDS, 7, None])
@@ -86,7 +86,7 @@ def test_invalid_sample_ids_are_refused_and_nothing_is_written(store: Store, bad
     with pytest.raises(ValueError, match="sample id"):
         store.delete_samples("digits", [ids[1], bad])  # type: ignore[list-item]
     assert store.deleted_ids("digits") == {int(ids[0])}
-    assert store.pending_counts("digits")["labeled"] + store.pending_counts("digits")["unlabeled"] == 2
+    assert store.pending_counts("digits").trainable == 2
 
 
 def test_the_largest_sample_id_is_accepted(store: Store) -> None:

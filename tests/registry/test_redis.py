@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 import redis
 import torch
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 
-from registry import Conflict, ModelRecord, StoreUnavailable, UpdateRecord, VersionRecord
+from registry import Conflict, ModelRecord, StoreUnavailable, UpdateRecord, VersionRecord, redis_store
 from registry import tensors as st
-from registry.redis_store import RedisStore
+from registry.redis_store import RedisStore, Staged
 from tests.distributed.processes import redis_server
 
 NAME = "digits"
@@ -105,7 +107,41 @@ def test_deleting_a_model_leaves_no_key_behind(store: RedisStore, redis_url: str
     assert keys(redis_url, "*digits*") == set()
     assert [m.name for m in store.list_models()] == ["other"]
     store.create_model(model())  # the name can be used again, from scratch
-    assert store.live_version(NAME) is None and store.pending_counts(NAME)["labeled"] == 0
+    assert store.live_version(NAME) is None and store.pending_counts(NAME).labeled == 0
+
+
+def test_a_transaction_whose_watched_key_changes_runs_again(store: RedisStore, redis_url: str) -> None:
+    other, attempts = redis.Redis.from_url(redis_url), []
+
+    def attempt(pipe: Pipeline, staged: list[Staged]) -> int:
+        pipe.watch("counter")
+        value = int(pipe.get("counter") or 0)
+        attempts.append(value)
+        if len(attempts) == 1:
+            other.set("counter", 10)  # another client writes between our read and our write
+        pipe.multi()
+        pipe.set("counter", value + 1)
+        pipe.execute()
+        return value + 1
+
+    assert store._optimistic(NAME, "the counter", attempt) == 11
+    assert attempts == [0, 10] and other.get("counter") == b"11"
+
+
+def test_transactions_give_up_after_a_bounded_number_of_attempts_leaving_no_chunk(
+    store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "_TRANSACTION_ATTEMPTS", 3)
+    attempts = []
+
+    def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+        attempts.append(1)
+        staged.append(store._stage(NAME, b"x" * (store.chunk_bytes + 1)))  # large: written as expiring chunks
+        raise WatchError()  # as if another writer always won
+
+    with pytest.raises(StoreUnavailable, match="the test value: too many concurrent writers"):
+        store._optimistic(NAME, "the test value", attempt)
+    assert len(attempts) == 3 and keys(redis_url, "cl:{digits}:blob:*") == set()
 
 
 def test_a_retried_script_call_applies_once(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +187,7 @@ def test_an_acknowledgement_with_a_stale_fencing_token_is_refused(store: RedisSt
     wait_for(lambda: store.acquire_update_lock(NAME, "w2", ttl_s=30) is not None)
     with pytest.raises(Conflict):
         store.ack(NAME, claim, 1, "u", fence=token)
-    assert store.pending_counts(NAME)["labeled"] == 2
+    assert store.pending_counts(NAME).labeled == 2
 
 
 def test_promotions_reach_other_processes_and_stay_within_their_database(redis_url: str) -> None:

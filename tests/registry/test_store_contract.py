@@ -1,12 +1,17 @@
 """The store contract: what every backend guarantees (run against each backend)."""
 
 import threading
+import uuid
+from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st_
 
-from registry import Conflict, ModelRecord, NotFound, Store, UpdateRecord, VersionRecord
+from registry import Conflict, ModelRecord, NotFound, PendingCounts, QueueFull, Store, UpdateRecord, VersionRecord
 from registry import tensors as st
+from registry.records import UpdateStatus
 
 
 def model(name: str = "digits") -> ModelRecord:
@@ -94,7 +99,7 @@ def test_samples_are_held_out_by_class_claimed_and_acknowledged(store: Store) ->
     assert len(set(ids)) == 18
     assert [i for i, h in enumerate(held) if h] == [4, 9, 14]  # the 5th and 10th "a", the 5th "b"
     counts = store.pending_counts("digits")
-    assert counts == {"labeled": 12, "unlabeled": 3, "held_out": 3, "per_class": {"a": 10, "b": 5}}
+    assert counts == PendingCounts(labeled=12, unlabeled=3, held_out=3, per_class={"a": 10, "b": 5})
     claim = store.claim("digits")
     assert len(claim.train) == 15 and len(claim.held_out) == 3
     assert claim.train.labels.count(None) == 3
@@ -111,6 +116,17 @@ def test_samples_are_held_out_by_class_claimed_and_acknowledged(store: Store) ->
     assert (experience.version, experience.labeled, experience.unlabeled, experience.held_out) == (1, 12, 3, 3)
     with pytest.raises(Conflict):
         store.ack("digits", claim, version=2, update_id="u2")  # already consumed
+
+
+def test_the_counts_before_a_batch_plus_the_batch_are_the_counts_after_it(store: Store) -> None:
+    """Ingestion asks the policy with ``before.plus(batch)`` instead of reading the store again: the same rule."""
+    store.create_model(model())
+    store.append_samples("digits", torch.rand(7, 3), ["a", None, "a", "b", "a", "a", "a"], 0.2)
+    before = store.pending_counts("digits")
+    labels: list[str | None] = ["b", "b", None, "c", "b", "b", "b"]
+    _, held = store.append_samples("digits", torch.rand(7, 3), labels, 0.2)
+    assert store.pending_counts("digits") == before.plus(labels, held)
+    assert before.held_out == 1 and held == [False] * 5 + [True, False]  # the 5th "a", then the 5th "b"
 
 
 def test_sample_inputs_round_trip_exactly(store: Store) -> None:
@@ -184,7 +200,7 @@ def test_ingestion_with_a_request_key_stores_once(store: Store) -> None:
     ids, held = store.append_samples("digits", x, ["a"] * 5, 0.2, request_key="k1")
     again, held_again = store.append_samples("digits", torch.rand(5, 3), ["a"] * 5, 0.2, request_key="k1")
     assert (again, held_again) == (ids, held)
-    assert store.pending_counts("digits")["per_class"] == {"a": 5}
+    assert store.pending_counts("digits").per_class == {"a": 5}
     other, _ = store.append_samples("digits", x, ["a"] * 5, 0.2, request_key="k2")
     assert set(other).isdisjoint(ids)
 
@@ -261,3 +277,120 @@ def test_versions_can_be_numbered_scrubbed_and_deleted(store: Store) -> None:
     store.delete_version("digits", 3)
     assert [v.version for v in store.list_versions("digits")] == [4]
     assert store.commit_version(version(), st.dumps({}), st.dumps({})).version == 5  # numbers are not reused
+
+
+def _update(update_id: str, name: str = "digits") -> UpdateRecord:
+    return UpdateRecord(update_id=update_id, model=name, method="auto")
+
+
+def _race(count: int, request: Callable[[int], None]) -> None:
+    """``count`` threads call ``request(i)`` at once (a barrier releases them together)."""
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        request(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_the_queue_limit_holds_under_concurrent_requests(store: Store) -> None:
+    store.create_model(model())
+    accepted: list[str] = []
+    refused: list[QueueFull] = []
+
+    def request(i: int) -> None:
+        try:
+            accepted.append(store.create_update(_update(f"u{i}"), max_queued=8).update_id)
+        except QueueFull as exc:
+            refused.append(exc)
+
+    _race(20, request)
+    assert len(accepted) == 8 and len(set(accepted)) == 8 and len(refused) == 12
+    assert {(e.queued, e.limit) for e in refused} == {(8, 8)}
+    assert sorted(u.update_id for u in store.list_updates("digits") if u.status == "queued") == sorted(accepted)
+
+
+def test_the_queue_limit_counts_queued_updates_and_spares_retries(store: Store) -> None:
+    store.create_model(model())
+    for i in range(2):
+        store.create_update(_update(f"u{i}"), max_queued=2)
+    with pytest.raises(QueueFull):
+        store.create_update(_update("u2"), max_queued=2)
+    assert store.create_update(_update("u0"), max_queued=2).update_id == "u0"  # a retry gets the stored record
+    started = store.get_update("digits", "u0")
+    started.status = "running"
+    store.put_update(started)  # a started update leaves the queue
+    assert store.create_update(_update("u2"), max_queued=2).update_id == "u2"
+    assert store.create_update(_update("u3")).update_id == "u3"  # no limit given: none applies
+    with pytest.raises(ValueError):
+        store.create_update(_update("u4"), max_queued=0)
+    with pytest.raises(NotFound):
+        store.create_update(_update("u5", name="nope"), max_queued=2)
+
+
+def test_a_joining_request_joins_the_newest_queued_update(store: Store) -> None:
+    store.create_model(model())
+    assert store.create_update(_update("p1"), join_queued=True).update_id == "p1"  # nothing queued: created
+    assert store.create_update(_update("p2"), join_queued=True).update_id == "p1"
+    store.create_update(_update("e1"))
+    assert store.create_update(_update("p3"), max_queued=2, join_queued=True).update_id == "e1"  # full: joins
+    for update_id in ("p1", "e1"):
+        record = store.get_update("digits", update_id)
+        record.status = "succeeded"
+        store.put_update(record)
+    assert store.create_update(_update("p4"), join_queued=True).update_id == "p4"
+    assert [u.update_id for u in store.list_updates("digits")] == ["p1", "e1", "p4"]
+
+
+def test_concurrent_joining_requests_queue_one_update(store: Store) -> None:
+    store.create_model(model())
+    got: list[str] = []
+    _race(12, lambda i: got.append(store.create_update(_update(f"j{i}"), max_queued=8, join_queued=True).update_id))
+    assert len(got) == 12 and len(set(got)) == 1
+    assert [u.update_id for u in store.list_updates("digits")] == got[:1]
+
+
+STATUSES: list[UpdateStatus] = ["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=st_.integers(1, 5),
+    initial=st_.lists(st_.sampled_from(STATUSES), max_size=7),
+    joins=st_.lists(st_.booleans(), min_size=1, max_size=10),
+)
+def test_concurrent_requests_never_exceed_the_queue_limit(
+    store: Store, limit: int, initial: list[UpdateStatus], joins: list[bool]
+) -> None:
+    """Whatever the queue held and however plain and joining requests interleave, no request queues an update
+    beyond the limit, a plain request is refused only when the queue is full, and a joining one never is."""
+    name = f"q{uuid.uuid4().hex[:12]}"
+    store.create_model(model(name))
+    for i, status in enumerate(initial):
+        store.put_update(UpdateRecord(update_id=f"i{i}", model=name, method="auto", status=status))
+    queued_before = initial.count("queued")
+    answers: dict[int, str] = {}
+    refused: list[int] = []
+
+    def request(i: int) -> None:
+        try:
+            answers[i] = store.create_update(_update(f"r{i}", name), max_queued=limit, join_queued=joins[i]).update_id
+        except QueueFull:
+            refused.append(i)
+
+    _race(len(joins), request)
+    queued = [u.update_id for u in store.list_updates(name) if u.status == "queued"]
+    created = {a for a in answers.values() if a.startswith("r")}
+    assert len(queued) == queued_before + len(created)
+    assert len(created) <= max(0, limit - queued_before)
+    assert not any(joins[i] for i in refused)
+    if not any(joins):
+        assert len(created) == min(len(joins), max(0, limit - queued_before))
+    if refused:
+        assert len(queued) == max(limit, queued_before)
+    store.delete_model(name)

@@ -109,7 +109,7 @@ def test_failed_update_keeps_samples_pending_and_live_version(tmp_path: Path, di
     post(store, digits, [0, 1])
     bad = update(store, "ewc", WorkerSettings(epochs=1, device="no-such-device"))
     assert bad.status == "failed"
-    assert store.live_version("digits") is None and store.pending_counts("digits")["labeled"] == 160
+    assert store.live_version("digits") is None and store.pending_counts("digits").labeled == 160
 
 
 def test_unlabeled_samples_only_update_importance(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
@@ -154,12 +154,12 @@ def test_preempted_update_goes_back_to_the_queue_and_cancelled_one_commits_nothi
     store.put_update(record)
     result = run_update(store, "digits", record.update_id, SETTINGS, preempted=lambda: True)
     assert result.status == "queued" and "shutdown" in (result.error or "")
-    assert store.list_versions("digits") == [] and store.pending_counts("digits")["labeled"] == 64
+    assert store.list_versions("digits") == [] and store.pending_counts("digits").labeled == 64
     store.request_cancel("digits", record.update_id)
     assert store.cancel_requested("digits", record.update_id)
     result = run_update(store, "digits", record.update_id, SETTINGS)
     assert result.status == "cancelled" and store.list_versions("digits") == []
-    assert store.pending_counts("digits")["labeled"] == 64
+    assert store.pending_counts("digits").labeled == 64
 
 
 def test_retention_keeps_newest_and_promoted_versions(tmp_path: Path) -> None:
