@@ -11,7 +11,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.continual-serve-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint
+.PHONY: install run test lint smoke
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -35,3 +35,11 @@ lint: install
 	$(PYTHON) -m ruff check cl_core registry worker service clbench tests
 	$(PYTHON) -m ruff format --check cl_core registry worker service clbench tests
 	$(PYTHON) -m mypy
+
+# The deployment for real: build the image, run redis, the API replicas, a worker and Prometheus with Compose, teach
+# the demo model new digits, check health, users and metrics, tear down (tests/deploy/smoke.py). Takes minutes and
+# needs a Docker engine, so neither `make test` nor .ci/run runs it. Image build arguments go in BUILD_ARGS, e.g.
+#   make smoke BUILD_ARGS="TORCH_INDEX_URL=https://mirror.example/simple"
+BUILD_ARGS ?=
+smoke:
+	python3 -m tests.deploy.smoke $(foreach arg,$(BUILD_ARGS),--build-arg $(arg))

@@ -86,11 +86,15 @@ class Client:
         params = {"top_k": top_k} if top_k else None
         return self._call("POST", f"/v1/models/{name}/predict", json={"inputs": _jsonable(inputs)}, params=params)
 
-    def post_samples(self, name: str, inputs: Any, labels: Sequence[Any] | None = None) -> dict[str, Any]:
+    def post_samples(
+        self, name: str, inputs: Any, labels: Sequence[Any] | None = None, *, defer_update: bool = False
+    ) -> dict[str, Any]:
+        """One durable batch; ``defer_update``: more of the same batch follows, so the update policy waits."""
         rows = _jsonable(inputs)
         labels = list(labels) if labels is not None else [None] * len(rows)
         samples = [{"input": x, "label": y} for x, y in zip(rows, labels, strict=True)]
-        return self._call("POST", f"/v1/models/{name}/samples", json={"samples": samples})
+        params = {"defer_update": "true"} if defer_update else None
+        return self._call("POST", f"/v1/models/{name}/samples", json={"samples": samples}, params=params)
 
     def post_samples_chunked(
         self,
@@ -101,11 +105,15 @@ class Client:
         chunk: int = 500,
         on_chunk: Callable[[int], None] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Post in chunks (one durable batch each), yielding every answer."""
+        """Post in chunks (one durable batch each), yielding every answer.  Every chunk but the last defers the
+        update policy, so the whole of ``inputs`` makes at most one update (the last answer's ``update_id``)."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, got {chunk}")
         array = np.asarray(inputs, dtype=np.float32)
         for start in range(0, len(array), chunk):
             part = None if labels is None else list(labels[start : start + chunk])
-            answer = self.post_samples(name, array[start : start + chunk], part)
+            last = start + chunk >= len(array)
+            answer = self.post_samples(name, array[start : start + chunk], part, defer_update=not last)
             if on_chunk is not None:
                 on_chunk(len(array[start : start + chunk]))
             yield answer

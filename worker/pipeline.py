@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from cl_core.experience import Experience
+from cl_core.labels import natural_order
 from cl_core.learner import Learner
 from cl_core.models import Classifier, ModelSpec, build_model, grow_classes
 from registry import Conflict, SampleSet, Store, StoreUnavailable, UpdateRecord, VersionRecord
@@ -268,7 +269,8 @@ def _update(
     everything = evaluation.all(spec.input_shape)
     parent_predictions = predict_labels(model, old_classes, everything.inputs) if parent is not None else None
 
-    new_labels = [label for label in dict.fromkeys(labeled.labels) if label is not None and label not in spec.classes]
+    # new classes join the head in natural order (whatever order the samples came in)
+    new_labels = natural_order({label for label in labeled.labels if label is not None and label not in spec.classes})
     new_classes = grow_classes(model, spec, new_labels, seed=settings.seed)
     config = settings.train_config(seed=settings.seed + len(chain))
     gamma = importance_s = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from cl_core.labels import natural_order
 from registry import PendingCounts, Store, UpdateRecord
 from worker.audit import audit
 from worker.executor import Executor
@@ -28,7 +29,7 @@ class UpdatePolicy:
         """Why an update should start now, or None."""
         new = {c: n for c, n in pending.per_class.items() if c not in known_classes}
         if new and all(n >= self.min_samples_per_new_class for n in new.values()):
-            return f"policy: new classes {sorted(new)} have ≥ {self.min_samples_per_new_class} samples each"
+            return f"policy: new classes {natural_order(new)} have ≥ {self.min_samples_per_new_class} samples each"
         if self.after_labeled and pending.labeled >= self.after_labeled:
             return f"policy: {pending.labeled} new labeled samples (≥ {self.after_labeled})"
         return None

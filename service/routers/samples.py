@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from cl_core.labels import natural_order
 from service import schemas
 from service.auth import Principal
 from service.bodies import documented, parse_json
@@ -19,6 +22,14 @@ from worker.pipeline import LockLost
 from worker.scheduling import request_update
 
 router = APIRouter(prefix="/v1/models", tags=["samples"])
+
+DeferUpdate = Annotated[
+    bool,
+    Query(
+        description="more samples of the same batch follow: store these but leave the update policy to the last "
+        "request (one posted file then makes one update, trained on all of it)"
+    ),
+]
 
 
 @router.post(
@@ -39,11 +50,13 @@ async def post_samples(
     runtime: RuntimeDep,
     caller: TrainCaller,
     idempotency_key: IdempotencyKey = None,
+    defer_update: DeferUpdate = False,
 ) -> schemas.SamplesResponse:
     """Accept samples (label absent or null = unlabeled).  New labels are new classes: the head grows at the next
-    update.  A share of each labeled class is held out for evaluation.  The update policy may start an update."""
+    update.  A share of each labeled class is held out for evaluation.  The update policy may start an update,
+    unless ``defer_update`` says that more samples follow."""
     body = await parse_json(request, schemas.SamplesRequest)
-    return await run_in_threadpool(ingest, name, body, runtime, caller, idempotency_key)
+    return await run_in_threadpool(ingest, name, body, runtime, caller, idempotency_key, defer_update)
 
 
 def ingest(
@@ -52,11 +65,14 @@ def ingest(
     runtime: Runtime,
     caller: Principal,
     idempotency_key: str | None,
+    defer_update: bool = False,
 ) -> schemas.SamplesResponse:
-    """Store the samples (blocking I/O: runs in the thread pool)."""
+    """Store the samples (blocking I/O: runs in the thread pool); the update policy looks at everything pending
+    once they are stored, unless ``defer_update``."""
     store, settings = runtime.store, runtime.settings
     record = store.get_model(name)
-    request_digest = digest(body.model_dump_json()) if idempotency_key else ""
+    # the flag is part of the request: the same key with and without it are different requests
+    request_digest = digest(f"{body.model_dump_json()}\0defer_update={defer_update}") if idempotency_key else ""
     if idempotency_key and (first := replay(store, name, "samples", idempotency_key, request_digest)) is not None:
         return schemas.SamplesResponse(**first)
     if len(body.samples) > settings.max_samples_per_request:
@@ -80,7 +96,7 @@ def ingest(
     runtime.api_metrics.samples.labels(name, "labeled").inc(labeled - held_out)
     runtime.api_metrics.samples.labels(name, "unlabeled").inc(len(labels) - labeled)
     runtime.api_metrics.samples.labels(name, "held_out").inc(held_out)
-    new_classes = [c for c in dict.fromkeys(labels) if c is not None and c not in known]
+    new_classes = natural_order({c for c in labels if c is not None and c not in known})
     audit(
         "samples.accepted",
         actor=caller.name,
@@ -93,7 +109,8 @@ def ingest(
         last_id=ids[-1],
     )
     update_id = None
-    reason = runtime.policy.reason(before.plus(labels, held), known)  # saves reading the store again
+    # before + this request saves reading the store again
+    reason = None if defer_update else runtime.policy.reason(before.plus(labels, held), known)
     if reason is not None:
         update = request_update(
             store,
