@@ -9,7 +9,9 @@ Rules every implementation keeps:
 * the live pointer changes by compare-and-set, so two writers can never both promote;
 * accepted samples are durable when `append_samples` returns; an update `claim`s the pending ones and they stay
   pending until `ack` names the committed version that consumed them (a crashed update loses nothing);
-* tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled.
+* tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled;
+* a store given a `registry.signing.Signer` signs every promotion (model, version, digest of the stored weights,
+  sequence number) and keeps the record with the pointer in the same atomic change; without one it stores none.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, LivePointer, ModelRecord, UpdateRecord, VersionRecord
 from registry.samples import Claim, SampleSet
 
 LiveListener = Callable[[str, int | None], None]
@@ -103,9 +105,14 @@ class Store(ABC):
     def live_version(self, name: str) -> int | None: ...
 
     @abstractmethod
+    def live_pointer(self, name: str) -> LivePointer:
+        """The live pointer with its promotion record, read atomically (what a replica verifies before serving)."""
+
+    @abstractmethod
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
         """Point ``name`` at ``version`` (recording who did it on the version); with ``expected`` given, only if
-        the pointer still holds that value (compare-and-set).  Returns False when the comparison failed."""
+        the pointer still holds that value (compare-and-set).  Returns False when the comparison failed.  With a
+        signer, the pointer and its signed promotion record change together; without, the record is removed."""
 
     @abstractmethod
     def subscribe(self, listener: LiveListener) -> Subscription:
