@@ -95,7 +95,12 @@ def test_compose_runs_redis_two_api_replicas_a_worker_prometheus_and_grafana() -
     assert {"redis", "api", "worker", "prometheus", "grafana"} <= set(services)
 
     redis_command = " ".join(services["redis"]["command"])
-    for flag in ("--maxmemory-policy noeviction", "--appendonly yes", "--requirepass"):
+    for flag in (
+        "--maxmemory-policy noeviction",
+        "--appendonly yes",
+        "--user default off",
+        "--user continual-serve on",
+    ):
         assert flag in redis_command
     password = services["redis"]["environment"]["REDIS_PASSWORD"]
     assert password

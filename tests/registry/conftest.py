@@ -8,10 +8,10 @@ import pytest
 from registry import LocalStore, Store
 from registry.signing import Signer
 
-BACKENDS = ["local", "redis"]
+BACKENDS = ["local", "redis", "redis-acl"]  # redis-acl: as docker-compose.yml's application user
 SIGNER = Signer("contract-signing-key-" + "0" * 16)
 """The key of the signed stores in the contract tests."""
-_URL_FIXTURES = {"redis": "redis_url"}
+_URL_FIXTURES = {"redis": "redis_url", "redis-acl": "acl_redis_url"}
 
 
 @pytest.fixture(params=BACKENDS)
