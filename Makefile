@@ -39,7 +39,7 @@ lint: install
 # The deployment for real: build the image, run redis, the API replicas, a worker and Prometheus with Compose, teach
 # the demo model new digits, check health, users and metrics, tear down (tests/deploy/smoke.py). Takes minutes and
 # needs a Docker engine, so neither `make test` nor .ci/run runs it. Image build arguments go in BUILD_ARGS, e.g.
-#   make smoke BUILD_ARGS="TORCH_INDEX_URL=https://mirror.example/simple"
+#   make smoke BUILD_ARGS="TORCH_INDEX_URL=https://idx.example/simple"
 BUILD_ARGS ?=
 smoke:
 	python3 -m tests.deploy.smoke $(foreach arg,$(BUILD_ARGS),--build-arg $(arg))

@@ -11,7 +11,9 @@ Rules every implementation keeps:
   pending until `ack` names the committed version that consumed them (a crashed update loses nothing);
 * tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled;
 * a name or id that `registry.names` does not accept is an `InvalidIdentifier` (a ValueError): nothing is read or
-  written for it.
+  written for it;
+* a store given a `registry.signing.Signer` signs every promotion (model, version, digest of the stored weights,
+  sequence number) and keeps the record with the pointer in the same atomic change; without one it stores none.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, LivePointer, ModelRecord, UpdateRecord, VersionRecord
 from registry.samples import Claim, PendingCounts, SampleSet
 
 LiveListener = Callable[[str, int | None], None]
@@ -105,9 +107,14 @@ class Store(ABC):
     def live_version(self, name: str) -> int | None: ...
 
     @abstractmethod
+    def live_pointer(self, name: str) -> LivePointer:
+        """The live pointer with its promotion record, read atomically (what a replica verifies before serving)."""
+
+    @abstractmethod
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
         """Point ``name`` at ``version`` (recording who did it on the version); with ``expected`` given, only if
-        the pointer still holds that value (compare-and-set).  Returns False when the comparison failed."""
+        the pointer still holds that value (compare-and-set).  Returns False when the comparison failed.  With a
+        signer, the pointer and its signed promotion record change together; without, the record is removed."""
 
     @abstractmethod
     def subscribe(self, listener: LiveListener) -> Subscription:

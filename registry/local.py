@@ -3,7 +3,7 @@
 Layout (format 1, recorded in ``FORMAT``)::
 
     models/<name>/model.json                    ModelRecord
-    models/<name>/live.json                     {"version": int | null}
+    models/<name>/live.json                     {"version": int | null, "promotion": signed record JSON | null}
     models/<name>/versions/<v>/meta.json        VersionRecord        ┐ written in a temporary directory,
     models/<name>/versions/<v>/model.safetensors                     │ then renamed into place: a version is
     models/<name>/versions/<v>/state.safetensors                     ┘ visible only once complete
@@ -54,7 +54,7 @@ from registry.names import (
     is_model_name,
     tombstones,
 )
-from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, LivePointer, ModelRecord, Promotion, UpdateRecord, VersionRecord
 from registry.samples import (
     BatchMeta,
     Claim,
@@ -66,6 +66,7 @@ from registry.samples import (
     holdout_flags,
     tally_pending,
 )
+from registry.signing import Signer, sign_promotion
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,9 @@ class _LocalSubscription(Subscription):
 class LocalStore(Store):
     """A directory store for the embedded mode (one process; threads are serialised per model)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, signer: Signer | None = None) -> None:
         self.root = Path(root)
+        self._signer = signer
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / "FORMAT"
         if marker.exists():
@@ -294,19 +296,31 @@ class LocalStore(Store):
 
     # -- live pointer ---------------------------------------------------------------------------------------------
     def live_version(self, name: str) -> int | None:
-        value = _read_json(self._dir(name) / "live.json").get("version")
-        return None if value is None else int(value)
+        return self.live_pointer(name).version
+
+    def live_pointer(self, name: str) -> LivePointer:
+        live = _read_json(self._dir(name) / "live.json")
+        value, record = live.get("version"), live.get("promotion")
+        if record is not None and not isinstance(record, str):
+            record = json.dumps(record)  # not what promote writes: the verifier sees it as it is
+        return LivePointer(None if value is None else int(value), record)
 
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
         with self._lock(name):
-            current = self.live_version(name)
+            pointer = self.live_pointer(name)
+            current = pointer.version
             if expected is not UNSET and current != expected:
                 return False
-            meta_path = self._version_dir(name, version) / "meta.json"
+            vdir = self._version_dir(name, version)
+            record = None
+            if self._signer is not None:
+                weights = (vdir / "model.safetensors").read_bytes()
+                record = sign_promotion(self._signer, name, version, weights, pointer.promotion).to_json()
+            meta_path = vdir / "meta.json"
             meta = _read_json(meta_path)
             meta.setdefault("promotions", []).append(Promotion(by, time.time(), current).to_json())
             _write_json(meta_path, meta)
-            _write_json(self._dir(name) / "live.json", {"version": version})
+            _write_json(self._dir(name) / "live.json", {"version": version, "promotion": record})
         self._notify(name, version)
         return True
 

@@ -106,3 +106,14 @@ class ExperienceRecord(_JSON):
     unlabeled: int = 0
     held_out: int = 0
     at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class LivePointer:
+    """A model's live pointer and the promotion record stored with it, read together.
+
+    ``promotion`` is the record as stored (JSON text; None when the pointer is unsigned): only
+    `registry.signing.Verifier` interprets it, so whatever an attacker wrote there reaches the check unchanged."""
+
+    version: int | None
+    promotion: str | None = None

@@ -128,8 +128,10 @@ return 1
 )
 
 PROMOTE = """
--- KEYS: model, live, version, promotions, op
--- ARGV: expected ('' unset, 'null' none, else a number), version, by JSON, at, channel, model JSON, quoted name, op ttl
+-- KEYS: model, live, version, promotions, op, promotion record
+-- ARGV: expected ('' unset, 'null' none, else a number), version, by JSON, at, channel, model JSON, quoted name,
+--       op ttl, signed record ('' unsigned: the record is removed), the record it was signed after ('' none)
+-- Returns 1 promoted, 0 the pointer did not hold `expected`, 2 the record changed since it was read (sign again).
 local done = redis.call('GET', KEYS[5])
 if done then return tonumber(done) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -145,6 +147,12 @@ if ARGV[1] ~= '' then
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' has no version ' .. ARGV[2])
+end
+if ARGV[9] ~= '' then
+  if (redis.call('GET', KEYS[6]) or '') ~= ARGV[10] then return 2 end
+  redis.call('SET', KEYS[6], ARGV[9])
+else
+  redis.call('DEL', KEYS[6])
 end
 local previous = current or 'null'
 redis.call('RPUSH', KEYS[4], '{"by":' .. ARGV[3] .. ',"at":' .. ARGV[4] .. ',"previous":' .. previous .. '}')

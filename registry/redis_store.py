@@ -7,6 +7,8 @@ keeps a model's keys in one slot)::
     cl:models                  SET     model names
     P model                    STRING  ModelRecord JSON (the model exists iff this key does)
     P live                     STRING  the live version number (absent: none)
+    P promotion                STRING  the signed promotion record of the live pointer (registry.signing; absent:
+                                       unsigned), changed by the same script as the pointer
     P versions / P vseq        ZSET    committed version numbers / STRING the last number ever given (never reused)
     P v:<n>                    HASH    meta (VersionRecord JSON), weights / state (safetensors bytes) or, above the
                                        chunk size, weights@ / state@ = "<blob> <count>" naming P blob:<blob>:<i>
@@ -77,7 +79,7 @@ from registry.names import (
     is_model_name,
     tombstones,
 )
-from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, LivePointer, ModelRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
 from registry.samples import (
     BatchMeta,
@@ -90,6 +92,7 @@ from registry.samples import (
     holdout_flags,
     tally_pending,
 )
+from registry.signing import Signer, sign_promotion
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +166,11 @@ class RedisStore(Store):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         prefix: str = "cl",
         socket_timeout_s: float = 60.0,
+        signer: Signer | None = None,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
+        self._signer = signer
         self.where = redact(url)
         self.chunk_bytes = chunk_bytes
         self._prefix = prefix
@@ -486,21 +491,35 @@ class RedisStore(Store):
         return None if value is None else int(value)
 
     @_translated
+    def live_pointer(self, name: str) -> LivePointer:
+        def queue(pipe: Pipeline) -> None:
+            pipe.get(self._k(name, "live"))
+            pipe.get(self._k(name, "promotion"))
+
+        value, record = self._read(name, queue)
+        text = None if record is None else record.decode(errors="replace")  # garbage stays garbage: refused
+        return LivePointer(None if value is None else int(value), text)
+
+    @_translated
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
         check_version(version, allow_zero=True)
         wanted = "" if expected is UNSET else ("null" if expected is None else str(int(expected)))
-        keys = [self._k(name, "model"), self._k(name, "live"), self._k(name, "v", version)]
-        keys += [self._k(name, "v", version, "promotions"), self._k(name, "op", uuid.uuid4().hex)]
-        args = [
-            wanted,
-            str(int(version)),
-            json.dumps(by),
-            repr(time.time()),
-            self.channel,
-            json.dumps(name),
-            repr(name),
-        ]
-        return bool(self._run("promote", keys, [*args, OP_TTL_MS]))
+        version = int(version)
+        weights = self.read_weights(name, version) if self._signer is not None else b""
+        for _ in range(_TRANSACTION_ATTEMPTS):
+            keys = [self._k(name, "model"), self._k(name, "live"), self._k(name, "v", version)]
+            keys += [self._k(name, "v", version, "promotions"), self._k(name, "op", uuid.uuid4().hex)]
+            keys.append(self._k(name, "promotion"))
+            signed, previous = "", b""
+            if self._signer is not None:
+                raw: bytes | None = self._redis.get(self._k(name, "promotion"))  # type: ignore[assignment]
+                previous = b"" if raw is None else raw  # compared byte for byte by the script
+                signed = sign_promotion(self._signer, name, version, weights, raw).to_json()
+            args = [wanted, str(version), json.dumps(by), repr(time.time()), self.channel, json.dumps(name)]
+            result = int(self._run("promote", keys, [*args, repr(name), OP_TTL_MS, signed, previous]))
+            if result != 2:
+                return bool(result)
+        raise StoreUnavailable(f"{name!r} could not be promoted: its promotion record kept changing")
 
     @_translated
     def subscribe(self, listener: LiveListener) -> Subscription:

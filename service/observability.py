@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from registry.signing import REASONS
 from service.errors import BodyTooLarge
 
 Scope = MutableMapping[str, Any]
@@ -97,6 +98,18 @@ class ApiMetrics:
             registry=registry,
         )
 
+        self.promotions_rejected = Counter(
+            "cl_promotion_rejected_total",
+            "live pointers this replica read and refused to serve, by reason (unsigned, forged, replayed, digest)",
+            ["model", "reason"],
+            registry=registry,
+        )
+
+    def track_model(self, model: str) -> None:
+        """Start the model's refusal series at 0 (so that the first refusal is an increase Prometheus sees)."""
+        for reason in REASONS:
+            self.promotions_rejected.labels(model, reason)
+
     def observe_live(self, model: str, version: int | None, metrics: dict[str, Any], max_classes: int) -> None:
         """Export a newly served version's figures (and drop the previous per-class series)."""
         if version is None:
@@ -136,6 +149,9 @@ class ApiMetrics:
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(model)
+        for reason in REASONS:
+            with contextlib.suppress(KeyError):
+                self.promotions_rejected.remove(model, reason)
         self._clear_classes(model)
 
 

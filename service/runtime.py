@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from cl_core.models import register_architecture
 from registry import Store, StoreError, open_store
+from registry.signing import Verifier
 from service.batching import Batchers
 from service.observability import ApiMetrics
 from service.quotas import RateLimiter
@@ -58,7 +59,10 @@ def register_operator_architectures(settings: Settings) -> None:
 def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: ApiMetrics) -> Runtime:
     settings.apply_threads()
     register_operator_architectures(settings)
-    store = open_store(settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes)
+    signer = settings.signer()
+    store = open_store(
+        settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes, signer=signer
+    )
     update_metrics: UpdateMetrics | None = None
     executor: Executor
     if settings.redis_url:
@@ -70,7 +74,13 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
         executor = InProcessExecutor(
             store, settings, max_parallel=settings.update_workers, on_finish=update_metrics.observe
         )
-    server = ModelServer(store, device=settings.device, reload_interval_s=settings.reload_interval_s)
+    server = ModelServer(
+        store,
+        device=settings.device,
+        reload_interval_s=settings.reload_interval_s,
+        verifier=None if signer is None else Verifier(signer),
+    )
+    server.on_refusal(lambda name, reason: api_metrics.promotions_rejected.labels(name, reason).inc())
 
     def export(name: str, live: LiveModel | None) -> None:
         api_metrics.observe_live(

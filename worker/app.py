@@ -102,7 +102,12 @@ class WorkerProcess:
     def start(cls) -> WorkerProcess:
         settings = WorkerSettings()
         settings.apply_threads()
-        store = open_store(settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes)
+        store = open_store(
+            settings.data_dir,
+            settings.redis_url,
+            redis_chunk_bytes=settings.redis_chunk_bytes,
+            signer=settings.signer(),
+        )
         registry = CollectorRegistry()  # exported by the main process (multiprocess mode), not from here
         progress = Gauge(
             "cl_update_progress_ratio",

@@ -6,13 +6,14 @@ Distributed workers read the same variables as the API replicas, so one environm
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cl_core.trainer import TrainConfig
+from registry.signing import MIN_KEY_CHARS, Signer
 
 
 class WorkerSettings(BaseSettings):
@@ -71,6 +72,35 @@ class WorkerSettings(BaseSettings):
     )
     worker_metrics_host: str = Field("127.0.0.1", description="address of a Celery worker's /metrics")
     worker_metrics_port: int = Field(9100, ge=0, le=65535, description="port of a Celery worker's /metrics (0: off)")
+
+    # signed promotions (registry/signing.py): the key never goes to the store or a log
+    signing_key: SecretStr | None = Field(
+        None, description="HMAC key that signs promotions; replicas serve only signed ones (unset: unsigned)"
+    )
+    signing_keys_old: list[SecretStr] = Field(
+        default_factory=list, description="JSON list of previous keys, accepted for verification only (rotation)"
+    )
+
+    @field_validator("signing_key", "signing_keys_old")
+    @classmethod
+    def _signing_keys_are_long(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
+        for key in value if isinstance(value, list) else [value]:
+            if key is not None and len(key.get_secret_value()) < MIN_KEY_CHARS:
+                raise ValueError(f"a signing key must have at least {MIN_KEY_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _old_keys_need_a_key(self) -> Self:
+        if self.signing_keys_old and self.signing_key is None:
+            raise ValueError("CL_SIGNING_KEYS_OLD is set without CL_SIGNING_KEY")
+        return self
+
+    def signer(self) -> Signer | None:
+        """The promotion signer of this deployment, or None when no key is set."""
+        if self.signing_key is None:
+            return None
+        old = [k.get_secret_value() for k in self.signing_keys_old]
+        return Signer(self.signing_key.get_secret_value(), old)
 
     @property
     def broker_url(self) -> str | None:

@@ -42,6 +42,7 @@ def metrics(runtime: RuntimeDep) -> Response:
     for name, value in depth.items():
         runtime.api_metrics.queue_depth.labels(name).set(value)
         runtime.api_metrics.serving.labels(name).set(runtime.server.current(name) is not None)
+        runtime.api_metrics.track_model(name)
     if runtime.update_metrics is not None:  # embedded mode: this process runs the updates
         for name, value in running.items():
             runtime.update_metrics.running.labels(name).set(value)

@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="passed to docker build, e.g. TORCH_INDEX_URL=https://mirror.example/simple (repeatable)",
+        help="passed to docker build, e.g. TORCH_INDEX_URL=https://idx.example/simple (repeatable)",
     )
     parser.add_argument("--no-build", action="store_true", help=f"use the existing {IMAGE} image")
     args = parser.parse_args(argv)

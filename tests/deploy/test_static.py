@@ -96,7 +96,12 @@ def test_compose_runs_redis_two_api_replicas_a_worker_prometheus_and_grafana() -
     assert {"redis", "api", "worker", "prometheus", "grafana"} <= set(services)
 
     redis_command = " ".join(services["redis"]["command"])
-    for flag in ("--maxmemory-policy noeviction", "--appendonly yes", "--requirepass"):
+    for flag in (
+        "--maxmemory-policy noeviction",
+        "--appendonly yes",
+        "--user default off",
+        "--user continual-serve on",
+    ):
         assert flag in redis_command
     password = services["redis"]["environment"]["REDIS_PASSWORD"]
     assert password
@@ -202,10 +207,10 @@ def build_stage_defaults() -> dict[str, str]:
     ("args", "index"),
     [
         ({}, "https://download.pytorch.org/whl/cpu"),
-        ({"TORCH_INDEX_URL": "https://mirror.example/pytorch/whl/cpu"}, "https://mirror.example/pytorch/whl/cpu"),
+        ({"TORCH_INDEX_URL": "https://idx.example/pytorch/whl/cpu"}, "https://idx.example/pytorch/whl/cpu"),
         ({"VARIANT": "cuda"}, "https://download.pytorch.org/whl/cu128"),
         ({"VARIANT": "cuda", "CUDA_TAG": "cu126"}, "https://download.pytorch.org/whl/cu126"),
-        ({"VARIANT": "cuda", "TORCH_INDEX_URL": "https://mirror.example/simple"}, "https://mirror.example/simple"),
+        ({"VARIANT": "cuda", "TORCH_INDEX_URL": "https://idx.example/simple"}, "https://idx.example/simple"),
     ],
     ids=["default", "mirror", "cuda", "cuda-tag", "cuda-mirror"],
 )
@@ -248,8 +253,8 @@ def test_wheels_beside_the_dockerfile_come_before_every_index() -> None:
 
 
 def test_make_smoke_builds_with_the_given_arguments_and_ci_does_not_run_it() -> None:
-    dry = ok(run("make", "-n", "smoke", "BUILD_ARGS=TORCH_INDEX_URL=https://mirror.example/simple PIP_NO_INDEX=1"))
-    expected = "-m tests.deploy.smoke --build-arg TORCH_INDEX_URL=https://mirror.example/simple --build-arg PIP_NO_INDEX=1"
+    dry = ok(run("make", "-n", "smoke", "BUILD_ARGS=TORCH_INDEX_URL=https://idx.example/simple PIP_NO_INDEX=1"))
+    expected = "-m tests.deploy.smoke --build-arg TORCH_INDEX_URL=https://idx.example/simple --build-arg PIP_NO_INDEX=1"
     assert expected in dry
     assert "smoke" not in (ROOT / ".ci" / "run").read_text()
     assert "tests.deploy.smoke" not in ok(run("make", "-n", "test", "lint"))

@@ -16,7 +16,9 @@ from redis.exceptions import WatchError
 from registry import Conflict, ModelRecord, StoreUnavailable, UpdateRecord, VersionRecord, redis_store
 from registry import tensors as st
 from registry.redis_store import RedisStore, Staged
+from registry.signing import PromotionRecord
 from tests.distributed.processes import redis_server
+from tests.registry.conftest import SIGNER
 
 NAME = "digits"
 
@@ -240,3 +242,42 @@ def test_the_same_store_works_again_after_redis_restarts(tmp_path: Path) -> None
         wait_for(lambda: (NAME, 2) in seen)
         store.close()
         writer.close()
+
+
+def test_a_signed_promotion_whose_record_changed_meanwhile_is_signed_again(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes promote at once: the one whose record was overtaken signs again after it, so the sequence
+    stored never goes back (a replica that accepted the newer one would refuse the older one as a replay)."""
+    a, b = RedisStore(redis_url, signer=SIGNER), RedisStore(redis_url, signer=SIGNER)
+    a.create_model(model())
+    for _ in range(2):
+        a.commit_version(version(), st.dumps({}), st.dumps({}))
+    script, calls, overtaken = a._scripts["promote"], [], []
+
+    def interleaved(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        if len(calls) == 1:  # b promotes after a read the record and signed, before a's script runs
+            assert b.promote(NAME, 2, by="b")
+            overtaken.append(PromotionRecord.parse(b.live_pointer(NAME).promotion or ""))
+        return script(*args, **kwargs)
+
+    monkeypatch.setitem(a._scripts, "promote", interleaved)
+    assert a.promote(NAME, 1, by="a")
+    assert len(calls) == 2  # refused once (the record had changed), then signed again
+    record = PromotionRecord.parse(a.live_pointer(NAME).promotion or "")
+    assert record is not None and overtaken[0] is not None
+    assert record.version == 1 and record.seq > overtaken[0].seq and SIGNER.authentic(record)
+    for s in (a, b):
+        s.close()
+
+
+def test_a_signed_promotion_over_a_garbage_record_replaces_it(store: RedisStore, redis_url: str) -> None:
+    signed = RedisStore(redis_url, signer=SIGNER)
+    signed.commit_version(version(), st.dumps({}), st.dumps({}))
+    redis.Redis.from_url(redis_url).set("cl:{digits}:promotion", b"\xff\x00" + b"9" * 5000)
+    assert signed.live_pointer(NAME).promotion is not None  # read back as text, whatever the bytes
+    assert signed.promote(NAME, 1, by="x")
+    record = PromotionRecord.parse(signed.live_pointer(NAME).promotion or "")
+    assert record is not None and record.version == 1 and SIGNER.authentic(record)
+    signed.close()

@@ -9,9 +9,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_
 
-from registry import Conflict, ModelRecord, NotFound, PendingCounts, QueueFull, Store, UpdateRecord, VersionRecord
+from registry import (
+    Conflict,
+    LivePointer,
+    ModelRecord,
+    NotFound,
+    PendingCounts,
+    QueueFull,
+    Store,
+    UpdateRecord,
+    VersionRecord,
+)
 from registry import tensors as st
 from registry.records import UpdateStatus
+from registry.signing import PromotionRecord, Signer, Verifier, weights_digest
+from tests.registry.conftest import SIGNER
 
 
 def model(name: str = "digits") -> ModelRecord:
@@ -394,3 +406,82 @@ def test_concurrent_requests_never_exceed_the_queue_limit(
     if refused:
         assert len(queued) == max(limit, queued_before)
     store.delete_model(name)
+
+
+# -- signed promotions (registry/signing.py) -------------------------------------------------------------------------
+
+
+def _record(store: Store, name: str = "digits") -> PromotionRecord:
+    raw = store.live_pointer(name).promotion
+    assert raw is not None
+    record = PromotionRecord.parse(raw)
+    assert record is not None
+    return record
+
+
+def test_a_signed_promotion_is_stored_with_its_pointer(signed_store: Store) -> None:
+    store = signed_store
+    store.create_model(model())
+    for i in range(2):
+        store.commit_version(version(), st.dumps({"w": torch.full((2,), float(i))}), st.dumps({}))
+    assert store.live_pointer("digits") == LivePointer(None, None)
+    verifier = Verifier(SIGNER)
+    seqs = []
+    for v, expected in ((1, None), (2, 1), (2, 2)):  # promoting the live version again signs anew
+        assert store.promote("digits", v, by="alice", expected=expected)
+        pointer, record = store.live_pointer("digits"), _record(store)
+        assert pointer.version == v == store.live_version("digits")
+        assert SIGNER.authentic(record) and (record.model, record.version) == ("digits", v)
+        assert record.weights_sha256 == weights_digest(store.read_weights("digits", v))
+        assert verifier.check("digits", v, pointer.promotion) == record
+        verifier.accept(record)
+        seqs.append(record.seq)
+    assert seqs == sorted(set(seqs))
+    before = store.live_pointer("digits")
+    assert not store.promote("digits", 1, by="bob", expected=1)  # a failed compare-and-set changes neither
+    assert store.live_pointer("digits") == before
+    with pytest.raises(NotFound):
+        store.promote("digits", 9, by="bob")
+    assert store.live_pointer("digits") == before
+
+
+def test_stores_without_a_key_keep_no_record_and_with_one_follow_the_last_sequence(
+    open_backend: Callable[[Signer | None], Store],
+) -> None:
+    signed, unsigned = open_backend(SIGNER), open_backend(None)
+    signed.create_model(model())
+    for _ in range(2):
+        signed.commit_version(version(), st.dumps({}), st.dumps({}))
+    assert unsigned.promote("digits", 1, by="old-replica")
+    assert unsigned.live_pointer("digits") == LivePointer(1, None)  # as before signing existed
+    assert signed.promote("digits", 2, by="worker")
+    first = _record(signed)
+    assert unsigned.promote("digits", 1, by="old-replica")
+    assert signed.live_pointer("digits") == LivePointer(1, None)  # no stale record of version 2 is left behind
+    assert signed.promote("digits", 1, by="worker")
+    assert _record(signed).seq > first.seq
+    with pytest.raises(NotFound):
+        signed.live_pointer("nope")
+
+
+def test_concurrent_signed_promotions_leave_a_record_that_matches_the_pointer(
+    open_backend: Callable[[Signer | None], Store],
+) -> None:
+    stores = [open_backend(SIGNER) for _ in range(4)]  # four processes of one deployment
+    stores[0].create_model(model())
+    for _ in range(4):
+        stores[0].commit_version(version(), st.dumps({}), st.dumps({}))
+    barrier = threading.Barrier(4)
+
+    def promote_all(i: int) -> None:
+        barrier.wait()
+        for v in (1, 2, 3, 4):
+            assert stores[i].promote("digits", (v + i) % 4 + 1, by=str(i))
+
+    threads = [threading.Thread(target=promote_all, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pointer, record = stores[0].live_pointer("digits"), _record(stores[0])
+    assert record.version == pointer.version and SIGNER.authentic(record)
