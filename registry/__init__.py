@@ -11,7 +11,7 @@ from pathlib import Path
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from registry.local import LocalStore
-from registry.records import ExperienceRecord, ModelRecord, Promotion, UpdateRecord, VersionRecord
+from registry.records import FINISHED, ExperienceRecord, LockHolder, ModelRecord, Promotion, UpdateRecord, VersionRecord
 from registry.samples import Claim, SampleSet, holdout_flags
 
 
@@ -25,12 +25,14 @@ def open_store(data_dir: str | Path, redis_url: str | None = None, *, redis_chun
 
 
 __all__ = [
+    "FINISHED",
     "UNSET",
     "Claim",
     "Conflict",
     "ExperienceRecord",
     "LiveListener",
     "LocalStore",
+    "LockHolder",
     "ModelRecord",
     "NotFound",
     "Promotion",

@@ -63,7 +63,7 @@ from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from registry.records import ExperienceRecord, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, LockHolder, ModelRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
 from registry.samples import Claim, SampleSet, holdout_flags
 
@@ -174,7 +174,10 @@ class RedisStore(Store):
             }.items()
         }
         self._notifier = Notifier(
-            lambda: redis.Redis.from_url(url, health_check_interval=5, **options), self.channel, self._pointers
+            lambda: redis.Redis.from_url(url, health_check_interval=5, **options),
+            self.channel,
+            self._pointers,
+            self.deliver,
         )
 
     def __repr__(self) -> str:
@@ -888,6 +891,18 @@ class RedisStore(Store):
     @_translated
     def release_update_lock(self, name: str, token: int) -> None:
         self._run("release_lock", [self._k(name, "lock")], [str(token)])
+
+    @_translated
+    def update_lock_holder(self, name: str) -> LockHolder | None:
+        def queue(pipe: Pipeline) -> None:
+            pipe.get(self._k(name, "lock"))
+            pipe.pttl(self._k(name, "lock"))
+
+        held, ttl_ms = self._read(name, queue)
+        if held is None or ttl_ms is None or int(ttl_ms) <= 0:  # -2: gone; -1 cannot happen (always set with PX)
+            return None
+        token, _, owner = _text(held).partition(" ")
+        return LockHolder(owner=owner, token=int(token), expires_in_s=int(ttl_ms) / 1000)
 
 
 def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
