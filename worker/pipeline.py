@@ -3,9 +3,11 @@ train and consolidate with cl_core → evaluate on held-out data → commit the 
 promote if the forgetting gate passes.
 
 The same function runs in the embedded executor's thread and in a Celery task.  It holds the model's update lock
-for its whole run (refreshing it), commits and acknowledges with the lock's fencing token, and records progress
-in the store so every API replica can report it.  A crash before the acknowledgement leaves the samples pending;
-a crash before the commit leaves nothing behind.
+for its whole run (`worker.locking`), commits and acknowledges with the lock's fencing token, and records progress
+in the store so every API replica can report it; its status changes go through `worker.lifecycle` and its
+promotion through `worker.promotion`.  A crash before the acknowledgement leaves the samples pending; a crash
+before the commit leaves nothing behind; a crash after the commit is finished from the committed version by the
+next attempt.
 """
 
 from __future__ import annotations
