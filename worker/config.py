@@ -57,6 +57,7 @@ class WorkerSettings(BaseSettings):
     recovery_interval_s: float | None = Field(
         None,
         gt=0,
+        le=86400,
         description="how often workers and replicas look for running updates nobody holds (default: half the lock "
         "TTL, so an update whose worker vanished runs again within about two lock lifetimes)",
     )
@@ -69,6 +70,7 @@ class WorkerSettings(BaseSettings):
     celery_visibility_timeout_s: float | None = Field(
         None,
         gt=0,
+        le=30 * 86400,
         description="an unacknowledged task returns to the queue after this (default: the hard time limit of an "
         "update plus 10 minutes, so a copy of a running task is not handed out while it may still run)",
     )

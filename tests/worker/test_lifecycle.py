@@ -184,5 +184,8 @@ def test_the_visibility_timeout_outlasts_the_longest_update() -> None:
     assert WorkerSettings(celery_visibility_timeout_s=7).visibility_timeout == 7  # explicit wins (tests use it)
     assert WorkerSettings(update_lock_ttl_s=3).recovery_interval == 1.5
     assert WorkerSettings(recovery_interval_s=0.5).recovery_interval == 0.5
-    with pytest.raises(ValueError):
-        WorkerSettings(recovery_interval_s=-1)
+    for hostile in ("-1", "0", "nan", "inf", "1e400", "soon"):
+        with pytest.raises(ValueError):
+            WorkerSettings(recovery_interval_s=hostile)
+        with pytest.raises(ValueError):
+            WorkerSettings(celery_visibility_timeout_s=hostile)
