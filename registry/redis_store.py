@@ -899,10 +899,10 @@ class RedisStore(Store):
             pipe.pttl(self._k(name, "lock"))
 
         held, ttl_ms = self._read(name, queue)
-        if held is None or ttl_ms is None or int(ttl_ms) <= 0:  # -2: gone; -1 cannot happen (always set with PX)
+        if held is None:  # free or expired (an expired key reads as absent, and a refresh cannot revive it)
             return None
         token, _, owner = _text(held).partition(" ")
-        return LockHolder(owner=owner, token=int(token), expires_in_s=int(ttl_ms) / 1000)
+        return LockHolder(owner=owner, token=int(token), expires_in_s=max(int(ttl_ms), 0) / 1000)
 
 
 def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
