@@ -159,7 +159,7 @@ def test_a_whole_worker_killed_is_finished_by_the_next_worker_within_the_sweep_b
     with running(second):
         record = wait_for(
             lambda: (r := site.store.get_update(name, update_id)).finished and r,
-            timeout=60,  # the sweep's bound (two lock lifetimes, 6 s) plus the update itself, on a busy machine
+            timeout=90,  # the sweep's bound (two lock lifetimes, 6 s) plus the update itself, on a busy machine
             what="the update finished by the second worker",
         )
         check_outcome(site, name, update_id, trained_ids, predictions)

@@ -91,7 +91,7 @@ def test_redis_stopped_during_a_running_update_and_restarted_finishes_it_exactly
             time.sleep(5)  # longer than the lock's lifetime (3 s): it has expired when Redis is back
             server.start()
 
-            record = wait_update(api, "m", update_id, timeout=60)
+            record = wait_update(api, "m", update_id, timeout=90)
             assert record["status"] == "succeeded" and record["version"] == 2, record
             store = RedisStore(url)
             try:
