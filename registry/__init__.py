@@ -12,7 +12,16 @@ from pathlib import Path
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.local import LocalStore
-from registry.records import ExperienceRecord, LivePointer, ModelRecord, Promotion, UpdateRecord, VersionRecord
+from registry.records import (
+    FINISHED,
+    ExperienceRecord,
+    LivePointer,
+    LockHolder,
+    ModelRecord,
+    Promotion,
+    UpdateRecord,
+    VersionRecord,
+)
 from registry.samples import Claim, PendingCounts, SampleSet, holdout_flags
 from registry.signing import Signer
 
@@ -43,6 +52,7 @@ def open_store(
 
 
 __all__ = [
+    "FINISHED",
     "UNSET",
     "Claim",
     "Conflict",
@@ -51,6 +61,7 @@ __all__ = [
     "LiveListener",
     "LivePointer",
     "LocalStore",
+    "LockHolder",
     "ModelRecord",
     "NotFound",
     "PendingCounts",

@@ -18,17 +18,23 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from torch import Tensor
 
-from registry.records import ExperienceRecord, LivePointer, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, LivePointer, LockHolder, ModelRecord, UpdateRecord, VersionRecord
 from registry.samples import Claim, PendingCounts, SampleSet
+
+log = logging.getLogger(__name__)
 
 LiveListener = Callable[[str, int | None], None]
 """Called with (model name, new live version or None) whenever a live pointer changes."""
+
+ListenerErrorHook = Callable[[str, BaseException], None]
+"""Told (model name, exception) when a live-pointer listener raised."""
 
 UNSET: Any = object()
 
@@ -41,6 +47,8 @@ class Subscription(ABC):
 
 class Store(ABC):
     """Where models, versions, method state, samples and updates live."""
+
+    _listener_error_hooks: tuple[ListenerErrorHook, ...] = ()
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -118,7 +126,31 @@ class Store(ABC):
 
     @abstractmethod
     def subscribe(self, listener: LiveListener) -> Subscription:
-        """Deliver every change of any live pointer (from this process or, with Redis, any replica)."""
+        """Deliver every change of any live pointer (from this process or, with Redis, any replica).
+
+        A listener that raises changes nothing: the pointer is written before listeners run, the error is logged
+        and reported to the hooks of `on_listener_error`, and the other listeners still run."""
+
+    def on_listener_error(self, hook: ListenerErrorHook) -> None:
+        """Be told of every listener error (the service counts them)."""
+        self._listener_error_hooks = (*self._listener_error_hooks, hook)
+
+    def listener_failed(self, name: str, error: BaseException) -> None:
+        """Log a failure of something that reacted to a pointer change and tell the hooks (never raises)."""
+        log.error("a live-pointer listener of %s failed: %s", name, error, exc_info=error)
+        for hook in self._listener_error_hooks:
+            try:
+                hook(name, error)
+            except Exception:
+                log.exception("a listener-error hook failed")
+
+    def deliver(self, listeners: Iterable[LiveListener], name: str, version: int | None) -> None:
+        """Call each listener; one that raises is reported (`listener_failed`) and does not stop the others."""
+        for listener in listeners:
+            try:
+                listener(name, version)
+            except Exception as exc:
+                self.listener_failed(name, exc)
 
     # -- samples --------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -233,3 +265,8 @@ class Store(ABC):
 
     @abstractmethod
     def release_update_lock(self, name: str, token: int) -> None: ...
+
+    @abstractmethod
+    def update_lock_holder(self, name: str) -> LockHolder | None:
+        """Who holds the lock now (None when it is free or has expired): lets a recovery sweep tell a running
+        update whose worker is alive from one whose worker vanished."""

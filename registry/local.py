@@ -54,7 +54,15 @@ from registry.names import (
     is_model_name,
     tombstones,
 )
-from registry.records import ExperienceRecord, LivePointer, ModelRecord, Promotion, UpdateRecord, VersionRecord
+from registry.records import (
+    ExperienceRecord,
+    LivePointer,
+    LockHolder,
+    ModelRecord,
+    Promotion,
+    UpdateRecord,
+    VersionRecord,
+)
 from registry.samples import (
     BatchMeta,
     Claim,
@@ -132,7 +140,7 @@ class LocalStore(Store):
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._listeners: set[LiveListener] = set()
-        self._update_locks: dict[str, tuple[int, float]] = {}  # name → (token, expires at)
+        self._update_locks: dict[str, tuple[int, float, str]] = {}  # name → (token, expires at, owner)
         self._fences: dict[str, int] = {}
         self._request_index: dict[str, dict[str, int]] = {}  # name → request key → batch seq (rebuilt on open)
         self._pruned: dict[str, float] = {}  # name → when expired answers were last removed
@@ -321,7 +329,7 @@ class LocalStore(Store):
             meta.setdefault("promotions", []).append(Promotion(by, time.time(), current).to_json())
             _write_json(meta_path, meta)
             _write_json(self._dir(name) / "live.json", {"version": version, "promotion": record})
-        self._notify(name, version)
+        self._notify(name, version)  # after the pointer is written: a listener's error cannot undo or fail it
         return True
 
     def subscribe(self, listener: LiveListener) -> Subscription:
@@ -329,8 +337,7 @@ class LocalStore(Store):
         return _LocalSubscription(self, listener)
 
     def _notify(self, name: str, version: int | None) -> None:
-        for listener in list(self._listeners):
-            listener(name, version)
+        self.deliver(list(self._listeners), name, version)
 
     # -- samples --------------------------------------------------------------------------------------------------
     def _batches(self, name: str) -> list[Path]:
@@ -643,15 +650,15 @@ class LocalStore(Store):
                 return None
             token = self._fences.get(name, 0) + 1
             self._fences[name] = token
-            self._update_locks[name] = (token, time.monotonic() + ttl_s)
+            self._update_locks[name] = (token, time.monotonic() + ttl_s, owner)
             return token
 
     def refresh_update_lock(self, name: str, token: int, ttl_s: float) -> bool:
         with self._lock(name):
             held = self._update_locks.get(name)
-            if held is None or held[0] != token:
+            if held is None or held[0] != token or held[1] <= time.monotonic():
                 return False
-            self._update_locks[name] = (token, time.monotonic() + ttl_s)
+            self._update_locks[name] = (token, time.monotonic() + ttl_s, held[2])
             return True
 
     def release_update_lock(self, name: str, token: int) -> None:
@@ -659,3 +666,12 @@ class LocalStore(Store):
             held = self._update_locks.get(name)
             if held is not None and held[0] == token:
                 del self._update_locks[name]
+
+    def update_lock_holder(self, name: str) -> LockHolder | None:
+        with self._lock(name):
+            self._dir(name)
+            held = self._update_locks.get(name)
+            left = None if held is None else held[1] - time.monotonic()
+            if held is None or left is None or left <= 0:
+                return None
+            return LockHolder(owner=held[2], token=held[0], expires_in_s=left)

@@ -9,8 +9,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Self
 
-UpdateStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
-FINISHED: tuple[UpdateStatus, ...] = ("succeeded", "failed", "rejected", "cancelled")
+UpdateStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled", "skipped"]
+FINISHED: tuple[UpdateStatus, ...] = ("succeeded", "failed", "rejected", "cancelled", "skipped")
+"""An update ends in one of these; "skipped" means nothing was left to learn (another update consumed the samples)."""
 
 
 def now() -> float:
@@ -93,6 +94,15 @@ class UpdateRecord(_JSON):
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a model's update lock now, and for how much longer unless refreshed."""
+
+    owner: str
+    token: int
+    expires_in_s: float
 
 
 @dataclass

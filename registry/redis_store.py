@@ -79,7 +79,7 @@ from registry.names import (
     is_model_name,
     tombstones,
 )
-from registry.records import ExperienceRecord, LivePointer, ModelRecord, UpdateRecord, VersionRecord
+from registry.records import ExperienceRecord, LivePointer, LockHolder, ModelRecord, UpdateRecord, VersionRecord
 from registry.redis_notify import Notifier
 from registry.samples import (
     BatchMeta,
@@ -205,7 +205,10 @@ class RedisStore(Store):
             }.items()
         }
         self._notifier = Notifier(
-            lambda: redis.Redis.from_url(url, health_check_interval=5, **options), self.channel, self._pointers
+            lambda: redis.Redis.from_url(url, health_check_interval=5, **options),
+            self.channel,
+            self._pointers,
+            self.deliver,
         )
 
     def __repr__(self) -> str:
@@ -923,6 +926,18 @@ class RedisStore(Store):
     @_translated
     def release_update_lock(self, name: str, token: int) -> None:
         self._run("release_lock", [self._k(name, "lock")], [str(token)])
+
+    @_translated
+    def update_lock_holder(self, name: str) -> LockHolder | None:
+        def queue(pipe: Pipeline) -> None:
+            pipe.get(self._k(name, "lock"))
+            pipe.pttl(self._k(name, "lock"))
+
+        held, ttl_ms = self._read(name, queue)
+        if held is None:  # free or expired (an expired key reads as absent, and a refresh cannot revive it)
+            return None
+        token, _, owner = _text(held).partition(" ")
+        return LockHolder(owner=owner, token=int(token), expires_in_s=max(int(ttl_ms), 0) / 1000)
 
 
 def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:

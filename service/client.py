@@ -140,13 +140,13 @@ class Client:
         poll: float = 0.25,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the update has finished (succeeded, failed, rejected or cancelled)."""
+        """Poll until the update has finished (succeeded, failed, rejected, cancelled or skipped)."""
         deadline = time.monotonic() + timeout
         while True:
             status = self.update(name, update_id)
             if on_progress is not None:
                 on_progress(status)
-            if status["status"] in ("succeeded", "failed", "rejected", "cancelled"):
+            if status["status"] in ("succeeded", "failed", "rejected", "cancelled", "skipped"):
                 return status
             if time.monotonic() > deadline:
                 raise TimeoutError(f"update {update_id} still {status['status']} after {timeout} s")

@@ -91,6 +91,18 @@ class ApiMetrics:
             "cl_model_forgetting_ratio", "average forgetting along the live lineage", ["model"], registry=registry
         )
         self.queue_depth = Gauge("cl_update_queue_depth", "updates waiting to start", ["model"], registry=registry)
+        self.stuck = Gauge(
+            "cl_updates_stuck",
+            "running updates whose lock no live worker holds (the recovery sweep re-queues them; set on scrape)",
+            ["model"],
+            registry=registry,
+        )
+        self.listener_errors = Counter(
+            "cl_live_listener_errors_total",
+            "errors of what reacts to a new live version after it went live (e.g. a reload out of memory)",
+            ["model"],
+            registry=registry,
+        )
         self.serving = Gauge(
             "cl_model_serving",
             "1 while this process serves a live version of the model, 0 while the model has none (set on scrape)",
@@ -145,6 +157,7 @@ class ApiMetrics:
             self.bwt,
             self.forgetting,
             self.queue_depth,
+            self.stuck,
             self.serving,
         ):
             with contextlib.suppress(KeyError):

@@ -21,6 +21,7 @@ from worker.audit import audit
 from worker.deletion import repair_deletion_records
 from worker.executor import Executor, InProcessExecutor
 from worker.metrics import UpdateMetrics
+from worker.recovery import RecoveryLoop
 from worker.scheduling import UpdatePolicy
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ class Runtime:
     api_metrics: ApiMetrics
     update_metrics: UpdateMetrics | None
     limiter: RateLimiter
+    recovery: RecoveryLoop
     stopping: threading.Event = field(default_factory=threading.Event)
 
     async def close(self) -> None:
         self.stopping.set()
+        self.recovery.stop()
         self.executor.shutdown(wait=True)
         self.server.stop()
         await self.batchers.close()
@@ -63,6 +66,7 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
     store = open_store(
         settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes, signer=signer
     )
+    store.on_listener_error(lambda name, _: api_metrics.listener_errors.labels(name).inc())
     update_metrics: UpdateMetrics | None = None
     executor: Executor
     if settings.redis_url:
@@ -104,7 +108,10 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
         method=settings.policy_method,
     )
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-    return Runtime(settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics, limiter)
+    recovery = RecoveryLoop(store, executor.submit, settings)  # re-queues running updates nobody holds
+    return Runtime(
+        settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics, limiter, recovery
+    )
 
 
 def enforce_retention(runtime: Runtime) -> dict[str, int]:
@@ -141,7 +148,8 @@ def start(runtime: Runtime) -> None:
     runtime.executor.start()
     if runtime.settings.retention_max_age_s is not None or runtime.settings.retention_max_samples is not None:
         threading.Thread(target=_retention_loop, args=(runtime,), name="retention", daemon=True).start()
-    # embedded: re-queue what the last shutdown interrupted; distributed: send again tasks that may have been lost
+    # embedded: re-queue what the last stop interrupted; distributed: send again tasks that may have been lost
     resumed = runtime.executor.recover(runtime.store)
     if resumed:
         log.info("re-queued %d update(s) interrupted or lost before this start", len(resumed))
+    runtime.recovery.start()  # from now on, every half lock TTL

@@ -151,7 +151,10 @@ class UpdateStatus(BaseModel):
     update_id: str
     model: str
     method: str
-    status: Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+    status: Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled", "skipped"] = Field(
+        description="queued → running → succeeded | rejected (the forgetting gate) | failed | cancelled | skipped "
+        "(nothing was left to learn: another update consumed the samples)"
+    )
     progress: float
     version: int | None
     error: str | None

@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cl_core.trainer import TrainConfig
 from registry.signing import MIN_KEY_CHARS, Signer
 
+VISIBILITY_MARGIN_S = 600.0
+"""How much longer than the longest allowed update an unacknowledged task stays invisible."""
+
 
 class WorkerSettings(BaseSettings):
     """Store, training, method and gate settings."""
@@ -52,14 +55,25 @@ class WorkerSettings(BaseSettings):
 
     # one update at a time per model
     update_lock_ttl_s: float = Field(120.0, gt=0, description="the lock expires unless refreshed this often")
+    recovery_interval_s: float | None = Field(
+        None,
+        gt=0,
+        le=86400,
+        description="how often workers and replicas look for running updates nobody holds (default: half the lock "
+        "TTL, so an update whose worker vanished runs again within about two lock lifetimes)",
+    )
 
     # distributed mode: the Redis store and Celery workers (see docs/distributed.md)
     redis_chunk_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="store values above this in chunks"
     )
     celery_broker_url: str | None = Field(None, description="Celery broker and result backend (default: redis_url)")
-    celery_visibility_timeout_s: float = Field(
-        4 * 3600.0, gt=0, description="an unacknowledged task returns to the queue after this (longer than updates)"
+    celery_visibility_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=30 * 86400,
+        description="an unacknowledged task returns to the queue after this (default: the hard time limit of an "
+        "update plus 10 minutes, so a copy of a running task is not handed out while it may still run)",
     )
     celery_restore_interval_s: float = Field(
         10.0, gt=0, description="how often workers look for tasks whose worker vanished"
@@ -101,6 +115,20 @@ class WorkerSettings(BaseSettings):
             return None
         old = [k.get_secret_value() for k in self.signing_keys_old]
         return Signer(self.signing_key.get_secret_value(), old)
+
+    @property
+    def recovery_interval(self) -> float:
+        """Seconds between two recovery sweeps."""
+        return self.recovery_interval_s or self.update_lock_ttl_s / 2
+
+    @property
+    def visibility_timeout(self) -> float:
+        """The broker's visibility timeout: the setting, else derived from the longest update the settings allow
+        (``celery_time_limit_s``) plus a margin.  Recovering a vanished worker's update does not wait for it (the
+        recovery sweep does that within about two lock lifetimes); it only bounds when a stale copy returns."""
+        if self.celery_visibility_timeout_s is not None:
+            return self.celery_visibility_timeout_s
+        return max(self.celery_time_limit_s, self.celery_soft_time_limit_s) + VISIBILITY_MARGIN_S
 
     @property
     def broker_url(self) -> str | None:

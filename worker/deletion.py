@@ -7,8 +7,6 @@ drops tombstoned ids before training and before committing).
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +14,7 @@ from cl_core.learner import Learner
 from registry import Store
 from registry import tensors as st
 from worker.config import WorkerSettings
-from worker.pipeline import LockLost
+from worker.locking import task_owner, update_lock
 
 
 @dataclass(frozen=True)
@@ -32,15 +30,9 @@ def forget_samples(
     """Delete samples by id and scrub them from every version's exemplar memory."""
     deleted = store.delete_samples(name, ids)
     tombstones = store.deleted_ids(name)
-    deadline = time.monotonic() + wait_s
-    while (
-        token := store.acquire_update_lock(name, f"forget-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
-    ) is None:
-        if time.monotonic() > deadline:
-            raise LockLost(f"an update of {name!r} kept running; the samples are deleted, the scrub is not done yet")
-        time.sleep(0.2)
+    busy = f"an update of {name!r} kept running; the samples are deleted, the scrub is not done yet"
     scrubbed = rewritten = 0
-    try:
+    with update_lock(store, name, task_owner("forget"), settings.update_lock_ttl_s, wait_s=wait_s, busy=busy):
         for record in store.list_versions(name):
             if not record.learner or not (record.learner.get("memory")):
                 continue
@@ -52,8 +44,6 @@ def forget_samples(
                 store.rewrite_state(name, record.version, st.dumps(learner.state_dict()))
                 scrubbed += removed
                 rewritten += 1
-    finally:
-        store.release_update_lock(name, token)
     return Forgotten(deleted, scrubbed, rewritten)
 
 

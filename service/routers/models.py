@@ -19,7 +19,9 @@ from service.schemas import NAME_PATTERN
 from service.views import model_info, version_info
 from worker.audit import audit
 from worker.learners import validate_method
-from worker.pipeline import LockLost, import_weights
+from worker.locking import LockLost
+from worker.pipeline import import_weights
+from worker.promotion import auto_promote
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -105,13 +107,20 @@ async def import_model_weights(
     except LockLost as exc:
         raise ApiError(409, str(exc)) from exc
     audit("version.imported", actor=caller.name, model=name, version=record.version)
-    live = await run_in_threadpool(runtime.store.live_version, name)
-    if runtime.settings.auto_promote and await run_in_threadpool(
-        lambda: runtime.store.promote(name, record.version, by=caller.name, expected=live)
-    ):
-        audit("version.promoted", actor=caller.name, model=name, version=record.version, previous=live)
-        live = record.version
-        await run_in_threadpool(runtime.server.refresh, name)
+    promoted = await run_in_threadpool(
+        lambda: auto_promote(
+            runtime.store,
+            record,
+            runtime.settings,
+            by=caller.name,
+            expected=record.parent,
+            on_live=runtime.server.refresh,
+        )
+    )
+    if promoted is not None and promoted.promoted:
+        live: int | None = record.version
+    else:
+        live = await run_in_threadpool(runtime.store.live_version, name)
     return version_info(await run_in_threadpool(runtime.store.get_version, name, record.version), live)
 
 

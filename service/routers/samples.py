@@ -18,7 +18,7 @@ from service.ingest import labels_of, to_tensor
 from service.runtime import Runtime
 from worker.audit import audit
 from worker.deletion import forget_samples
-from worker.pipeline import LockLost
+from worker.locking import LockLost
 from worker.scheduling import request_update
 
 router = APIRouter(prefix="/v1/models", tags=["samples"])

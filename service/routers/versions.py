@@ -6,8 +6,9 @@ from fastapi import APIRouter
 
 from service import schemas
 from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep, VersionNumber
+from service.errors import ApiError
 from service.views import version_info
-from worker.audit import audit
+from worker.promotion import promote as promote_version
 
 router = APIRouter(prefix="/v1/models", tags=["versions"])
 
@@ -30,10 +31,7 @@ def get_version(name: ModelName, version: VersionNumber, runtime: RuntimeDep, _:
 )
 def promote(name: ModelName, version: VersionNumber, runtime: RuntimeDep, caller: AdminCaller) -> schemas.Promoted:
     """Serve ``version`` (rolling back is promoting an older one).  In-flight requests finish on the old version."""
-    runtime.store.get_version(name, version)
-    previous = runtime.store.live_version(name)
-    runtime.store.promote(name, version, by=caller.name)
-    runtime.server.refresh(name)
-    event = "version.rollback" if previous is not None and version < previous else "version.promoted"
-    audit(event, actor=caller.name, model=name, version=version, previous=previous)
-    return schemas.Promoted(model=name, live_version=version, previous=previous)
+    result = promote_version(runtime.store, name, version, by=caller.name, on_live=runtime.server.refresh)
+    if not result.promoted:
+        raise ApiError(409, f"the live version of {name!r} changed while promoting (now {result.previous}); retry")
+    return schemas.Promoted(model=name, live_version=version, previous=result.previous)

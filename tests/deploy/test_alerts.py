@@ -217,12 +217,6 @@ def test_promoting_a_version_the_gate_rejected_fires_model_forgetting_high(stack
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: a second update that finds its samples taken by the first still ends 'failed' here; with "
-    "issue 12's 'skipped' status it is not counted as failed and UpdatesFailing stays quiet (remove this mark "
-    "once issue 12 is merged)",
-)
 def test_two_update_requests_at_once_do_not_fire_updates_failing(stack: Stack) -> None:
     api, prometheus, model = stack.api, stack.prometheus, "races"
     first_version(api, model)

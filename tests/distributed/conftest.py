@@ -96,7 +96,8 @@ def update_status(url: str, name: str, update_id: str) -> dict[str, Any]:
 def wait_update(url: str, name: str, update_id: str, timeout: float = 120) -> dict[str, Any]:
     status: dict[str, Any] = wait_for(
         lambda: (
-            (s := update_status(url, name, update_id))["status"] in ("succeeded", "failed", "rejected", "cancelled")
+            (s := update_status(url, name, update_id))["status"]
+            in ("succeeded", "failed", "rejected", "cancelled", "skipped")
             and s
         ),
         timeout=timeout,

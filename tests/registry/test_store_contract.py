@@ -189,6 +189,42 @@ def test_update_lock_is_exclusive_fenced_and_expires(store: Store) -> None:
         store.commit_version(version(), st.dumps({}), st.dumps({}), fence=second)
 
 
+def test_the_lock_holder_is_readable_until_release_or_expiry(store: Store) -> None:
+    store.create_model(model())
+    assert store.update_lock_holder("digits") is None
+    token = store.acquire_update_lock("digits", "update:u1 host:42", ttl_s=30)
+    assert token is not None
+    holder = store.update_lock_holder("digits")
+    assert holder is not None and (holder.owner, holder.token) == ("update:u1 host:42", token)
+    assert 0 < holder.expires_in_s <= 30
+    store.release_update_lock("digits", token)
+    assert store.update_lock_holder("digits") is None
+    short = store.acquire_update_lock("digits", "w2", ttl_s=0.05)
+    assert short is not None
+    _wait_for(lambda: store.update_lock_holder("digits") is None)  # expired: nobody holds it
+    assert not store.refresh_update_lock("digits", short, ttl_s=30)  # an expired lock is not revived
+    with pytest.raises(NotFound):
+        store.update_lock_holder("nope")
+
+
+def test_a_raising_listener_neither_fails_the_promotion_nor_stops_the_others(store: Store) -> None:
+    store.create_model(model())
+    store.commit_version(version(), st.dumps({}), st.dumps({}))
+    errors: list[tuple[str, str]] = []
+    store.on_listener_error(lambda name, exc: errors.append((name, str(exc))))
+    seen: list[int | None] = []
+
+    def broken(name: str, v: int | None) -> None:
+        raise MemoryError("CUDA out of memory")
+
+    subscriptions = [store.subscribe(broken), store.subscribe(lambda name, v: seen.append(v))]
+    assert store.promote("digits", 1, by="alice", expected=None)
+    assert store.live_version("digits") == 1
+    _wait_for(lambda: seen == [1] and errors == [("digits", "CUDA out of memory")])
+    for subscription in subscriptions:
+        subscription.close()
+
+
 def _wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     import time
 
