@@ -7,6 +7,15 @@
 #   docker build -t continual-serve:cuda --build-arg VARIANT=cuda .              # CUDA build of PyTorch
 #   docker build -t continual-serve:cuda --build-arg VARIANT=cuda --build-arg CUDA_TAG=cu126 .
 #
+# Where PyTorch and the other packages come from, for proxied and air-gapped networks (README, "Operations"):
+#
+#   --build-arg TORCH_INDEX_URL=https://mirror.example/pytorch/whl/cpu   torch (and its dependencies) from this
+#                                                                        index instead of download.pytorch.org
+#   wheels/*.whl (beside this file)                                      looked at besides the indexes, e.g. the
+#                                                                        torch wheel where no reachable index has it
+#   --build-arg PIP_INDEX_URL=https://proxy.example/pypi/simple          everything else from this index, not PyPI
+#   --build-arg PIP_NO_INDEX=1                                           no index at all: every wheel from wheels/
+#
 # The CUDA wheels of PyTorch bundle the CUDA runtime, cuDNN and NCCL (as nvidia-* wheels), so both variants share
 # the same slim Python base; the host needs only the NVIDIA driver and the container toolkit (`--gpus all`).
 
@@ -20,28 +29,48 @@ ARG VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
 # A CUDA tag that download.pytorch.org lists for TORCH_VERSION (cu126, cu128, cu130, …); used when VARIANT=cuda.
 ARG CUDA_TAG=cu128
+# The index torch is installed from; empty: PyTorch's own for the variant (…/whl/cpu or …/whl/$CUDA_TAG).
+ARG TORCH_INDEX_URL=
+# pip's own settings, passed through to pip when given (unset otherwise): the index of everything but torch, and
+# "no index at all"
+ARG PIP_INDEX_URL
+ARG PIP_NO_INDEX
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+# wheels/ (its README.md alone when nobody put wheels there) is a find-links folder for every pip install below,
+# besides whatever the base image already names.
+COPY wheels/ /tmp/wheels/
+ENV PIP_FIND_LINKS="/tmp/wheels${PIP_FIND_LINKS:+ $PIP_FIND_LINKS}"
+
 # PyTorch first, in its own layer: it is by far the largest and changes least often.
 RUN case "$VARIANT" in \
-      cpu)  index=https://download.pytorch.org/whl/cpu ;; \
-      cuda) index=https://download.pytorch.org/whl/$CUDA_TAG ;; \
+      cpu)  default=https://download.pytorch.org/whl/cpu ;; \
+      cuda) default=https://download.pytorch.org/whl/$CUDA_TAG ;; \
       *)    echo "VARIANT must be cpu or cuda, got '$VARIANT'" >&2; exit 1 ;; \
     esac \
+ && index="${TORCH_INDEX_URL:-$default}" \
+ && echo "torch==$TORCH_VERSION from $index (and wheels/: $(ls /tmp/wheels | grep -c '\.whl$') wheels)" \
  && pip install --index-url "$index" "torch==$TORCH_VERSION"
 
-# Then the project (not editable: the runtime stage has no source tree). Its `torch>=2.3` is already satisfied.
+# Then the project's dependencies, in a layer of their own (read from pyproject.toml: a change of the source alone
+# does not download them again; `torch>=2.3` is already satisfied), and the project itself (not editable: the runtime
+# stage has no source tree).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt
+COPY README.md ./
 COPY cl_core ./cl_core
 COPY registry ./registry
 COPY worker ./worker
 COPY service ./service
 COPY clbench ./clbench
-RUN pip install . && python -c "import service.app, worker.pipeline, torch; print('torch', torch.__version__)"
+RUN pip install --no-deps . && pip check \
+ && python -c "import service.app, worker.pipeline, torch; print('torch', torch.__version__)"
 
 # ---- runtime: the virtual environment, a non-root user, nothing else ---------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

@@ -18,7 +18,7 @@ The whole memory is tensors (its state dict), so a store can persist it with the
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +62,7 @@ class ExemplarMemory:
         self.seen: dict[int, int] = {}  # samples of each class offered so far (reservoir)
         self._updates = 0
 
-    def hparams(self) -> dict[str, object]:
+    def hparams(self) -> dict[str, Any]:
         return {
             "per_class": self.per_class,
             "total": self.total,

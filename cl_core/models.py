@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from cl_core.persample import LinearRule
+from cl_core.validation import shown
 
 BodyFactory = Callable[..., nn.Module]
 """``factory(input_shape, **options)`` → a module mapping (batch, *input_shape) to (batch, features)."""
@@ -151,14 +152,14 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> Classifier:
     """A freshly initialised model for ``spec`` (deterministic when ``seed`` is given)."""
     factory = _ARCHITECTURES.get(spec.architecture)
     if factory is None:
-        raise ValueError(f"unknown architecture {spec.architecture!r}; known: {', '.join(architectures())}")
+        raise ValueError(f"unknown architecture {shown(spec.architecture)}; known: {', '.join(architectures())}")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         try:
             body = factory(spec.input_shape, **spec.options)
         except TypeError as exc:
-            raise ValueError(f"bad options for architecture {spec.architecture!r}: {exc}") from exc
+            raise ValueError(f"bad options for architecture {shown(spec.architecture)}: {shown(str(exc))}") from exc
         with torch.no_grad():
             was_training = body.training
             body.eval()

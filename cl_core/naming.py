@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cl_core.validation import shown
+
 BASES = ("finetune", "joint", "ewc", "online-ewc", "mas", "rewc", "slnid")
 SUFFIXES = ("replay", "wa")
 
@@ -37,12 +39,12 @@ def parse_method_name(name: str) -> MethodSpec:
         raise ValueError(f"empty method name; known bases: {', '.join(BASES)}")
     base, *suffixes = [part.strip().lower() for part in name.split("+")]
     if base not in BASES:
-        raise ValueError(f"unknown method {base!r} in {name!r}; known bases: {', '.join(BASES)}")
+        raise ValueError(f"unknown method {shown(base)} in {shown(name)}; known bases: {', '.join(BASES)}")
     for suffix in suffixes:
         if suffix not in SUFFIXES:
-            raise ValueError(f"unknown suffix {suffix!r} in {name!r}; known suffixes: {', '.join(SUFFIXES)}")
+            raise ValueError(f"unknown suffix {shown(suffix)} in {shown(name)}; known suffixes: {', '.join(SUFFIXES)}")
     if len(set(suffixes)) != len(suffixes):
-        raise ValueError(f"repeated suffix in {name!r}")
+        raise ValueError(f"repeated suffix in {shown(name)}")
     if base == "joint" and suffixes:
-        raise ValueError(f"{name!r}: joint training sees all data at once and takes no suffix")
+        raise ValueError(f"{shown(name)}: joint training sees all data at once and takes no suffix")
     return MethodSpec(base, replay="replay" in suffixes, weight_align="wa" in suffixes)

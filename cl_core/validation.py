@@ -11,6 +11,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+ECHO_LIMIT = 200
+"""At most this many characters of a caller's value are repeated in an error message."""
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a 1 MB label is not echoed whole)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        # not str(): it is slow for huge integers, and refused beyond 4300 digits
+        return f"an integer of magnitude beyond 10^{int((value.bit_length() - 1) * 0.30103)}"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
 
 class InvalidData(ValueError):
     """A ValueError that also carries the offending field and index, for clear API errors."""
@@ -77,10 +91,16 @@ def normalize_label(label: object, index: int, *, field: str = "label") -> str:
             field=field,
             index=index,
         )
-    if isinstance(label, int):
-        return str(label)
     if isinstance(label, float) and label.is_integer():
-        return str(int(label))
+        label = int(label)
+    if isinstance(label, int):  # the bit length first: str() of a huge integer is slow, or refused
+        if label.bit_length() > 4 * LABEL_MAX_LENGTH or len(str(label)) > LABEL_MAX_LENGTH:
+            raise InvalidData(
+                f"{field} of sample {index} must be 1-{LABEL_MAX_LENGTH} characters, got {shown(label)}",
+                field=field,
+                index=index,
+            )
+        return str(label)
     if not isinstance(label, str):
         raise InvalidData(
             f"{field} of sample {index} must be a string or an integer, got {type(label).__name__}",
@@ -90,7 +110,7 @@ def normalize_label(label: object, index: int, *, field: str = "label") -> str:
     text = label.strip()
     if not text or len(text) > LABEL_MAX_LENGTH or not text.isprintable():
         raise InvalidData(
-            f"{field} of sample {index} must be 1-{LABEL_MAX_LENGTH} printable characters, got {label!r}",
+            f"{field} of sample {index} must be 1-{LABEL_MAX_LENGTH} printable characters, got {shown(label)}",
             field=field,
             index=index,
         )

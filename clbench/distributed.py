@@ -33,10 +33,11 @@ import torch
 
 from cl_core.data import load_mnist5k
 from cl_core.models import ModelSpec, build_model
-from clbench.load import _free_port, serve
+from clbench.load import serve
 from registry import ModelRecord, UpdateRecord, VersionRecord
 from registry import tensors as st
 from registry.redis_store import RedisStore
+from service.launcher import free_port
 from worker.celery_executor import CeleryExecutor
 from worker.config import WorkerSettings
 
@@ -107,7 +108,7 @@ def redis_server(directory: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
+    port = free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     command += ["--dir", str(directory), "--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

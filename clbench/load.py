@@ -16,12 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +31,7 @@ import torch
 
 from cl_core.models import ModelSpec, build_model
 from registry import tensors
+from service.launcher import child_env, running_clserve
 
 ARCHITECTURES: dict[str, tuple[list[int], dict[str, Any]]] = {
     "mlp": ([784], {"hidden": [400, 400]}),
@@ -75,43 +71,12 @@ class LoadReport:
         return data
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve(data_dir: Path, env: dict[str, str]) -> Iterator[str]:
-    """A `clserve` process on a free loopback port, stopped when the block ends."""
-    port = _free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CL_")}
-    full_env.update({"CL_DATA_DIR": str(data_dir), "CL_PORT": str(port), "CL_HOST": "127.0.0.1", **env})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--log-level", "warning"],
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"clserve exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("clserve did not become ready")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    """A `clserve` process on a free loopback port (warnings only in its log, which is discarded), stopped when the
+    block ends; yields its base URL."""
+    with running_clserve(data_dir, args=["--log-level", "warning"], env=child_env(env)) as server:
+        yield server.url
 
 
 def weights_for(architecture: str, seed: int) -> tuple[bytes, torch.nn.Module]:

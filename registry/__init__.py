@@ -6,43 +6,71 @@ One interface (`Store`), two implementations: `LocalStore` (a directory, the emb
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.local import LocalStore
 from registry.records import (
+    FINISHED,
     ExperienceRecord,
+    LivePointer,
+    LockHolder,
     ModelRecord,
     Promotion,
     QuarantineRecord,
     UpdateRecord,
     VersionRecord,
 )
-from registry.samples import Claim, SampleSet, holdout_flags
+from registry.samples import Claim, PendingCounts, SampleSet, holdout_flags
+from registry.signing import Signer
+
+log = logging.getLogger(__name__)
 
 
-def open_store(data_dir: str | Path, redis_url: str | None = None, *, redis_chunk_bytes: int | None = None) -> Store:
-    """Redis when a URL is given (values above ``redis_chunk_bytes`` stored in chunks), else the local directory."""
+def open_store(
+    data_dir: str | Path,
+    redis_url: str | None = None,
+    *,
+    redis_chunk_bytes: int | None = None,
+    signer: Signer | None = None,
+) -> Store:
+    """Redis when a URL is given (values above ``redis_chunk_bytes`` stored in chunks), else the local directory;
+    promotions signed with ``signer`` when given (and said so when not: at every process's start)."""
     if redis_url:
         from registry.redis_store import DEFAULT_CHUNK_BYTES, RedisStore  # imported only in distributed mode
 
-        return RedisStore(redis_url, chunk_bytes=redis_chunk_bytes or DEFAULT_CHUNK_BYTES)
-    return LocalStore(data_dir)
+        if signer is None:
+            log.warning(
+                "CL_SIGNING_KEY is not set: promotions are not signed, and anyone who can write to Redis can change "
+                "which version the replicas serve (see README, 'Redis against a hostile network')"
+            )
+        return RedisStore(redis_url, chunk_bytes=redis_chunk_bytes or DEFAULT_CHUNK_BYTES, signer=signer)
+    if signer is None:
+        log.info("CL_SIGNING_KEY is not set: promotions are not signed (the store directory is trusted)")
+    return LocalStore(data_dir, signer=signer)
 
 
 __all__ = [
+    "FINISHED",
     "UNSET",
     "Claim",
     "Conflict",
     "ExperienceRecord",
+    "InvalidIdentifier",
     "LiveListener",
+    "LivePointer",
     "LocalStore",
+    "LockHolder",
     "ModelRecord",
     "NotFound",
+    "PendingCounts",
     "Promotion",
     "QuarantineRecord",
+    "QueueFull",
     "SampleSet",
+    "Signer",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -9,22 +9,40 @@ Rules every implementation keeps:
 * the live pointer changes by compare-and-set, so two writers can never both promote;
 * accepted samples are durable when `append_samples` returns; an update `claim`s the pending ones and they stay
   pending until `ack` names the committed version that consumed them (a crashed update loses nothing);
-* tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled.
+* tensors travel as safetensors bytes, metadata as JSON; nothing is ever pickled;
+* a name or id that `registry.names` does not accept is an `InvalidIdentifier` (a ValueError): nothing is read or
+  written for it;
+* a store given a `registry.signing.Signer` signs every promotion (model, version, digest of the stored weights,
+  sequence number) and keeps the record with the pointer in the same atomic change; without one it stores none.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from torch import Tensor
 
-from registry.records import ExperienceRecord, ModelRecord, QuarantineRecord, UpdateRecord, VersionRecord
-from registry.samples import Claim, SampleSet
+from registry.records import (
+    ExperienceRecord,
+    LivePointer,
+    LockHolder,
+    ModelRecord,
+    QuarantineRecord,
+    UpdateRecord,
+    VersionRecord,
+)
+from registry.samples import Claim, PendingCounts, SampleSet
+
+log = logging.getLogger(__name__)
 
 LiveListener = Callable[[str, int | None], None]
 """Called with (model name, new live version or None) whenever a live pointer changes."""
+
+ListenerErrorHook = Callable[[str, BaseException], None]
+"""Told (model name, exception) when a live-pointer listener raised."""
 
 UNSET: Any = object()
 
@@ -37,6 +55,8 @@ class Subscription(ABC):
 
 class Store(ABC):
     """Where models, versions, method state, samples and updates live."""
+
+    _listener_error_hooks: tuple[ListenerErrorHook, ...] = ()
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -103,13 +123,42 @@ class Store(ABC):
     def live_version(self, name: str) -> int | None: ...
 
     @abstractmethod
+    def live_pointer(self, name: str) -> LivePointer:
+        """The live pointer with its promotion record, read atomically (what a replica verifies before serving)."""
+
+    @abstractmethod
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
         """Point ``name`` at ``version`` (recording who did it on the version); with ``expected`` given, only if
-        the pointer still holds that value (compare-and-set).  Returns False when the comparison failed."""
+        the pointer still holds that value (compare-and-set).  Returns False when the comparison failed.  With a
+        signer, the pointer and its signed promotion record change together; without, the record is removed."""
 
     @abstractmethod
     def subscribe(self, listener: LiveListener) -> Subscription:
-        """Deliver every change of any live pointer (from this process or, with Redis, any replica)."""
+        """Deliver every change of any live pointer (from this process or, with Redis, any replica).
+
+        A listener that raises changes nothing: the pointer is written before listeners run, the error is logged
+        and reported to the hooks of `on_listener_error`, and the other listeners still run."""
+
+    def on_listener_error(self, hook: ListenerErrorHook) -> None:
+        """Be told of every listener error (the service counts them)."""
+        self._listener_error_hooks = (*self._listener_error_hooks, hook)
+
+    def listener_failed(self, name: str, error: BaseException) -> None:
+        """Log a failure of something that reacted to a pointer change and tell the hooks (never raises)."""
+        log.error("a live-pointer listener of %s failed: %s", name, error, exc_info=error)
+        for hook in self._listener_error_hooks:
+            try:
+                hook(name, error)
+            except Exception:
+                log.exception("a listener-error hook failed")
+
+    def deliver(self, listeners: Iterable[LiveListener], name: str, version: int | None) -> None:
+        """Call each listener; one that raises is reported (`listener_failed`) and does not stop the others."""
+        for listener in listeners:
+            try:
+                listener(name, version)
+            except Exception as exc:
+                self.listener_failed(name, exc)
 
     # -- samples --------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -162,7 +211,7 @@ class Store(ABC):
     @abstractmethod
     def release_quarantine(self, name: str, ids: Sequence[str]) -> list[str]:
         """Return quarantined samples to the pending ones, exempt from label screening; returns the ids released
-        (ids not in quarantine are ignored)."""
+        (ids not in quarantine are ignored; one invalid id is an InvalidIdentifier, and nothing is released)."""
 
     @abstractmethod
     def experiences(self, name: str) -> list[ExperienceRecord]:
@@ -175,11 +224,18 @@ class Store(ABC):
     @abstractmethod
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
         """Forget samples by id: pending ones are never trained, stored ones are dropped, and the ids are kept as
-        tombstones (`deleted_ids`) so exemplar memories can drop them too.  Returns how many were found."""
+        tombstones (`deleted_ids`) so exemplar memories can drop them too.  Returns how many were found.  One
+        invalid id (`registry.names.check_sample_ids`) is an InvalidIdentifier, and nothing is deleted."""
 
     @abstractmethod
     def deleted_ids(self, name: str) -> set[int]:
-        """Ids of every sample deleted on request."""
+        """Ids of every sample deleted on request (entries of the record that are not valid ids are ignored, with a
+        warning)."""
+
+    @abstractmethod
+    def repair_deleted_ids(self, name: str) -> int:
+        """Drop the invalid entries of the deletion record (written by code that did not check ids), with a
+        warning; returns how many were dropped."""
 
     @abstractmethod
     def apply_retention(
@@ -194,10 +250,9 @@ class Store(ABC):
         """Record held-out samples as ``version``'s experience directly (importing a model from another store)."""
 
     @abstractmethod
-    def pending_counts(self, name: str) -> dict[str, Any]:
-        """What is waiting for the next update: {"labeled": n, "unlabeled": n, "held_out": n,
-        "per_class": {label: n}}; ``labeled`` excludes the held-out samples, ``per_class`` counts every labeled
-        sample posted (held-out ones included)."""
+    def pending_counts(self, name: str) -> PendingCounts:
+        """What is waiting for the next update (`samples.tally_pending` over `samples.SetAside.pending`: carried
+        samples included, quarantined ones excluded)."""
 
     # -- updates --------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -205,8 +260,18 @@ class Store(ABC):
         """Create or replace an update record."""
 
     @abstractmethod
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        """Store a new update unless one with its id exists; returns the stored one (idempotent requests)."""
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        """Store ``record`` (a queued update) and return it, unless, checked atomically with the write, in order:
+
+        * an update with its id exists: return that one, whatever the queue holds (idempotent requests);
+        * ``join_queued`` and an update of the model is queued: return the newest queued one (policy triggers
+          merge into it);
+        * ``max_queued`` (≥ 1) updates of the model are queued: raise QueueFull.
+
+        The check and the write are one step, so concurrent requests (threads, replicas) never queue more than
+        ``max_queued`` updates."""
 
     @abstractmethod
     def get_update(self, name: str, update_id: str) -> UpdateRecord: ...
@@ -242,3 +307,8 @@ class Store(ABC):
 
     @abstractmethod
     def release_update_lock(self, name: str, token: int) -> None: ...
+
+    @abstractmethod
+    def update_lock_holder(self, name: str) -> LockHolder | None:
+        """Who holds the lock now (None when it is free or has expired): lets a recovery sweep tell a running
+        update whose worker is alive from one whose worker vanished."""

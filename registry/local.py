@@ -3,7 +3,7 @@
 Layout (format 1, recorded in ``FORMAT``)::
 
     models/<name>/model.json                    ModelRecord
-    models/<name>/live.json                     {"version": int | null}
+    models/<name>/live.json                     {"version": int | null, "promotion": signed record JSON | null}
     models/<name>/versions/<v>/meta.json        VersionRecord        ┐ written in a temporary directory,
     models/<name>/versions/<v>/model.safetensors                     │ then renamed into place: a version is
     models/<name>/versions/<v>/state.safetensors                     ┘ visible only once complete
@@ -24,14 +24,20 @@ candidate whose samples are still pending, and the next update trains on them ag
 Samples left pending inside consumed batches (deferred by an update, or released from quarantine) are not kept in
 a file of their own: they follow from experiences.json (each experience lists the ids it deferred and the carried
 ids it consumed) and quarantine.json, so every change of a sample's state is one atomic write.
+
+Every path is built from a checked name or id (`registry.names`) and resolved: a path that leads outside the data
+folder (a symbolic link, say) is refused, and a directory is removed recursively only when it is verifiably the
+store's own (a real directory inside the folder holding the file the store wrote there).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -44,9 +50,43 @@ from torch import Tensor
 
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreUnavailable
-from registry.records import ExperienceRecord, ModelRecord, Promotion, QuarantineRecord, UpdateRecord, VersionRecord
-from registry.samples import Claim, SampleSet, consumed_experience, count_pending, holdout_flags
+from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
+from registry.names import (
+    check_model_name,
+    check_request_key,
+    check_sample_ids,
+    check_update_id,
+    check_version,
+    is_model_name,
+    tombstones,
+)
+from registry.records import (
+    ExperienceRecord,
+    LivePointer,
+    LockHolder,
+    ModelRecord,
+    Promotion,
+    QuarantineRecord,
+    UpdateRecord,
+    VersionRecord,
+)
+from registry.samples import (
+    BatchMeta,
+    Claim,
+    ClaimToken,
+    PendingCounts,
+    RetentionPass,
+    SampleSet,
+    SetAside,
+    consumed_experience,
+    experience_parts,
+    holdout_flags,
+    plan_claim,
+    tally_pending,
+)
+from registry.signing import Signer, sign_promotion
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -94,8 +134,9 @@ class _LocalSubscription(Subscription):
 class LocalStore(Store):
     """A directory store for the embedded mode (one process; threads are serialised per model)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, signer: Signer | None = None) -> None:
         self.root = Path(root)
+        self._signer = signer
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / "FORMAT"
         if marker.exists():
@@ -105,10 +146,11 @@ class LocalStore(Store):
         else:
             _write_json(marker, {"format": FORMAT_VERSION})
         (self.root / "models").mkdir(exist_ok=True)
+        self._real_root = self.root.resolve()
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._listeners: set[LiveListener] = set()
-        self._update_locks: dict[str, tuple[int, float]] = {}  # name → (token, expires at)
+        self._update_locks: dict[str, tuple[int, float, str]] = {}  # name → (token, expires at, owner)
         self._fences: dict[str, int] = {}
         self._request_index: dict[str, dict[str, int]] = {}  # name → request key → batch seq (rebuilt on open)
         self._pruned: dict[str, float] = {}  # name → when expired answers were last removed
@@ -118,17 +160,41 @@ class LocalStore(Store):
         with self._locks_guard:
             return self._locks.setdefault(name, threading.RLock())
 
+    def _inside(self, path: Path) -> Path:
+        """``path`` when it resolves inside the data folder, else InvalidIdentifier."""
+        if not path.resolve().is_relative_to(self._real_root):
+            raise InvalidIdentifier(f"{path} resolves outside the store's data folder {self._real_root}")
+        return path
+
+    def _model_path(self, name: str) -> Path:
+        """Where model ``name`` lives (it may not exist): a checked name, a real directory inside the folder."""
+        path = self.root / "models" / check_model_name(name)
+        if path.is_symlink():
+            raise InvalidIdentifier(f"{path} is a symbolic link; the store keeps nothing outside its data folder")
+        return self._inside(path)
+
     def _dir(self, name: str) -> Path:
-        path = self.root / "models" / name
+        path = self._model_path(name)
         if not (path / "model.json").exists():
             raise NotFound(f"model {name!r} does not exist")
         return path
 
     def _version_dir(self, name: str, version: int) -> Path:
-        path = self._dir(name) / "versions" / str(version)
+        path = self._inside(self._dir(name) / "versions" / str(check_version(version, allow_zero=True)))
         if not (path / "meta.json").exists():
             raise NotFound(f"model {name!r} has no version {version}")
         return path
+
+    def _update_path(self, name: str, update_id: str, suffix: str) -> Path:
+        return self._inside(self._dir(name) / "updates" / f"{check_update_id(update_id)}{suffix}")
+
+    def _remove_own(self, path: Path, marker: str) -> None:
+        """Remove a directory tree, only if it is verifiably the store's: a real directory inside the data folder
+        holding ``marker`` (a file the store wrote there).  Anything else is left alone, with a warning."""
+        if path.is_symlink() or not (path / marker).is_file() or not path.resolve().is_relative_to(self._real_root):
+            log.warning("not removing %s: it is not verifiably this store's own", path)
+            return
+        shutil.rmtree(path, ignore_errors=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def ping(self) -> None:
@@ -137,12 +203,17 @@ class LocalStore(Store):
 
     # -- models ---------------------------------------------------------------------------------------------------
     def create_model(self, record: ModelRecord) -> None:
-        path = self.root / "models" / record.name
+        path = self._model_path(record.name)
         with self._lock(record.name):
             if (path / "model.json").exists():
                 raise Conflict(f"model {record.name!r} already exists")
-            if path.exists():  # leftovers of a crashed create or delete
-                shutil.rmtree(path)
+            if path.exists():  # creating and deleting rename whole directories: this is not the store's
+                try:
+                    path.rmdir()  # an empty directory holds nobody's data
+                except OSError:
+                    raise Conflict(
+                        f"{path} exists and is not a model of this store; move it away to create {record.name!r}"
+                    ) from None
             staging = Path(tempfile.mkdtemp(dir=self.root / "models", prefix=f".create-{record.name}-"))
             _write_json(staging / "model.json", record.to_json())
             _write_json(staging / "live.json", {"version": None})
@@ -155,7 +226,8 @@ class LocalStore(Store):
     def list_models(self) -> list[ModelRecord]:
         out = []
         for path in sorted((self.root / "models").iterdir()):
-            if not path.name.startswith(".") and (path / "model.json").exists():
+            valid = not path.name.startswith(".") and not path.is_symlink() and is_model_name(path.name)
+            if valid and (path / "model.json").exists():
                 out.append(ModelRecord.from_json(_read_json(path / "model.json")))
         return out
 
@@ -164,7 +236,7 @@ class LocalStore(Store):
             path = self._dir(name)
             graveyard = self.root / "models" / f".deleted-{name}-{uuid.uuid4().hex}"
             os.rename(path, graveyard)  # atomic: the model vanishes at once
-            shutil.rmtree(graveyard, ignore_errors=True)
+            self._remove_own(graveyard, "model.json")
             self._update_locks.pop(name, None)
         self._notify(name, None)
 
@@ -189,6 +261,8 @@ class LocalStore(Store):
         number: int | None = None,
     ) -> VersionRecord:
         name = record.model
+        if number is not None:
+            check_version(number)
         with self._lock(name):
             self._check_fence(name, fence)
             vdir = self._dir(name) / "versions"
@@ -236,24 +310,36 @@ class LocalStore(Store):
                 raise Conflict(f"version {version} of {name!r} is live; promote another one first")
             graveyard = path.parent / f".deleted-{version}-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
-            shutil.rmtree(graveyard, ignore_errors=True)
+            self._remove_own(graveyard, "meta.json")
 
     # -- live pointer ---------------------------------------------------------------------------------------------
     def live_version(self, name: str) -> int | None:
-        value = _read_json(self._dir(name) / "live.json").get("version")
-        return None if value is None else int(value)
+        return self.live_pointer(name).version
+
+    def live_pointer(self, name: str) -> LivePointer:
+        live = _read_json(self._dir(name) / "live.json")
+        value, record = live.get("version"), live.get("promotion")
+        if record is not None and not isinstance(record, str):
+            record = json.dumps(record)  # not what promote writes: the verifier sees it as it is
+        return LivePointer(None if value is None else int(value), record)
 
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
         with self._lock(name):
-            current = self.live_version(name)
+            pointer = self.live_pointer(name)
+            current = pointer.version
             if expected is not UNSET and current != expected:
                 return False
-            meta_path = self._version_dir(name, version) / "meta.json"
+            vdir = self._version_dir(name, version)
+            record = None
+            if self._signer is not None:
+                weights = (vdir / "model.safetensors").read_bytes()
+                record = sign_promotion(self._signer, name, version, weights, pointer.promotion).to_json()
+            meta_path = vdir / "meta.json"
             meta = _read_json(meta_path)
             meta.setdefault("promotions", []).append(Promotion(by, time.time(), current).to_json())
             _write_json(meta_path, meta)
-            _write_json(self._dir(name) / "live.json", {"version": version})
-        self._notify(name, version)
+            _write_json(self._dir(name) / "live.json", {"version": version, "promotion": record})
+        self._notify(name, version)  # after the pointer is written: a listener's error cannot undo or fail it
         return True
 
     def subscribe(self, listener: LiveListener) -> Subscription:
@@ -261,8 +347,7 @@ class LocalStore(Store):
         return _LocalSubscription(self, listener)
 
     def _notify(self, name: str, version: int | None) -> None:
-        for listener in list(self._listeners):
-            listener(name, version)
+        self.deliver(list(self._listeners), name, version)
 
     # -- samples --------------------------------------------------------------------------------------------------
     def _batches(self, name: str) -> list[Path]:
@@ -322,43 +407,56 @@ class LocalStore(Store):
         request_key: str | None = None,
         relabel: bool = False,
     ) -> tuple[list[str], list[bool]]:
+        if request_key is not None:
+            check_request_key(request_key)
         with self._lock(name):
             if request_key is not None:
                 seq = self._requests(name).get(request_key)
                 if seq is not None and self._batch_path(name, seq).exists():
-                    meta = tensors.metadata(self._batch_path(name, seq).read_bytes())
-                    return list(meta["original_ids"]), list(meta["original_held_out"])
+                    first_answer = tensors.metadata(self._batch_path(name, seq).read_bytes())
+                    return list(first_answer["original_ids"]), list(first_answer["original_held_out"])
             counters = self._counters(name)
             held = holdout_flags(labels, counters["per_class"], holdout_fraction)
             seq, first = self._next_numbers(name, counters)
             ids = [str(first + i) for i in range(len(labels))]
-            meta = {
-                "labels": list(labels),
-                "held_out": held,
-                "ids": ids,
-                "at": time.time(),
-                "request_key": request_key,
-                "original_ids": ids if request_key is not None else None,  # the answer to repeat on a retry
-                "original_held_out": held if request_key is not None else None,
-            }
-            if relabel:
-                meta["relabel"] = True
-            write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta))
+            meta = BatchMeta(
+                seq,
+                list(labels),
+                held,
+                ids,
+                at=time.time(),
+                request_key=request_key,
+                original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
+                original_held_out=held if request_key is not None else None,
+                relabel=relabel,
+            )
+            write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta.to_json()))
             counters["next_batch"], counters["next_sample"] = seq + 1, first + len(labels)
             self._write_counters(name, counters)
             if request_key is not None:
                 self._requests(name)[request_key] = seq
         return ids, held
 
-    def _read_batch(self, path: Path) -> tuple[SampleSet, list[bool]]:
+    def _read_meta(self, path: Path) -> BatchMeta:
+        """A batch's metadata, read from the file's header alone (not its tensors)."""
+        with path.open("rb") as f:
+            head = f.read(8)
+            size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            return BatchMeta.from_json(self._seq(path), tensors.metadata(head + f.read(size)))
+
+    def _pending_metas(self, name: str, after: int) -> list[BatchMeta]:
+        """The metadata of the batches numbered above ``after`` (the pending ones), in arrival order."""
+        return [self._read_meta(path) for path in self._batches(name) if self._seq(path) > after]
+
+    def _read_batch(self, path: Path) -> tuple[SampleSet, BatchMeta]:
         data = path.read_bytes()
-        meta = tensors.metadata(data)
-        return SampleSet(tensors.loads(data)["inputs"], meta["labels"], meta["ids"]), meta["held_out"]
+        meta = BatchMeta.from_json(self._seq(path), tensors.metadata(data))
+        return SampleSet(tensors.loads(data)["inputs"], meta.labels, meta.ids), meta
 
     def _rewrite_batch(self, path: Path, keep: list[bool]) -> int:
         """Keep only some rows of a batch (deleting the file when none remain); returns how many were dropped."""
         data = path.read_bytes()
-        meta = tensors.metadata(data)
+        meta = BatchMeta.from_json(self._seq(path), tensors.metadata(data))
         dropped = keep.count(False)
         if dropped == 0:
             return 0
@@ -367,9 +465,7 @@ class LocalStore(Store):
             _fsync_dir(path.parent)
             return dropped
         inputs = tensors.loads(data)["inputs"][[i for i, k in enumerate(keep) if k]]
-        for key in ("labels", "held_out", "ids"):
-            meta[key] = [v for v, k in zip(meta[key], keep, strict=True) if k]
-        write_atomic(path, tensors.dumps({"inputs": inputs}, meta))
+        write_atomic(path, tensors.dumps({"inputs": inputs}, meta.select(keep).to_json()))
         return dropped
 
     def _experiences(self, name: str) -> list[ExperienceRecord]:
@@ -377,95 +473,48 @@ class LocalStore(Store):
         return [ExperienceRecord.from_json(e) for e in _read_json(path)] if path.exists() else []
 
     def _consumed_upto(self, name: str) -> int:
-        return max((int(str(e.claim["upto"])) for e in self._experiences(name)), default=0)
+        return max((ClaimToken.from_json(e.claim).upto for e in self._experiences(name)), default=0)
 
     def _quarantine(self, name: str) -> dict[str, dict[str, Any]]:
         path = self._dir(name) / "quarantine.json"
         entries: dict[str, dict[str, Any]] = _read_json(path) if path.exists() else {}
         return entries
 
-    def _carried(self, experiences: list[ExperienceRecord], quarantine: dict[str, dict[str, Any]]) -> dict[str, int]:
-        """Samples of consumed batches that are pending again (id → batch): deferred by an update or released from
-        quarantine, and not consumed since."""
+    def _set_aside(self, name: str) -> SetAside:
+        """Carried, quarantined and exempt samples, from experiences.json and quarantine.json: a sample deferred by
+        an update or released from quarantine is carried (pending again, id → batch) until an experience lists it
+        as consumed."""
         carried: dict[str, int] = {}
         consumed: set[str] = set()
-        for e in experiences:
-            carried.update({i: int(seq) for i, seq in dict(e.claim.get("deferred") or {}).items()})
-            consumed.update(dict(e.claim.get("consumed") or {}))
+        for e in self._experiences(name):
+            carried.update({str(i): int(seq) for i, seq in dict(e.claim.get("deferred") or {}).items()})
+            consumed.update(str(i) for i in dict(e.claim.get("consumed") or {}))
+        quarantine = self._quarantine(name)
         for i, entry in quarantine.items():
             if entry.get("released"):
                 carried[i] = int(entry["seq"])
             else:
                 carried.pop(i, None)
-        return {i: seq for i, seq in carried.items() if i not in consumed}
+        return SetAside(
+            {i: seq for i, seq in carried.items() if i not in consumed},
+            frozenset(i for i, entry in quarantine.items() if not entry.get("released")),
+            frozenset(i for i, entry in quarantine.items() if entry.get("released")),
+        )
 
-    def _rows(self, name: str, wanted: dict[str, int]) -> list[tuple[int, SampleSet, list[bool], dict[str, Any]]]:
-        """The stored rows of some samples (id → batch), batch by batch: (seq, samples, held-out flags, meta)."""
-        by_seq: dict[int, set[str]] = {}
-        for i, seq in wanted.items():
-            by_seq.setdefault(seq, set()).add(i)
-        out = []
-        for seq in sorted(by_seq):
-            path = self._batch_path(name, seq)
-            if not path.exists():
-                continue
-            data = path.read_bytes()
-            meta = tensors.metadata(data)
-            keep = [i in by_seq[seq] for i in meta["ids"]]
-            if any(keep):
-                batch = SampleSet(tensors.loads(data)["inputs"], meta["labels"], meta["ids"]).select(keep)
-                flags = [f for f, k in zip(meta["held_out"], keep, strict=True) if k]
-                out.append((seq, batch, flags, meta))
-        return out
+    def _metas(self, name: str, seqs: Sequence[int]) -> list[BatchMeta]:
+        """The metadata of the stored batches among ``seqs`` (in that order; gone ones are skipped)."""
+        paths = [self._batch_path(name, seq) for seq in seqs]
+        return [self._read_meta(path) for path in paths if path.exists()]
 
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
         with self._lock(name):
-            experiences = self._experiences(name)
-            start = max((int(str(e.claim["upto"])) for e in experiences), default=0)
-            quarantine = self._quarantine(name)
-            carried = self._carried(experiences, quarantine)
-            skip = set(quarantine) | set(carried)
-            exempt = {i for i, entry in quarantine.items() if entry.get("released")}
+            start = self._consumed_upto(name)
+            aside = self._set_aside(name)
             shape = self.get_model(name).input_shape
-            train, held, where, taken = [], [], {}, 0
-            for seq, batch, flags, meta in self._rows(name, carried):
-                train.append(batch.select([not f for f in flags]))
-                held.append(batch.select(flags))
-                where.update(dict.fromkeys(batch.ids, seq))
-                exempt.update(batch.ids if meta.get("relabel") else ())
-                taken += flags.count(False)
-            upto, skipped = start, []
-            for path in self._batches(name):
-                seq = self._seq(path)
-                if seq <= start:
-                    continue
-                batch, flags = self._read_batch(path)
-                keep = [i not in skip for i in batch.ids]
-                n_train = sum(k and not f for k, f in zip(keep, flags, strict=True))
-                if limit is not None and taken and taken + n_train > limit:
-                    break
-                skipped += [i for i, k in zip(batch.ids, keep, strict=True) if not k]
-                train.append(batch.select([k and not f for k, f in zip(keep, flags, strict=True)]))
-                held.append(batch.select([k and f for k, f in zip(keep, flags, strict=True)]))
-                kept = [i for i, k in zip(batch.ids, keep, strict=True) if k]
-                where.update(dict.fromkeys(kept, seq))
-                if tensors.metadata(path.read_bytes()).get("relabel"):
-                    exempt.update(kept)
-                taken += n_train
-                upto = seq
-            token: dict[str, object] = {
-                "from": start,
-                "upto": upto,
-                "carried": {i: where[i] for i in carried if i in where},
-                "skipped": skipped,
-            }
-            return Claim(
-                SampleSet.concat(train, shape),
-                SampleSet.concat(held, shape),
-                token,
-                frozenset(exempt & set(where)),
-                where,
-            )
+            unconsumed = self._pending_metas(name, start)
+            plan = plan_claim(aside, self._metas(name, aside.carried_batches), unconsumed, start, limit)
+            parts = [self._read_batch(self._batch_path(name, meta.seq))[0] for meta in plan.batches]
+            return plan.claim(parts, shape)
 
     def _append_experience(self, name: str, record: ExperienceRecord) -> None:
         experiences = self._experiences(name)
@@ -484,7 +533,7 @@ class LocalStore(Store):
     ) -> None:
         with self._lock(name):
             self._check_fence(name, fence)
-            if int(str(claim.token["from"])) != self._consumed_upto(name):
+            if claim.token.after != self._consumed_upto(name):
                 raise Conflict(f"samples of {name!r} were consumed by another update since this claim")
             self._append_experience(name, consumed_experience(claim, version, update_id, quarantined, deferred))
 
@@ -503,6 +552,7 @@ class LocalStore(Store):
             return sorted(records, key=lambda r: (r.at, int(r.id) if r.id.isdigit() else 0))
 
     def release_quarantine(self, name: str, ids: Sequence[str]) -> list[str]:
+        ids = check_sample_ids(ids)
         with self._lock(name):
             entries = self._quarantine(name)
             released = [i for i in dict.fromkeys(ids) if i in entries and not entries[i].get("released")]
@@ -522,13 +572,13 @@ class LocalStore(Store):
                 counters = self._counters(name)
                 seq, first = self._next_numbers(name, counters)
                 ids = [str(first + i) for i in range(len(held_out))]
-                meta = {"labels": held_out.labels, "held_out": [True] * len(held_out), "ids": ids, "at": time.time()}
-                write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": held_out.inputs}, meta))
+                meta = BatchMeta(seq, list(held_out.labels), [True] * len(held_out), ids, at=time.time())
+                write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": held_out.inputs}, meta.to_json()))
                 counters["next_batch"], counters["next_sample"] = seq + 1, first + len(held_out)
                 self._write_counters(name, counters)
             self._append_experience(
                 name,
-                ExperienceRecord(version, update_id, {"from": start, "upto": seq}, held_out=len(held_out)),
+                ExperienceRecord(version, update_id, ClaimToken(start, seq).to_json(), held_out=len(held_out)),
             )
 
     def experiences(self, name: str) -> list[ExperienceRecord]:
@@ -540,115 +590,116 @@ class LocalStore(Store):
             shape = self.get_model(name).input_shape
             for e in self._experiences(name):
                 if e.version == version:
-                    lo, hi = int(e.claim["from"]), int(e.claim["upto"])
-                    excluded = set(e.claim.get("excluded") or ())
+                    token, excluded, consumed = experience_parts(e.claim)
                     parts = []
                     for path in self._batches(name):
-                        if lo < self._seq(path) <= hi:
-                            batch, flags = self._read_batch(path)
+                        if token.covers(self._seq(path)):
+                            batch, meta = self._read_batch(path)
                             parts.append(
-                                batch.select([f and i not in excluded for i, f in zip(batch.ids, flags, strict=True)])
+                                batch.select(
+                                    [f and i not in excluded for i, f in zip(meta.ids, meta.held_out, strict=True)]
+                                )
                             )
-                    consumed = {i: int(seq) for i, seq in dict(e.claim.get("consumed") or {}).items()}
-                    parts += [batch.select(flags) for _, batch, flags, _ in self._rows(name, consumed)]
+                    for meta in self._metas(name, sorted(set(consumed.values()))):
+                        batch, _ = self._read_batch(self._batch_path(name, meta.seq))
+                        parts.append(
+                            batch.select(
+                                [
+                                    f and consumed.get(i) == meta.seq
+                                    for i, f in zip(meta.ids, meta.held_out, strict=True)
+                                ]
+                            )
+                        )
                     return SampleSet.concat(parts, shape)
             return SampleSet.concat([], shape)
 
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
-        wanted = {str(i) for i in ids}
+        wanted = set(check_sample_ids(ids))  # all or nothing: one bad id and nothing is deleted
         with self._lock(name):
             found = 0
             for path in self._batches(name):
                 meta = tensors.metadata(path.read_bytes())
                 keep = [i not in wanted for i in meta["ids"]]
                 found += self._rewrite_batch(path, keep)
-            tombstones = self.deleted_ids(name) | {int(i) for i in wanted if i.isdigit()}
-            _write_json(self._dir(name) / "deleted.json", sorted(tombstones))
+            _write_json(self._dir(name) / "deleted.json", sorted(self.deleted_ids(name) | {int(i) for i in wanted}))
             entries = self._quarantine(name)
             if wanted & set(entries):
                 _write_json(self._dir(name) / "quarantine.json", {i: e for i, e in entries.items() if i not in wanted})
             return found
 
-    def deleted_ids(self, name: str) -> set[int]:
+    def _deletion_record(self, name: str) -> tuple[set[int], list[object]]:
         path = self._dir(name) / "deleted.json"
-        return set(_read_json(path)) if path.exists() else set()
+        entries = _read_json(path) if path.exists() else []
+        return tombstones(name, entries if isinstance(entries, list) else [entries])
+
+    def deleted_ids(self, name: str) -> set[int]:
+        return self._deletion_record(name)[0]
+
+    def repair_deleted_ids(self, name: str) -> int:
+        with self._lock(name):
+            valid, invalid = self._deletion_record(name)
+            if invalid:
+                _write_json(self._dir(name) / "deleted.json", sorted(valid))
+                log.warning("repaired the deletion record of model %r: dropped %d invalid id(s)", name, len(invalid))
+            return len(invalid)
 
     def apply_retention(
         self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
     ) -> dict[str, int]:
-        dropped = {"training": 0, "held_out": 0}
         with self._lock(name):
-            experiences = self._experiences(name)
-            consumed = max((int(str(e.claim["upto"])) for e in experiences), default=0)
-            quarantine = self._quarantine(name)
-            keep_always = set(protect) | set(quarantine) | set(self._carried(experiences, quarantine))
-            now, kept = time.time(), 0
+            consumed = self._consumed_upto(name)
+            aside = self._set_aside(name)
+            retention = RetentionPass(time.time(), max_age_s, max_samples, frozenset(protect) | aside.kept_by_retention)
             for path in reversed(self._batches(name)):  # newest first: the newest max_samples survive
                 if self._seq(path) > consumed:
                     continue  # pending samples stay until trained
-                meta = tensors.metadata(path.read_bytes())
-                old = max_age_s is not None and now - float(meta["at"]) > max_age_s
-                keep = []
-                for sample_id, flag in zip(meta["ids"], meta["held_out"], strict=True):
-                    if sample_id in keep_always:
-                        keep.append(True)
-                        continue
-                    survive = not old and (max_samples is None or kept < max_samples)
-                    kept += survive
-                    keep.append(survive)
-                    if not survive:
-                        dropped["held_out" if flag else "training"] += 1
+                meta = self._read_meta(path)
+                keep = retention.mask(meta)
                 self._rewrite_batch(path, keep)
-        return dropped
+                retention.record(meta, keep)
+        return retention.dropped
 
-    def pending_counts(self, name: str) -> dict[str, Any]:
+    def pending_counts(self, name: str) -> PendingCounts:
         with self._lock(name):
-            experiences = self._experiences(name)
-            start = max((int(str(e.claim["upto"])) for e in experiences), default=0)
-            quarantine = self._quarantine(name)
-            carried = self._carried(experiences, quarantine)
-            skip = set(quarantine) | set(carried)
-            rows: list[tuple[str | None, bool]] = []
-            for _, batch, flags, _ in self._rows(name, carried):
-                rows += zip(batch.labels, flags, strict=True)
-            for path in self._batches(name):
-                if self._seq(path) <= start:
-                    continue
-                meta = tensors.metadata(path.read_bytes())
-                rows += [
-                    (label, flag)
-                    for label, flag, i in zip(meta["labels"], meta["held_out"], meta["ids"], strict=True)
-                    if i not in skip
-                ]
-            return count_pending(rows)
+            aside = self._set_aside(name)
+            unconsumed = self._pending_metas(name, self._consumed_upto(name))
+            return tally_pending(aside.pending(self._metas(name, aside.carried_batches), unconsumed))
 
     # -- updates --------------------------------------------------------------------------------------------------
     def put_update(self, record: UpdateRecord) -> None:
         with self._lock(record.model):
-            _write_json(self._dir(record.model) / "updates" / f"{record.update_id}.json", record.to_json())
+            _write_json(self._update_path(record.model, record.update_id, ".json"), record.to_json())
 
     def get_update(self, name: str, update_id: str) -> UpdateRecord:
-        if not update_id.replace("-", "").isalnum():
-            raise NotFound(f"model {name!r} has no update {update_id!r}")
-        path = self._dir(name) / "updates" / f"{update_id}.json"
+        path = self._update_path(name, update_id, ".json")
         if not path.exists():
             raise NotFound(f"model {name!r} has no update {update_id!r}")
         return UpdateRecord.from_json(_read_json(path))
 
     def request_cancel(self, name: str, update_id: str) -> None:
         self.get_update(name, update_id)
-        write_atomic(self._dir(name) / "updates" / f"{update_id}.cancel", b"")
+        write_atomic(self._update_path(name, update_id, ".cancel"), b"")
 
     def cancel_requested(self, name: str, update_id: str) -> bool:
-        return (self._dir(name) / "updates" / f"{update_id}.cancel").exists()
+        return self._update_path(name, update_id, ".cancel").exists()
 
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        with self._lock(record.model):
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        with self._lock(record.model):  # the check and the write under the model's lock: one step for every thread
             try:
                 return self.get_update(record.model, record.update_id)
             except NotFound:
-                self.put_update(record)
-                return record
+                pass
+            queued = [u for u in self.list_updates(record.model) if u.status == "queued"]  # oldest first
+            if join_queued and queued:
+                return queued[-1]
+            if max_queued is not None and len(queued) >= max_queued:
+                raise QueueFull(record.model, len(queued), max_queued)
+            self.put_update(record)
+            return record
 
     def list_updates(self, name: str) -> list[UpdateRecord]:
         udir = self._dir(name) / "updates"
@@ -687,15 +738,15 @@ class LocalStore(Store):
                 return None
             token = self._fences.get(name, 0) + 1
             self._fences[name] = token
-            self._update_locks[name] = (token, time.monotonic() + ttl_s)
+            self._update_locks[name] = (token, time.monotonic() + ttl_s, owner)
             return token
 
     def refresh_update_lock(self, name: str, token: int, ttl_s: float) -> bool:
         with self._lock(name):
             held = self._update_locks.get(name)
-            if held is None or held[0] != token:
+            if held is None or held[0] != token or held[1] <= time.monotonic():
                 return False
-            self._update_locks[name] = (token, time.monotonic() + ttl_s)
+            self._update_locks[name] = (token, time.monotonic() + ttl_s, held[2])
             return True
 
     def release_update_lock(self, name: str, token: int) -> None:
@@ -703,3 +754,12 @@ class LocalStore(Store):
             held = self._update_locks.get(name)
             if held is not None and held[0] == token:
                 del self._update_locks[name]
+
+    def update_lock_holder(self, name: str) -> LockHolder | None:
+        with self._lock(name):
+            self._dir(name)
+            held = self._update_locks.get(name)
+            left = None if held is None else held[1] - time.monotonic()
+            if held is None or left is None or left <= 0:
+                return None
+            return LockHolder(owner=held[2], token=held[0], expires_in_s=left)

@@ -9,8 +9,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Self
 
-UpdateStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
-FINISHED: tuple[UpdateStatus, ...] = ("succeeded", "failed", "rejected", "cancelled")
+UpdateStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled", "skipped"]
+FINISHED: tuple[UpdateStatus, ...] = ("succeeded", "failed", "rejected", "cancelled", "skipped")
+"""An update ends in one of these; "skipped" means nothing was left to learn (another update consumed the samples)."""
 
 
 def now() -> float:
@@ -95,6 +96,15 @@ class UpdateRecord(_JSON):
         return self.status in FINISHED
 
 
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a model's update lock now, and for how much longer unless refreshed."""
+
+    owner: str
+    token: int
+    expires_in_s: float
+
+
 @dataclass
 class ExperienceRecord(_JSON):
     """The samples one committed update consumed; its held-out part is that experience's evaluation data."""
@@ -121,3 +131,14 @@ class QuarantineRecord(_JSON):
     reason: str
     seq: int = 0  # the ingestion batch that holds it (bookkeeping of the store)
     at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class LivePointer:
+    """A model's live pointer and the promotion record stored with it, read together.
+
+    ``promotion`` is the record as stored (JSON text; None when the pointer is unsigned): only
+    `registry.signing.Verifier` interprets it, so whatever an attacker wrote there reaches the check unchanged."""
+
+    version: int | None
+    promotion: str | None = None

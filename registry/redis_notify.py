@@ -31,9 +31,13 @@ class Notifier:
     model's current pointer, so a process that missed messages during the outage catches up at once."""
 
     def __init__(
-        self, connect: Callable[[], redis.Redis], channel: str, pointers: Callable[[], dict[str, int | None]]
+        self,
+        connect: Callable[[], redis.Redis],
+        channel: str,
+        pointers: Callable[[], dict[str, int | None]],
+        deliver: Callable[[list[LiveListener], str, int | None], None],
     ) -> None:
-        self._connect, self._channel, self._pointers = connect, channel, pointers
+        self._connect, self._channel, self._pointers, self._deliver_to = connect, channel, pointers, deliver
         self._listeners: list[LiveListener] = []
         self._guard = threading.Lock()
         self._stop = threading.Event()
@@ -65,11 +69,7 @@ class Notifier:
     def _deliver(self, name: str, version: int | None) -> None:
         with self._guard:
             listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(name, version)
-            except Exception:  # one listener's failure must not stop the others or the thread
-                log.exception("a live-pointer listener failed for %s", name)
+        self._deliver_to(listeners, name, version)  # reports a listener's error; the others and the thread go on
 
     def _run(self) -> None:
         confirmations, backoff = 0, 0.1

@@ -128,8 +128,10 @@ return 1
 )
 
 PROMOTE = """
--- KEYS: model, live, version, promotions, op
--- ARGV: expected ('' unset, 'null' none, else a number), version, by JSON, at, channel, model JSON, quoted name, op ttl
+-- KEYS: model, live, version, promotions, op, promotion record
+-- ARGV: expected ('' unset, 'null' none, else a number), version, by JSON, at, channel, model JSON, quoted name,
+--       op ttl, signed record ('' unsigned: the record is removed), the record it was signed after ('' none)
+-- Returns 1 promoted, 0 the pointer did not hold `expected`, 2 the record changed since it was read (sign again).
 local done = redis.call('GET', KEYS[5])
 if done then return tonumber(done) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -145,6 +147,12 @@ if ARGV[1] ~= '' then
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[7] .. ' has no version ' .. ARGV[2])
+end
+if ARGV[9] ~= '' then
+  if (redis.call('GET', KEYS[6]) or '') ~= ARGV[10] then return 2 end
+  redis.call('SET', KEYS[6], ARGV[9])
+else
+  redis.call('DEL', KEYS[6])
 end
 local previous = current or 'null'
 redis.call('RPUSH', KEYS[4], '{"by":' .. ARGV[3] .. ',"at":' .. ARGV[4] .. ',"previous":' .. previous .. '}')
@@ -229,16 +237,43 @@ return released
 """
 
 GUARDED_HSET = """
--- KEYS: model, hash   ARGV: field, value, quoted name, only if absent ('1' / '0')
+-- KEYS: model, hash   ARGV: field, value, quoted name
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
 end
-if ARGV[4] == '1' then
-  redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-else
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+CREATE_UPDATE = """
+-- KEYS: model, updates   ARGV: update id, record JSON, quoted name, max queued ('' none), join ('1' / '0')
+-- Returns {'stored' | 'joined' | 'created', record JSON} or {'full', number queued}: the count and the write are
+-- one step, so concurrent requests never queue more than the limit.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
 end
-return redis.call('HGET', KEYS[2], ARGV[1])
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if stored then return {'stored', stored} end
+local queued, newest, newest_at, newest_id = 0, nil, 0, ''
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local raw = all[i + 1]
+  -- only a record containing the string "queued" can be queued: decode just those
+  if string.find(raw, '"queued"', 1, true) then
+    local update = cjson.decode(raw)
+    if update.status == 'queued' then
+      queued = queued + 1
+      local at = tonumber(update.created_at) or 0
+      if not newest or at > newest_at or (at == newest_at and all[i] > newest_id) then
+        newest, newest_at, newest_id = raw, at, all[i]
+      end
+    end
+  end
+end
+if ARGV[5] == '1' and newest then return {'joined', newest} end
+if ARGV[4] ~= '' and queued >= tonumber(ARGV[4]) then return {'full', tostring(queued)} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return {'created', ARGV[2]}
 """
 
 REQUEST_CANCEL = """

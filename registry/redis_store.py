@@ -7,6 +7,8 @@ keeps a model's keys in one slot)::
     cl:models                  SET     model names
     P model                    STRING  ModelRecord JSON (the model exists iff this key does)
     P live                     STRING  the live version number (absent: none)
+    P promotion                STRING  the signed promotion record of the live pointer (registry.signing; absent:
+                                       unsigned), changed by the same script as the pointer
     P versions / P vseq        ZSET    committed version numbers / STRING the last number ever given (never reused)
     P v:<n>                    HASH    meta (VersionRecord JSON), weights / state (safetensors bytes) or, above the
                                        chunk size, weights@ / state@ = "<blob> <count>" naming P blob:<blob>:<i>
@@ -27,7 +29,9 @@ keeps a model's keys in one slot)::
                                        label screening)
     P bseq / P sseq / P classes        batch and sample counters, labeled samples per class (the hold-out policy)
     P requests / P deleted             request key → batch (idempotent ingestion) / tombstoned sample ids
-    P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation
+                                       (canonical decimals; `repair_deleted_ids` drops anything else)
+    P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation (a new update
+                                       is stored by a script that counts the queued ones: the queue limit)
     P answer:<sha256>          STRING  remembered answers (with their expiry)
     P lock / P fence           STRING  the update lock "<token> <owner>" (with expiry) / the newest fencing token
     P op:<id>                  STRING  result of a finished script call, so a call retried after a lost reply
@@ -36,6 +40,8 @@ keeps a model's keys in one slot)::
     channel cl:db<N>:live      pub/sub: {"model": name, "version": n | null} on every pointer change
 
 Every multi-key change is one Lua script or one WATCH/MULTI transaction, so it happens entirely or not at all.
+A key is built only from a checked model name (`registry.names`: no brace, colon or glob character can reach the
+key scheme), a checked version number or update id.
 Connection problems surface as `StoreUnavailable`; the same store object works again once Redis is back.
 """
 
@@ -50,8 +56,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -64,13 +70,46 @@ from redis.exceptions import WatchError
 from redis.retry import Retry
 from torch import Tensor
 
+from cl_core.validation import shown
 from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
-from registry.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from registry.records import ExperienceRecord, ModelRecord, QuarantineRecord, UpdateRecord, VersionRecord
+from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
+from registry.names import (
+    check_model_name,
+    check_request_key,
+    check_sample_ids,
+    check_update_id,
+    check_version,
+    is_model_name,
+    tombstones,
+)
+from registry.records import (
+    ExperienceRecord,
+    LivePointer,
+    LockHolder,
+    ModelRecord,
+    QuarantineRecord,
+    UpdateRecord,
+    VersionRecord,
+)
 from registry.redis_notify import Notifier
-from registry.samples import Claim, SampleSet, consumed_experience, count_pending, holdout_flags
+from registry.samples import (
+    BatchMeta,
+    Claim,
+    ClaimPlan,
+    ClaimToken,
+    PendingCounts,
+    RetentionPass,
+    SampleSet,
+    SetAside,
+    consumed_experience,
+    experience_parts,
+    holdout_flags,
+    plan_claim,
+    tally_pending,
+)
+from registry.signing import Signer, sign_promotion
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +123,8 @@ _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "NOAUTH", "WRON
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Staged = tuple[str, bytes | str]
+"""A payload as `RedisStore._stage` left it: ("i", bytes) inline, or ("c", "<blob> <count>") in expiring chunks."""
 
 
 def redact(url: str) -> str:
@@ -127,8 +168,7 @@ def _translated(method: Callable[Concatenate[RedisStore, P], R]) -> Callable[Con
 class _Batch:
     """One ingestion batch as read back: its metadata, training rows and held-out rows."""
 
-    seq: int
-    meta: dict[str, Any]
+    meta: BatchMeta
     train: SampleSet
     held: SampleSet
 
@@ -143,9 +183,11 @@ class RedisStore(Store):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         prefix: str = "cl",
         socket_timeout_s: float = 60.0,
+        signer: Signer | None = None,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
+        self._signer = signer
         self.where = redact(url)
         self.chunk_bytes = chunk_bytes
         self._prefix = prefix
@@ -172,6 +214,7 @@ class RedisStore(Store):
                 "quarantine": scripts.QUARANTINE,
                 "release": scripts.RELEASE,
                 "hset": scripts.GUARDED_HSET,
+                "create_update": scripts.CREATE_UPDATE,
                 "request_cancel": scripts.REQUEST_CANCEL,
                 "set": scripts.GUARDED_SET,
                 "sadd": scripts.GUARDED_SADD,
@@ -181,7 +224,10 @@ class RedisStore(Store):
             }.items()
         }
         self._notifier = Notifier(
-            lambda: redis.Redis.from_url(url, health_check_interval=5, **options), self.channel, self._pointers
+            lambda: redis.Redis.from_url(url, health_check_interval=5, **options),
+            self.channel,
+            self._pointers,
+            self.deliver,
         )
 
     def __repr__(self) -> str:
@@ -189,10 +235,19 @@ class RedisStore(Store):
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _p(self, name: str) -> str:
-        return f"{self._prefix}:{{{name}}}:"
+        return f"{self._prefix}:{{{check_model_name(name)}}}:"
 
     def _k(self, name: str, *parts: object) -> str:
         return self._p(name) + ":".join(str(p) for p in parts)
+
+    def _names(self) -> list[str]:
+        """Every model's name, sorted; a name that is not valid (stored by code that did not check names) is left
+        out, with a warning: no key is built from it."""
+        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        invalid = [n for n in names if not is_model_name(n)]
+        if invalid:
+            log.warning("ignoring model(s) whose names are not valid: %s", ", ".join(map(shown, invalid)))
+        return [n for n in names if is_model_name(n)]
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[script](keys=list(keys), args=list(args))
@@ -227,7 +282,7 @@ class RedisStore(Store):
         queue(pipe)
         return self._checked(name, pipe.execute())
 
-    def _stage(self, name: str, data: bytes) -> tuple[str, bytes | str]:
+    def _stage(self, name: str, data: bytes) -> Staged:
         """("i", bytes) to store inline, or ("c", "<blob> <count>") after writing the chunks with an expiry (the
         commit that references them makes them permanent)."""
         if len(data) <= self.chunk_bytes:
@@ -250,7 +305,7 @@ class RedisStore(Store):
         blob, count = _text(ref).split()
         return [self._k(name, "blob", blob, i) for i in range(int(count))]
 
-    def _unstage(self, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+    def _unstage(self, name: str, staged: list[Staged]) -> None:
         keys = [k for mode, value in staged if mode == "c" for k in self._chunk_keys(name, value)]
         if keys:
             with suppress(redis.RedisError):
@@ -271,15 +326,29 @@ class RedisStore(Store):
                 parts.append(part)
         return b"".join(parts)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Pipeline]:
-        with self._redis.pipeline(transaction=True) as pipe:
-            yield pipe
+    def _optimistic(self, name: str, what: str, attempt: Callable[[Pipeline, list[Staged]], R]) -> R:
+        """``attempt`` as one WATCH/MULTI transaction, run again (a bounded number of times) while another client
+        changes a watched key under it: the one optimistic-transaction loop of the store.
 
-    def _contended(self, attempt: int) -> None:
-        """After a failed WATCH: back off a little; an outage (not contention) raises from the ping."""
-        self._redis.ping()
-        time.sleep(min(0.05, 0.001 * attempt))
+        ``attempt(pipe, staged)`` watches the keys it reads, reads them, then queues its writes after
+        ``pipe.multi()`` and executes them, or returns without writing.  It lists the chunks it stages in
+        ``staged``: they are removed whenever the attempt does not commit.  A chunked value that moved while being
+        read (`_Moved`) counts as a change too.  Contention beyond the bound raises StoreUnavailable (``what``
+        says what failed); an outage raises from the ping between attempts."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            for n in range(_TRANSACTION_ATTEMPTS):
+                staged: list[Staged] = []
+                try:
+                    return attempt(pipe, staged)
+                except (WatchError, _Moved):
+                    self._unstage(name, staged)
+                    pipe.reset()
+                    self._redis.ping()
+                    time.sleep(min(0.05, 0.001 * n))
+                except BaseException:
+                    self._unstage(name, staged)
+                    raise
+        raise StoreUnavailable(f"{what}: too many concurrent writers")
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     @_translated
@@ -306,7 +375,7 @@ class RedisStore(Store):
 
     @_translated
     def list_models(self) -> list[ModelRecord]:
-        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        names = self._names()
         raws = self._redis.mget([self._k(n, "model") for n in names]) if names else []
         return [ModelRecord.from_json(json.loads(raw)) for raw in raws if raw is not None]
 
@@ -332,6 +401,8 @@ class RedisStore(Store):
         number: int | None = None,
     ) -> VersionRecord:
         name = record.model
+        if number is not None:
+            check_version(number)
         staged = [self._stage(name, weights), self._stage(name, state)]
         (w_mode, w_value), (s_mode, s_value) = staged
         keys = [self._k(name, k) for k in ("model", "fence", "vseq", "versions")]
@@ -347,6 +418,7 @@ class RedisStore(Store):
         return record
 
     def _version_fields(self, name: str, version: int, *fields: str) -> list[Any]:
+        check_version(version, allow_zero=True)
         replies = self._read(name, lambda pipe: pipe.hmget(self._k(name, "v", version), ["meta", *fields]))
         values: list[Any] = replies[0]
         if values[0] is None:
@@ -355,6 +427,8 @@ class RedisStore(Store):
 
     @_translated
     def get_version(self, name: str, version: int) -> VersionRecord:
+        check_version(version, allow_zero=True)
+
         def queue(pipe: Pipeline) -> None:
             pipe.hget(self._k(name, "v", version), "meta")
             pipe.lrange(self._k(name, "v", version, "promotions"), 0, -1)
@@ -409,6 +483,7 @@ class RedisStore(Store):
 
     @_translated
     def rewrite_state(self, name: str, version: int, state: bytes) -> None:
+        check_version(version, allow_zero=True)
         self.get_model(name)
         staged = self._stage(name, state)
         try:
@@ -423,6 +498,7 @@ class RedisStore(Store):
 
     @_translated
     def delete_version(self, name: str, version: int) -> None:
+        check_version(version, allow_zero=True)
         self.get_model(name)
         keys = [self._k(name, "v", version), self._k(name, "live"), self._k(name, "versions")]
         keys.append(self._k(name, "v", version, "promotions"))
@@ -437,20 +513,35 @@ class RedisStore(Store):
         return None if value is None else int(value)
 
     @_translated
+    def live_pointer(self, name: str) -> LivePointer:
+        def queue(pipe: Pipeline) -> None:
+            pipe.get(self._k(name, "live"))
+            pipe.get(self._k(name, "promotion"))
+
+        value, record = self._read(name, queue)
+        text = None if record is None else record.decode(errors="replace")  # garbage stays garbage: refused
+        return LivePointer(None if value is None else int(value), text)
+
+    @_translated
     def promote(self, name: str, version: int, *, by: str | None, expected: int | None = UNSET) -> bool:
+        check_version(version, allow_zero=True)
         wanted = "" if expected is UNSET else ("null" if expected is None else str(int(expected)))
-        keys = [self._k(name, "model"), self._k(name, "live"), self._k(name, "v", version)]
-        keys += [self._k(name, "v", version, "promotions"), self._k(name, "op", uuid.uuid4().hex)]
-        args = [
-            wanted,
-            str(int(version)),
-            json.dumps(by),
-            repr(time.time()),
-            self.channel,
-            json.dumps(name),
-            repr(name),
-        ]
-        return bool(self._run("promote", keys, [*args, OP_TTL_MS]))
+        version = int(version)
+        weights = self.read_weights(name, version) if self._signer is not None else b""
+        for _ in range(_TRANSACTION_ATTEMPTS):
+            keys = [self._k(name, "model"), self._k(name, "live"), self._k(name, "v", version)]
+            keys += [self._k(name, "v", version, "promotions"), self._k(name, "op", uuid.uuid4().hex)]
+            keys.append(self._k(name, "promotion"))
+            signed, previous = "", b""
+            if self._signer is not None:
+                raw: bytes | None = self._redis.get(self._k(name, "promotion"))  # type: ignore[assignment]
+                previous = b"" if raw is None else raw  # compared byte for byte by the script
+                signed = sign_promotion(self._signer, name, version, weights, raw).to_json()
+            args = [wanted, str(version), json.dumps(by), repr(time.time()), self.channel, json.dumps(name)]
+            result = int(self._run("promote", keys, [*args, repr(name), OP_TTL_MS, signed, previous]))
+            if result != 2:
+                return bool(result)
+        raise StoreUnavailable(f"{name!r} could not be promoted: its promotion record kept changing")
 
     @_translated
     def subscribe(self, listener: LiveListener) -> Subscription:
@@ -458,24 +549,24 @@ class RedisStore(Store):
 
     def _pointers(self) -> dict[str, int | None]:
         """Every model's live pointer now (delivered to listeners after a reconnect, in case messages were missed)."""
-        names = sorted(_text(n) for n in self._redis.smembers(f"{self._prefix}:models"))
+        names = self._names()
         values = self._redis.mget([self._k(n, "live") for n in names]) if names else []
         return {n: None if v is None else int(v) for n, v in zip(names, values, strict=True)}
 
     # -- samples --------------------------------------------------------------------------------------------------
-    def _batch_fields(self, name: str, inputs: Tensor, held: Sequence[bool]) -> tuple[dict[Any, Any], list[Any]]:
-        """The payload fields of a batch: training rows and held-out rows apart (staged when large)."""
+    def _batch_fields(self, name: str, inputs: Tensor, held: Sequence[bool], staged: list[Staged]) -> dict[Any, Any]:
+        """The payload fields of a batch: training rows and held-out rows apart (staged when large, each staged
+        payload added to ``staged`` at once so that a failure cleans it up)."""
         fields: dict[Any, Any] = {}
-        staged: list[tuple[str, bytes | str]] = []
         for field, flag in (("train", False), ("held", True)):
             rows = [i for i, h in enumerate(held) if h == flag]
             if rows:
                 mode, value = self._stage(name, tensors.dumps({"inputs": inputs[rows]}))
-                fields[field if mode == "i" else field + "@"] = value
                 staged.append((mode, value))
-        return fields, staged
+                fields[field if mode == "i" else field + "@"] = value
+        return fields
 
-    def _persist(self, pipe: Pipeline, name: str, staged: list[tuple[str, bytes | str]]) -> None:
+    def _persist(self, pipe: Pipeline, name: str, staged: list[Staged]) -> None:
         for mode, value in staged:
             if mode == "c":
                 for key in self._chunk_keys(name, value):
@@ -492,72 +583,66 @@ class RedisStore(Store):
         request_key: str | None = None,
         relabel: bool = False,
     ) -> tuple[list[str], list[bool]]:
+        if request_key is not None:
+            check_request_key(request_key)
         labels = list(labels)
         k = functools.partial(self._k, name)
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
-                    if not pipe.exists(k("model")):
-                        raise NotFound(f"model {name!r} does not exist")
-                    if request_key is not None:
-                        known = pipe.hget(k("requests"), request_key)
-                        meta_raw = pipe.hget(k("b", int(known)), "meta") if known is not None else None
-                        if meta_raw is not None:
-                            meta = json.loads(meta_raw)
-                            return list(meta["original_ids"]), list(meta["original_held_out"])
-                    counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
-                    before = dict(counts)
-                    held = holdout_flags(labels, counts, holdout_fraction)
-                    seq = int(pipe.get(k("bseq")) or 0) + 1
-                    first = int(pipe.get(k("sseq")) or 0) + 1
-                    ids = [str(first + i) for i in range(len(labels))]
-                    meta = {
-                        "labels": labels,
-                        "held_out": held,
-                        "ids": ids,
-                        "at": time.time(),
-                        "request_key": request_key,
-                        "original_ids": ids if request_key is not None else None,
-                        "original_held_out": held if request_key is not None else None,
-                    }
-                    if relabel:
-                        meta["relabel"] = True
-                    fields, staged = self._batch_fields(name, inputs, held)
-                    pipe.multi()
-                    changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
-                    if changed:
-                        pipe.hset(k("classes"), mapping=changed)
-                    pipe.set(k("bseq"), seq)
-                    pipe.set(k("sseq"), first + len(labels) - 1)
-                    pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta), **fields})
-                    self._persist(pipe, name, staged)
-                    pipe.zadd(k("batches"), {str(seq): seq})
-                    pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
-                    if request_key is not None:
-                        pipe.hset(k("requests"), request_key, seq)
-                    pipe.execute()
-                    return ids, held
-                except WatchError:
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"samples of {name!r} could not be stored: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[str], list[bool]]:
+            pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            if request_key is not None:
+                known = pipe.hget(k("requests"), request_key)
+                meta_raw = pipe.hget(k("b", int(known)), "meta") if known is not None else None
+                if meta_raw is not None:
+                    first_answer = json.loads(meta_raw)
+                    return list(first_answer["original_ids"]), list(first_answer["original_held_out"])
+            counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
+            before = dict(counts)
+            held = holdout_flags(labels, counts, holdout_fraction)
+            seq = int(pipe.get(k("bseq")) or 0) + 1
+            first = int(pipe.get(k("sseq")) or 0) + 1
+            ids = [str(first + i) for i in range(len(labels))]
+            meta = BatchMeta(
+                seq,
+                labels,
+                held,
+                ids,
+                at=time.time(),
+                request_key=request_key,
+                original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
+                original_held_out=held if request_key is not None else None,
+                relabel=relabel,
+            )
+            fields = self._batch_fields(name, inputs, held, staged)
+            pipe.multi()
+            changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
+            if changed:
+                pipe.hset(k("classes"), mapping=changed)
+            pipe.set(k("bseq"), seq)
+            pipe.set(k("sseq"), first + len(labels) - 1)
+            pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta.to_json()), **fields})
+            self._persist(pipe, name, staged)
+            pipe.zadd(k("batches"), {str(seq): seq})
+            pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
+            if request_key is not None:
+                pipe.hset(k("requests"), request_key, seq)
+            pipe.execute()
+            return ids, held
+
+        return self._optimistic(name, f"samples of {name!r} could not be stored", attempt)
 
     def _batch(self, name: str, seq: int, data: dict[Any, Any], shape: Sequence[int]) -> _Batch:
         """A batch from its hash (HGETALL); raises _Moved if a chunked payload changed meanwhile."""
-        meta = json.loads(data[b"meta"])
-        flags: list[bool] = meta["held_out"]
+        meta = BatchMeta.from_json(seq, json.loads(data[b"meta"]))
         parts = {}
         for field, flag in (("train", False), ("held", True)):
-            rows = [i for i, h in enumerate(flags) if h == flag]
+            rows = [i for i, h in enumerate(meta.held_out) if h == flag]
             payload = self._payload(name, data.get(field.encode()), data.get(f"{field}@".encode()))
             inputs = tensors.loads(payload)["inputs"] if payload is not None else torch.zeros(0, *shape)
-            parts[field] = SampleSet(inputs, [meta["labels"][i] for i in rows], [meta["ids"][i] for i in rows])
-        return _Batch(seq, meta, parts["train"], parts["held"])
+            parts[field] = SampleSet(inputs, [meta.labels[i] for i in rows], [meta.ids[i] for i in rows])
+        return _Batch(meta, parts["train"], parts["held"])
 
     def _batches(self, name: str, seqs: Sequence[int], shape: Sequence[int]) -> list[_Batch]:
         """The stored batches among ``seqs``, in order (deleted ones are skipped)."""
@@ -578,12 +663,15 @@ class RedisStore(Store):
                         data = self._redis.hgetall(self._k(name, "b", seq))
         return out
 
-    def _metas(self, name: str, seqs: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+    def _metas(self, name: str, seqs: Sequence[int]) -> list[BatchMeta]:
+        """The metadata of the stored batches among ``seqs``, in order (deleted ones are skipped)."""
         pipe = self._redis.pipeline(transaction=False)
         for seq in seqs:
             pipe.hget(self._k(name, "b", seq), "meta")
         replies = pipe.execute() if seqs else []
-        return [(seq, json.loads(raw)) for seq, raw in zip(seqs, replies, strict=True) if raw is not None]
+        return [
+            BatchMeta.from_json(seq, json.loads(raw)) for seq, raw in zip(seqs, replies, strict=True) if raw is not None
+        ]
 
     def _acked(self, name: str) -> int:
         return int(self._redis.get(self._k(name, "acked")) or 0)
@@ -609,7 +697,7 @@ class RedisStore(Store):
             if _text(cursor) == "0-0":
                 return sorted(seqs)
 
-    def _set_aside(self, name: str) -> tuple[dict[str, int], set[str], set[str]]:
+    def _set_aside(self, name: str) -> SetAside:
         """Carried samples (id → batch), quarantined ids and exempt ids, read together."""
 
         def queue(pipe: Pipeline) -> None:
@@ -618,21 +706,11 @@ class RedisStore(Store):
             pipe.smembers(self._k(name, "exempt"))
 
         carried, quarantined, exempt = self._read(name, queue)
-        return (
+        return SetAside(
             {_text(i): int(seq) for i, seq in carried.items()},
-            {_text(i) for i in quarantined},
-            {_text(i) for i in exempt},
+            frozenset(_text(i) for i in quarantined),
+            frozenset(_text(i) for i in exempt),
         )
-
-    def _carried_rows(
-        self, name: str, carried: dict[str, int], shape: Sequence[int]
-    ) -> list[tuple[_Batch, list[bool]]]:
-        """The batches holding carried samples, each with the mask of its carried rows (training and held-out)."""
-        seqs = sorted(set(carried.values()))
-        out = []
-        for batch in self._batches(name, seqs, shape):
-            out.append((batch, [carried.get(i) == batch.seq for i in batch.meta["ids"]]))
-        return out
 
     @_translated
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
@@ -642,52 +720,18 @@ class RedisStore(Store):
         stale = [f"{seq}-0" for seq in entries if seq <= start]
         if stale:  # delivered after an acknowledgement already covered them: nothing to train
             self._redis.xack(self._k(name, "stream"), GROUP, *stale)
-        carried, quarantined, exempt = self._set_aside(name)
-        skip = quarantined | set(carried)
-        train: list[SampleSet] = []
-        held: list[SampleSet] = []
-        where: dict[str, int] = {}
-        counted = 0
+        aside = self._set_aside(name)
+        unconsumed = self._metas(name, [seq for seq in entries if seq > start])
+        plan = plan_claim(aside, self._metas(name, aside.carried_batches), unconsumed, start, limit)
+        return self._planned(name, plan, shape)
 
-        def take(batch: _Batch, keep: Callable[[str], bool]) -> list[str]:
-            train.append(batch.train.select([keep(i) for i in batch.train.ids]))
-            held.append(batch.held.select([keep(i) for i in batch.held.ids]))
-            kept = [i for i in batch.meta["ids"] if keep(i)]
-            where.update(dict.fromkeys(kept, batch.seq))
-            if batch.meta.get("relabel"):
-                exempt.update(kept)
-            return kept
-
-        for batch, _ in self._carried_rows(name, carried, shape):
-            seq = batch.seq
-            take(batch, lambda i: carried.get(i) == seq)  # noqa: B023 (called at once)
-            counted += len(train[-1])
-        taken = []
-        for seq, meta in self._metas(name, [seq for seq in entries if seq > start]):
-            n_train = sum(not flag and i not in skip for flag, i in zip(meta["held_out"], meta["ids"], strict=True))
-            if limit is not None and counted and counted + n_train > limit:
-                break
-            taken.append(seq)
-            counted += n_train
-        skipped: list[str] = []
-        batches = self._batches(name, taken, shape)
-        for batch in batches:
-            skipped += [i for i in batch.meta["ids"] if i in skip]
-            take(batch, lambda i: i not in skip)
-        upto = batches[-1].seq if batches else start
-        token: dict[str, object] = {
-            "from": start,
-            "upto": upto,
-            "carried": {i: where[i] for i in carried if i in where},
-            "skipped": skipped,
-        }
-        return Claim(
-            SampleSet.concat(train, shape),
-            SampleSet.concat(held, shape),
-            token,
-            frozenset(exempt & set(where)),
-            where,
-        )
+    def _planned(self, name: str, plan: ClaimPlan, shape: Sequence[int]) -> Claim:
+        """The claim ``plan`` describes, from the stored rows of its batches (a batch planned twice, for its carried
+        rows and for its fresh ones, is read once)."""
+        seqs = sorted({meta.seq for meta in plan.batches})
+        stored = {b.meta.seq: SampleSet.concat([b.train, b.held], shape) for b in self._batches(name, seqs, shape)}
+        empty = SampleSet.concat([], shape)
+        return plan.claim([stored.get(meta.seq, empty) for meta in plan.batches], shape)
 
     @_translated
     def ack(
@@ -704,11 +748,7 @@ class RedisStore(Store):
         experience = consumed_experience(claim, version, update_id, quarantined, deferred)
         keys = [self._k(name, k) for k in ("model", "fence", "acked", "experiences", "stream", "carried")]
         keys.append(self._k(name, "op", uuid.uuid4().hex))
-        args = [
-            "" if fence is None else str(fence),
-            str(int(str(claim.token["from"]))),
-            str(int(str(claim.token["upto"]))),
-        ]
+        args = ["" if fence is None else str(fence), str(claim.token.after), str(claim.token.upto)]
         moves = [
             json.dumps(sorted(experience.claim["consumed"])),
             json.dumps(experience.claim["deferred"] or {"": 0}),  # never an empty object (cjson reads it as a list)
@@ -730,8 +770,9 @@ class RedisStore(Store):
 
     @_translated
     def release_quarantine(self, name: str, ids: Sequence[str]) -> list[str]:
+        wanted = check_sample_ids(ids)  # all or nothing: one bad id and nothing is released
         keys = [self._k(name, k) for k in ("model", "quarantine", "carried", "exempt")]
-        released = self._run("release", keys, [repr(name), *dict.fromkeys(str(i) for i in ids)])
+        released = self._run("release", keys, [repr(name), *dict.fromkeys(wanted)])
         return [_text(i) for i in released]
 
     def _forget_idle_consumers(self, name: str) -> None:
@@ -753,77 +794,65 @@ class RedisStore(Store):
         shape = self.get_model(name).input_shape
         for e in self.experiences(name):
             if e.version == version:
-                excluded = set(e.claim.get("excluded") or ())
-                seqs = self._stored(name, f"({int(e.claim['from'])}", str(int(e.claim["upto"])))
+                token, excluded, consumed = experience_parts(e.claim)
+                seqs = self._stored(name, f"({token.after}", str(token.upto))
                 parts = [
                     b.held.select([i not in excluded for i in b.held.ids]) for b in self._batches(name, seqs, shape)
                 ]
-                consumed = {i: int(seq) for i, seq in dict(e.claim.get("consumed") or {}).items()}
-                for batch, _ in self._carried_rows(name, consumed, shape):
-                    parts.append(batch.held.select([consumed.get(i) == batch.seq for i in batch.held.ids]))
+                for batch in self._batches(name, sorted(set(consumed.values())), shape):
+                    parts.append(batch.held.select([consumed.get(i) == batch.meta.seq for i in batch.held.ids]))
                 return SampleSet.concat(parts, shape)
         return SampleSet.concat([], shape)
 
     def _rewrite_batch(
-        self, name: str, seq: int, keep_of: Callable[[dict[str, Any]], list[bool]]
-    ) -> tuple[list[bool], dict[str, Any]] | None:
+        self, name: str, seq: int, keep_of: Callable[[BatchMeta], list[bool]]
+    ) -> tuple[list[bool], BatchMeta] | None:
         """Keep only some rows of a batch (removing it, its stream entry and its request key when none remain).
         Returns the mask applied and the metadata it was computed from (None if the batch is gone)."""
         key, shape = self._k(name, "b", seq), self.get_model(name).input_shape
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(key)
-                    data = pipe.hgetall(key)
-                    if not data:
-                        return None
-                    batch = self._batch(name, seq, data, shape)
-                    keep = keep_of(batch.meta)
-                    if all(keep):
-                        return keep, batch.meta
-                    old_chunks = [c for f in (b"train@", b"held@") for c in self._chunk_keys(name, data.get(f))]
-                    pipe.multi()
-                    pipe.delete(key)
-                    if any(keep):
-                        meta = dict(batch.meta)
-                        for field in ("labels", "held_out", "ids"):
-                            meta[field] = [v for v, kept in zip(meta[field], keep, strict=True) if kept]
-                        rows = _merge_rows(batch, keep)
-                        fields, staged = self._batch_fields(name, rows, meta["held_out"])
-                        pipe.hset(key, mapping={"meta": json.dumps(meta), **fields})
-                        self._persist(pipe, name, staged)
-                    else:
-                        pipe.zrem(self._k(name, "batches"), str(seq))
-                        pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
-                        pipe.xdel(self._k(name, "stream"), f"{seq}-0")
-                        if batch.meta.get("request_key"):
-                            pipe.hdel(self._k(name, "requests"), batch.meta["request_key"])
-                    if old_chunks:
-                        pipe.unlink(*old_chunks)
-                    pipe.execute()
-                    return keep, batch.meta
-                except (WatchError, _Moved):
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"batch {seq} of {name!r} could not be rewritten: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[bool], BatchMeta] | None:
+            pipe.watch(key)
+            data = pipe.hgetall(key)
+            if not data:
+                return None
+            batch = self._batch(name, seq, data, shape)
+            keep = keep_of(batch.meta)
+            if all(keep):
+                return keep, batch.meta
+            old_chunks = [c for f in (b"train@", b"held@") for c in self._chunk_keys(name, data.get(f))]
+            pipe.multi()
+            pipe.delete(key)
+            if any(keep):
+                meta = batch.meta.select(keep)
+                fields = self._batch_fields(name, _merge_rows(batch, keep), meta.held_out, staged)
+                pipe.hset(key, mapping={"meta": json.dumps(meta.to_json()), **fields})
+                self._persist(pipe, name, staged)
+            else:
+                pipe.zrem(self._k(name, "batches"), str(seq))
+                pipe.xack(self._k(name, "stream"), GROUP, f"{seq}-0")
+                pipe.xdel(self._k(name, "stream"), f"{seq}-0")
+                if batch.meta.request_key:
+                    pipe.hdel(self._k(name, "requests"), batch.meta.request_key)
+            if old_chunks:
+                pipe.unlink(*old_chunks)
+            pipe.execute()
+            return keep, batch.meta
+
+        return self._optimistic(name, f"batch {seq} of {name!r} could not be rewritten", attempt)
 
     @_translated
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
-        wanted = {str(i) for i in ids}
-        tombstones = sorted({str(int(i)) for i in wanted if i.isdigit()})
-        if tombstones:
-            self._run("sadd", [self._k(name, "model"), self._k(name, "deleted")], [repr(name), *tombstones])
+        wanted = set(check_sample_ids(ids))  # all or nothing: one bad id and nothing is deleted
+        if wanted:
+            self._run("sadd", [self._k(name, "model"), self._k(name, "deleted")], [repr(name), *sorted(wanted)])
         else:
             self.get_model(name)
         found = 0
-        for seq, meta in self._metas(name, self._stored(name)):
-            if not any(i in wanted for i in meta["ids"]):
+        for meta in self._metas(name, self._stored(name)):
+            if not any(i in wanted for i in meta.ids):
                 continue
-            result = self._rewrite_batch(name, seq, lambda m: [i not in wanted for i in m["ids"]])
+            result = self._rewrite_batch(name, meta.seq, lambda m: [i not in wanted for i in m.ids])
             if result is not None:
                 found += result[0].count(False)
         if wanted:
@@ -837,120 +866,94 @@ class RedisStore(Store):
     @_translated
     def deleted_ids(self, name: str) -> set[int]:
         [members] = self._read(name, lambda pipe: pipe.smembers(self._k(name, "deleted")))
-        return {int(m) for m in members}
+        return tombstones(name, members)[0]
+
+    @_translated
+    def repair_deleted_ids(self, name: str) -> int:
+        [members] = self._read(name, lambda pipe: pipe.smembers(self._k(name, "deleted")))
+        _, invalid = tombstones(name, members)
+        if invalid:  # removing members is idempotent and never loses a valid id: no transaction needed
+            self._redis.srem(self._k(name, "deleted"), *[m for m in members if m in invalid])
+            log.warning("repaired the deletion record of model %r: dropped %d invalid id(s)", name, len(invalid))
+        return len(invalid)
 
     @_translated
     def apply_retention(
         self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
     ) -> dict[str, int]:
-        dropped = {"training": 0, "held_out": 0}
-        carried, quarantined, _ = self._set_aside(name)
-        keep_always = set(protect) | set(carried) | quarantined
-        consumed, now, kept = self._acked(name), time.time(), 0
-
-        def keep_of(meta: dict[str, Any]) -> list[bool]:
-            old = max_age_s is not None and now - float(meta["at"]) > max_age_s
-            keep, survivors = [], kept
-            for sample_id in meta["ids"]:
-                if sample_id in keep_always:
-                    keep.append(True)
-                    continue
-                survive = not old and (max_samples is None or survivors < max_samples)
-                survivors += survive
-                keep.append(survive)
-            return keep
-
-        for seq in reversed(self._stored(name, "-inf", str(consumed))):  # newest first; pending ones stay
-            result = self._rewrite_batch(name, seq, keep_of)
-            if result is None:
-                continue
-            keep, meta = result
-            kept += sum(k and i not in keep_always for k, i in zip(keep, meta["ids"], strict=True))
-            for survive, flag in zip(keep, meta["held_out"], strict=True):
-                if not survive:
-                    dropped["held_out" if flag else "training"] += 1
-        return dropped
+        aside = self._set_aside(name)
+        retention = RetentionPass(time.time(), max_age_s, max_samples, frozenset(protect) | aside.kept_by_retention)
+        for seq in reversed(self._stored(name, "-inf", str(self._acked(name)))):  # newest first; pending ones stay
+            result = self._rewrite_batch(name, seq, retention.mask)
+            if result is not None:
+                retention.record(result[1], result[0])
+        return retention.dropped
 
     @_translated
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
         k = functools.partial(self._k, name)
-        with self._transaction() as pipe:
-            for attempt in range(_TRANSACTION_ATTEMPTS):
-                staged: list[tuple[str, bytes | str]] = []
-                try:
-                    pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
-                    if not pipe.exists(k("model")):
-                        raise NotFound(f"model {name!r} does not exist")
-                    start = int(pipe.get(k("acked")) or 0)
-                    if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
-                        raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
-                    seq = start
-                    fields: dict[Any, Any] = {}
-                    if len(held_out):
-                        seq = int(pipe.get(k("bseq")) or 0) + 1
-                        first = int(pipe.get(k("sseq")) or 0) + 1
-                        ids = [str(first + i) for i in range(len(held_out))]
-                        flags = [True] * len(held_out)
-                        meta = {"labels": held_out.labels, "held_out": flags, "ids": ids, "at": time.time()}
-                        fields, staged = self._batch_fields(name, held_out.inputs, flags)
-                        fields["meta"] = json.dumps(meta)
-                    token = {"from": start, "upto": seq}
-                    experience = ExperienceRecord(version, update_id, token, held_out=len(held_out))
-                    pipe.multi()
-                    if fields:
-                        pipe.set(k("bseq"), seq)
-                        pipe.set(k("sseq"), first + len(held_out) - 1)
-                        pipe.hset(k("b", seq), mapping=fields)
-                        self._persist(pipe, name, staged)
-                        pipe.zadd(k("batches"), {str(seq): seq})
-                        pipe.set(k("acked"), seq)
-                    pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
-                    pipe.execute()
-                    return
-                except WatchError:
-                    self._unstage(name, staged)
-                    self._contended(attempt)
-                except BaseException:
-                    self._unstage(name, staged)
-                    raise
-        raise StoreUnavailable(f"the experience of {name!r} could not be stored: too many concurrent writers")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+            pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            start = int(pipe.get(k("acked")) or 0)
+            if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
+                raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
+            seq = start
+            fields: dict[Any, Any] = {}
+            if len(held_out):
+                seq = int(pipe.get(k("bseq")) or 0) + 1
+                first = int(pipe.get(k("sseq")) or 0) + 1
+                ids = [str(first + i) for i in range(len(held_out))]
+                meta = BatchMeta(seq, list(held_out.labels), [True] * len(held_out), ids, at=time.time())
+                fields = self._batch_fields(name, held_out.inputs, meta.held_out, staged)
+                fields["meta"] = json.dumps(meta.to_json())
+            experience = ExperienceRecord(version, update_id, ClaimToken(start, seq).to_json(), held_out=len(held_out))
+            pipe.multi()
+            if fields:
+                pipe.set(k("bseq"), seq)
+                pipe.set(k("sseq"), first + len(held_out) - 1)
+                pipe.hset(k("b", seq), mapping=fields)
+                self._persist(pipe, name, staged)
+                pipe.zadd(k("batches"), {str(seq): seq})
+                pipe.set(k("acked"), seq)
+            pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
+            pipe.execute()
+
+        self._optimistic(name, f"the experience of {name!r} could not be stored", attempt)
 
     @_translated
-    def pending_counts(self, name: str) -> dict[str, Any]:
-        carried, quarantined, _ = self._set_aside(name)
-        skip = quarantined | set(carried)
-        rows: list[tuple[str | None, bool]] = []
-        for seq, meta in self._metas(name, sorted(set(carried.values()))):
-            rows += [
-                (label, flag)
-                for label, flag, i in zip(meta["labels"], meta["held_out"], meta["ids"], strict=True)
-                if carried.get(i) == seq
-            ]
-        for _, meta in self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf")):
-            rows += [
-                (label, flag)
-                for label, flag, i in zip(meta["labels"], meta["held_out"], meta["ids"], strict=True)
-                if i not in skip
-            ]
-        return count_pending(rows)
+    def pending_counts(self, name: str) -> PendingCounts:
+        aside = self._set_aside(name)
+        unconsumed = self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf"))
+        return tally_pending(aside.pending(self._metas(name, aside.carried_batches), unconsumed))
 
     # -- updates --------------------------------------------------------------------------------------------------
-    def _hset(self, name: str, field: str, value: str, *, only_if_absent: bool) -> bytes:
-        keys = [self._k(name, "model"), self._k(name, "updates")]
-        reply: bytes = self._run("hset", keys, [field, value, repr(name), "1" if only_if_absent else "0"])
-        return reply
-
     @_translated
     def put_update(self, record: UpdateRecord) -> None:
-        self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=False)
+        check_update_id(record.update_id)
+        keys = [self._k(record.model, "model"), self._k(record.model, "updates")]
+        self._run("hset", keys, [record.update_id, json.dumps(record.to_json()), repr(record.model)])
 
     @_translated
-    def create_update(self, record: UpdateRecord) -> UpdateRecord:
-        stored = self._hset(record.model, record.update_id, json.dumps(record.to_json()), only_if_absent=True)
-        return UpdateRecord.from_json(json.loads(stored))
+    def create_update(
+        self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
+    ) -> UpdateRecord:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        check_update_id(record.update_id)
+        name = record.model
+        keys = [self._k(name, "model"), self._k(name, "updates")]
+        args = [record.update_id, json.dumps(record.to_json()), repr(name), "" if max_queued is None else max_queued]
+        kind, value = self._run("create_update", keys, [*args, "1" if join_queued else "0"])
+        if _text(kind) == "full":
+            raise QueueFull(name, int(value), int(max_queued or 0))
+        return UpdateRecord.from_json(json.loads(value))
 
     @_translated
     def get_update(self, name: str, update_id: str) -> UpdateRecord:
+        check_update_id(update_id)
         [raw] = self._read(name, lambda pipe: pipe.hget(self._k(name, "updates"), update_id))
         if raw is None:
             raise NotFound(f"model {name!r} has no update {update_id!r}")
@@ -964,11 +967,13 @@ class RedisStore(Store):
 
     @_translated
     def request_cancel(self, name: str, update_id: str) -> None:
+        check_update_id(update_id)
         keys = [self._k(name, "model"), self._k(name, "updates"), self._k(name, "cancel")]
         self._run("request_cancel", keys, [update_id, repr(name), repr(update_id)])
 
     @_translated
     def cancel_requested(self, name: str, update_id: str) -> bool:
+        check_update_id(update_id)
         [member] = self._read(name, lambda pipe: pipe.sismember(self._k(name, "cancel"), update_id))
         return bool(member)
 
@@ -1002,10 +1007,22 @@ class RedisStore(Store):
     def release_update_lock(self, name: str, token: int) -> None:
         self._run("release_lock", [self._k(name, "lock")], [str(token)])
 
+    @_translated
+    def update_lock_holder(self, name: str) -> LockHolder | None:
+        def queue(pipe: Pipeline) -> None:
+            pipe.get(self._k(name, "lock"))
+            pipe.pttl(self._k(name, "lock"))
+
+        held, ttl_ms = self._read(name, queue)
+        if held is None:  # free or expired (an expired key reads as absent, and a refresh cannot revive it)
+            return None
+        token, _, owner = _text(held).partition(" ")
+        return LockHolder(owner=owner, token=int(token), expires_in_s=max(int(ttl_ms), 0) / 1000)
+
 
 def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
     """The kept rows of a batch in their original order (training and held-out payloads interleaved back)."""
-    flags: list[bool] = batch.meta["held_out"]
+    flags = batch.meta.held_out
     shape = batch.train.inputs.shape[1:] if len(batch.train) else batch.held.inputs.shape[1:]
     rows = torch.zeros(len(flags), *shape)
     train_rows = [i for i, h in enumerate(flags) if not h]

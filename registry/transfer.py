@@ -7,7 +7,8 @@ exactly.  Quarantined samples are not moved (release or delete them first), and 
 again by the next update (an exemption from label screening does not travel).
 
 The archive holds JSON and safetensors only (nothing executable, nothing pickled), stored uncompressed; reading
-checks every member's name and the total size before unpacking anything.
+checks the total size, the manifest's shape and every name and number in it (`registry.names`) before anything is
+written: an archive is as untrusted as any request.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import json
 import zipfile
 from typing import Any
 
+from cl_core.validation import shown
 from registry import tensors
 from registry.base import Store
 from registry.errors import Conflict
+from registry.names import check_model_name, check_update_id, check_version
 from registry.records import ModelRecord, VersionRecord
 from registry.samples import SampleSet
 
@@ -80,13 +83,21 @@ def import_model(
     with archive:
         if sum(info.file_size for info in archive.infolist()) > max_bytes:
             raise ValueError(f"the archive unpacks to more than {max_bytes} bytes")
-        manifest: dict[str, Any] = json.loads(_read(archive, MANIFEST))
-        if manifest.get("format") != ARCHIVE_FORMAT:
-            raise ValueError(f"archive format {manifest.get('format')!r} is not {ARCHIVE_FORMAT}")
-        record = ModelRecord.from_json(manifest["model"])
-        if name is not None:
-            record.name = name
-        versions = sorted((VersionRecord.from_json(v) for v in manifest["versions"]), key=lambda v: v.version)
+        try:
+            manifest: dict[str, Any] = json.loads(_read(archive, MANIFEST))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the archive's {MANIFEST} is not JSON: {exc}") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != ARCHIVE_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise ValueError(f"archive format {shown(found)} is not {ARCHIVE_FORMAT}")
+        try:
+            record, versions, live, listed = _contents(manifest)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"the archive's {MANIFEST} is malformed ({type(exc).__name__}: {shown(exc, 100)})"
+            ) from exc
+        # the name becomes paths and keys: the archive's is checked like any request's (unless another replaces it)
+        record.name = check_model_name(record.name if name is None else name)
         payloads = {
             v.version: (
                 _read(archive, f"versions/{v.version}/model.safetensors"),
@@ -95,12 +106,8 @@ def import_model(
             for v in versions
         }
         experiences = [
-            (
-                int(e["version"]),
-                e.get("update_id"),
-                _samples_from(_read(archive, f"experiences/{int(e['version'])}.safetensors")),
-            )
-            for e in manifest["experiences"]
+            (number, update_id, _samples_from(_read(archive, f"experiences/{number}.safetensors")))
+            for number, update_id in listed
         ]
         pending = _samples_from(_read(archive, "pending.safetensors"))
     for payload in payloads.values():  # reject broken tensors before anything is written
@@ -116,13 +123,28 @@ def import_model(
             store.add_experience(record.name, number, held, update_id)
         if len(pending):
             store.append_samples(record.name, pending.inputs, pending.labels, holdout_fraction)
-        live = manifest.get("live_version")
         if live is not None:
             store.promote(record.name, int(live), by="import", expected=None)
     except Exception:
         store.delete_model(record.name)  # all or nothing
         raise
     return record
+
+
+def _contents(manifest: dict[str, Any]) -> tuple[ModelRecord, list[VersionRecord], int | None, list[tuple[int, Any]]]:
+    """The model, its versions (oldest first), the live version and the experiences (version, update id) the
+    manifest lists, every number and id checked (KeyError or TypeError when the manifest's shape is wrong)."""
+    record = ModelRecord.from_json(manifest["model"])
+    versions = [VersionRecord.from_json(v) for v in manifest["versions"]]
+    versions.sort(key=lambda v: check_version(v.version))
+    live = manifest.get("live_version")
+    if live is not None:
+        check_version(live)
+    listed = []
+    for entry in manifest["experiences"]:
+        update_id = entry.get("update_id")
+        listed.append((check_version(entry["version"]), None if update_id is None else check_update_id(update_id)))
+    return record, versions, live, listed
 
 
 __all__ = ["ARCHIVE_FORMAT", "Conflict", "export_model", "import_model"]

@@ -1,22 +1,58 @@
-"""``clctl``: the service from the command line (built on `service.client.Client`)."""
+"""``clctl``: the service from the command line (built on `service.client.Client`).
+
+What goes wrong in normal use (the service is not reachable, it answers an error, a file is missing or unreadable)
+ends the command with one line on stderr and exit status 1, never a traceback: `OneLineErrors` is the one place
+that turns those exceptions into that line.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-from service.client import Client, ServiceError
+from service.client import DEFAULT_URL, Client, ServiceError
+
+
+class CommandError(Exception):
+    """A failure of the command itself (a file it cannot read, an option it cannot parse), shown as one line."""
+
+
+class OneLineErrors(TyperGroup):
+    """Runs a command; an expected failure becomes ``error: …`` on stderr and exit status 1."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context (typer vendors click in newer versions, not in older ones)
+        try:
+            return super().invoke(ctx)
+        except ServiceError as exc:
+            message = f"the service answered {exc}"
+        except httpx.TransportError as exc:  # refused, unresolvable, timed out, reset
+            message = (
+                f"cannot reach the service at {service_url()}: {exc or type(exc).__name__} "
+                "(is clserve running there? CL_URL or --url sets the address)"
+            )
+        except (CommandError, TimeoutError, OSError) as exc:
+            message = str(exc)
+        typer.echo(f"error: {' '.join(message.split())}", err=True)
+        raise typer.Exit(1)
+
 
 app = typer.Typer(
-    help="Talk to a continual-serve service (CL_URL, CL_API_KEY).", no_args_is_help=True, add_completion=False
+    cls=OneLineErrors,
+    help="Talk to a continual-serve service (CL_URL, CL_API_KEY).",
+    no_args_is_help=True,
+    add_completion=False,
 )
 console = Console()
 state: dict[str, Any] = {}
@@ -30,41 +66,60 @@ def main(
     state["url"], state["key"] = url, key
 
 
+def service_url() -> str:
+    return str(state.get("url") or os.environ.get("CL_URL") or DEFAULT_URL)
+
+
 def client() -> Client:
-    return Client(state.get("url"), state.get("key"))
+    return Client(service_url(), state.get("key"))
 
 
 def load_file(path: Path) -> tuple[np.ndarray, list[Any] | None]:
-    """Inputs and labels from .npz (arrays 'inputs' and optional 'labels') or .csv (optional 'label' column)."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:  # never unpickle
-            labels = data["labels"].tolist() if "labels" in data.files else None
-            return data["inputs"].astype(np.float32), labels
-    if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        header, body = rows[0], rows[1:]
-        if "label" in header:
-            at = header.index("label")
-            labels = [row[at] or None for row in body]
-            values = [[float(v) for i, v in enumerate(row) if i != at] for row in body]
-            return np.asarray(values, dtype=np.float32), labels
-        return np.asarray([[float(v) for v in row] for row in body], dtype=np.float32), None
-    raise typer.BadParameter(f"{path}: expected a .npz or .csv file")
+    """Inputs and labels from .npz (arrays 'inputs' and optional 'labels') or .csv (optional 'label' column).
+    A file that is missing or cannot be read so raises `CommandError`, naming the file and the reason."""
+    if path.suffix not in (".npz", ".csv"):
+        raise CommandError(f"{path}: expected a .npz or .csv file")
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file")
+    try:
+        return _read_npz(path) if path.suffix == ".npz" else _read_csv(path)
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as exc:
+        raise CommandError(f"{path}: cannot read it as {path.suffix[1:]}: {exc}") from exc
 
 
-def fail(exc: ServiceError) -> None:
-    console.print(f"[red]error[/red] {exc}")
-    raise typer.Exit(1)
+def _read_npz(path: Path) -> tuple[np.ndarray, list[Any] | None]:
+    with np.load(path, allow_pickle=False) as data:  # never unpickle
+        if "inputs" not in data.files:
+            raise KeyError(f"no array 'inputs' (it has {', '.join(data.files) or 'none'})")
+        labels = data["labels"].tolist() if "labels" in data.files else None
+        return data["inputs"].astype(np.float32), labels
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, list[Any] | None]:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError("the file is empty")
+    header, body = rows[0], rows[1:]
+    if "label" in header:
+        at = header.index("label")
+        labels = [row[at] or None for row in body]
+        values = [[float(v) for i, v in enumerate(row) if i != at] for row in body]
+        return np.asarray(values, dtype=np.float32), labels
+    return np.asarray([[float(v) for v in row] for row in body], dtype=np.float32), None
+
+
+def parse_json(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"{option} is not valid JSON: {exc}") from exc
 
 
 @app.command()
 def models() -> None:
     """List the models."""
-    try:
-        rows = client().models()
-    except ServiceError as exc:
-        fail(exc)
+    rows = client().models()
     table = Table("name", "architecture", "live version", "classes", "pending labeled", "state")
     for m in rows:
         table.add_row(
@@ -89,16 +144,17 @@ def create(
 ) -> None:
     """Create a model."""
     try:
-        info = client().create_model(
-            name,
-            architecture,
-            [int(d) for d in input_shape.split(",")],
-            classes=[c for c in classes.split(",") if c],
-            options=json.loads(options),
-            method=method,
-        )
-    except ServiceError as exc:
-        fail(exc)
+        shape = [int(d) for d in input_shape.split(",")]
+    except ValueError as exc:
+        raise CommandError(f"--input-shape must be comma-separated integers, got {input_shape!r}") from exc
+    info = client().create_model(
+        name,
+        architecture,
+        shape,
+        classes=[c for c in classes.split(",") if c],
+        options=parse_json(options, "--options"),
+        method=method,
+    )
     console.print(f"created {info['name']}")
 
 
@@ -113,12 +169,12 @@ def predict(
     """Predict labels with the live version."""
     if (file is None) == (input is None):
         raise typer.BadParameter("give --file or --input")
-    inputs = [json.loads(input)] if input is not None else load_file(file)[0][:limit].tolist()
-    labels = None if file is None else load_file(file)[1]
-    try:
-        answer = client().predict(name, inputs, top_k)
-    except ServiceError as exc:
-        fail(exc)
+    if file is not None:
+        array, labels = load_file(file)
+        inputs = array[:limit].tolist()
+    else:
+        inputs, labels = [parse_json(input, "--input")], None
+    answer = client().predict(name, inputs, top_k)
     table = Table(title=f"{name} version {answer['version']}")
     table.add_column("#")
     if labels is not None:
@@ -136,28 +192,37 @@ def predict(
 
 
 @app.command()
-def samples(name: str, file: Path = typer.Option(..., help=".npz or .csv"), chunk: int = typer.Option(500)) -> None:
-    """Post samples from a file (labels optional), with a progress bar."""
+def samples(
+    name: str,
+    file: Path = typer.Option(..., help=".npz or .csv"),
+    chunk: int = typer.Option(500, min=1, help="samples per request"),
+    wait: bool = typer.Option(False, help="wait for the update the policy starts, with a live progress bar"),
+) -> None:
+    """Post samples from a file (labels optional), with a progress bar.  The file is posted in chunks; the update
+    policy looks at it once it is all stored, so one file makes at most one update."""
     inputs, labels = load_file(file)
-    update_ids = set()
+    c = client()
+    update_id = None
     totals = {"accepted": 0, "held_out": 0}
     new: list[str] = []
     with _bar() as bar:
         task = bar.add_task("posting samples", total=len(inputs))
-        try:
-            for answer in client().post_samples_chunked(
-                name, inputs, labels, chunk=chunk, on_chunk=lambda n: bar.advance(task, n)
-            ):
-                totals["accepted"] += answer["accepted"]
-                totals["held_out"] += answer["held_out"]
-                new += [c for c in answer["new_classes"] if c not in new]
-                if answer.get("update_id"):
-                    update_ids.add(answer["update_id"])
-        except ServiceError as exc:
-            fail(exc)
-    console.print(f"accepted {totals['accepted']} ({totals['held_out']} held out); new classes: {new or 'none'}")
-    for update_id in update_ids:
-        console.print(f"the update policy started update {update_id}: clctl update {name} --follow {update_id}")
+        answers = c.post_samples_chunked(name, inputs, labels, chunk=chunk, on_chunk=lambda n: bar.advance(task, n))
+        for answer in answers:
+            totals["accepted"] += answer["accepted"]
+            totals["held_out"] += answer["held_out"]
+            new += [label for label in answer["new_classes"] if label not in new]
+            update_id = answer.get("update_id") or update_id
+    classes = ", ".join(new) or "none"
+    console.print(f"accepted {totals['accepted']} ({totals['held_out']} held out); new classes: {classes}")
+    if update_id is None:
+        console.print(f"no update started (the policy waits for more data): clctl update {name} --wait starts one")
+        return
+    console.print(f"the update policy started update {update_id}")
+    if wait:
+        _follow(c, name, update_id)
+    else:
+        console.print(f"follow it: clctl update {name} --follow {update_id} --wait")
 
 
 def _bar() -> Progress:
@@ -175,43 +240,39 @@ def update(
 ) -> None:
     """Start an update (or follow one) and optionally wait for it."""
     c = client()
-    try:
-        update_id = follow or c.start_update(name, method)["update_id"]
-        if not (wait or follow):
-            console.print(f"queued update {update_id}")
-            return
-        with _bar() as bar:
-            task = bar.add_task("queued", total=100)
+    update_id = follow or c.start_update(name, method)["update_id"]
+    if not (wait or follow):
+        console.print(f"queued update {update_id}")
+        return
+    _follow(c, name, update_id)
 
-            def show(status: dict[str, Any]) -> None:
-                bar.update(task, completed=round(100 * status["progress"]), description=status["status"])
 
-            status = c.wait_update(name, update_id, on_progress=show)
-    except ServiceError as exc:
-        fail(exc)
+def _follow(c: Client, name: str, update_id: str) -> None:
+    """Wait for an update with a live progress bar; exit status 1 unless it succeeded."""
+    with _bar() as bar:
+        task = bar.add_task("queued", total=100)
+
+        def show(status: dict[str, Any]) -> None:
+            bar.update(task, completed=round(100 * status["progress"]), description=status["status"])
+
+        status = c.wait_update(name, update_id, on_progress=show)
     console.print(
         f"{status['status']}: version {status['version']}" + (f" — {status['error']}" if status["error"] else "")
     )
-    if status["status"] in ("failed", "rejected"):
+    if status["status"] != "succeeded":
         raise typer.Exit(1)
 
 
 @app.command()
 def cancel(name: str, update_id: str) -> None:
     """Cancel a queued or running update."""
-    try:
-        console.print(client().cancel_update(name, update_id)["status"])
-    except ServiceError as exc:
-        fail(exc)
+    console.print(client().cancel_update(name, update_id)["status"])
 
 
 @app.command()
 def versions(name: str) -> None:
     """Versions with lineage and held-out accuracy."""
-    try:
-        rows = client().versions(name)
-    except ServiceError as exc:
-        fail(exc)
+    rows = client().versions(name)
     table = Table(
         "version", "parent", "status", "method", "classes", "held-out acc", "BWT", "forgetting", "promoted by"
     )
@@ -242,10 +303,10 @@ def promote(
         answer = client().promote(name, version, force=force)
     except ServiceError as exc:
         if exc.status == 409 and "forgetting gate" in exc.detail:
-            console.print(f"[red]not promoted[/red]: {exc.detail}")
-            console.print("pass --force to promote it anyway (the promotion is audited)")
-            raise typer.Exit(1) from exc
-        fail(exc)
+            raise CommandError(
+                f"not promoted: {exc.detail}; pass --force to promote it anyway (the promotion is audited)"
+            ) from exc
+        raise
     if answer.get("forced"):
         console.print(f"[yellow]version {version} had been rejected by the forgetting gate[/yellow]: {answer['gate']}")
     forced = " (forced past the gate)" if answer.get("forced") else ""
@@ -258,14 +319,11 @@ def quarantine(
     release: list[str] = typer.Option(None, "--release", help="return these sample ids to the pending ones"),
 ) -> None:
     """Samples that label screening set aside (or, with --release ID …, return them to training: admin)."""
-    try:
-        if release:
-            answer = client().release_quarantine(name, release)
-            console.print(f"released {len(answer['released'])} of {len(release)} samples")
-            return
-        rows = client().quarantine(name)
-    except ServiceError as exc:
-        fail(exc)
+    if release:
+        answer = client().release_quarantine(name, release)
+        console.print(f"released {len(answer['released'])} of {len(release)} samples")
+        return
+    rows = client().quarantine(name)
     table = Table("id", "label", "looks like", "held out", "update")
     for r in rows:
         table.add_row(r["id"], str(r["label"]), r["predicted"], str(r["held_out"]), str(r["update_id"]))
@@ -276,10 +334,7 @@ def quarantine(
 @app.command()
 def metrics(name: str) -> None:
     """The forgetting report: held-out accuracy per class, ACC, BWT, forgetting."""
-    try:
-        report = client().metrics(name)
-    except ServiceError as exc:
-        fail(exc)
+    report = client().metrics(name)
     console.print(
         f"{name} version {report['live_version']}: held-out accuracy {_fmt(report['accuracy'])} on "
         f"{report['held_out_samples']} samples; ACC {_fmt(report['acc'])}, BWT {_fmt(report['bwt'])}, "
@@ -302,10 +357,7 @@ def delete(name: str, yes: bool = typer.Option(False, "--yes", help="do not ask"
     """Delete a model and all its data."""
     if not yes:
         typer.confirm(f"delete {name} with all its versions and data?", abort=True)
-    try:
-        client().delete_model(name)
-    except ServiceError as exc:
-        fail(exc)
+    client().delete_model(name)
     console.print(f"deleted {name}")
 
 
@@ -318,11 +370,18 @@ def demo_data(
     """Write MNIST-5k digits (784 floats in [0, 1] and labels) to a .npz file."""
     from service.demo import demo_digits
 
-    if "-" in digits:
-        lo, hi = (int(d) for d in digits.split("-"))
-        chosen = list(range(lo, hi + 1))
-    else:
-        chosen = [int(d) for d in digits.split(",")]
+    try:
+        if "-" in digits:
+            lo, hi = (int(d) for d in digits.split("-"))
+            chosen = list(range(lo, hi + 1))
+        else:
+            chosen = [int(d) for d in digits.split(",")]
+    except ValueError as exc:
+        raise CommandError(f"--digits must be a range such as 5-9 or a list such as 0,2,4, got {digits!r}") from exc
+    if not chosen or any(d < 0 or d > 9 for d in chosen):
+        raise CommandError(f"--digits must name digits 0-9, got {digits!r}")
+    if split not in ("train", "test"):
+        raise CommandError(f"--split must be 'train' or 'test', got {split!r}")
     inputs, labels = demo_digits(chosen, split)
     np.savez(out, inputs=np.asarray(inputs, dtype=np.float32), labels=np.asarray(labels))
     console.print(f"wrote {len(labels)} samples of digits {chosen} ({split} split) to {out}")

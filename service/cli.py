@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import typer
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from service.app import create_app
+from service.observability import DropQueryString
 from service.settings import Settings
 from worker.audit import install_handler as install_audit_handler
 
 app = typer.Typer(add_completion=False)
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's default logging configuration, its access lines without query strings (`DropQueryString`)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["drop_query_string"] = {"()": f"{DropQueryString.__module__}.DropQueryString"}
+    config["loggers"]["uvicorn.access"]["filters"] = ["drop_query_string"]
+    return config
 
 
 @app.command()
@@ -46,6 +58,7 @@ def main(
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=log_config(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     server = uvicorn.Server(config)

@@ -87,13 +87,22 @@ class Client:
         return self._call("POST", f"/v1/models/{name}/predict", json={"inputs": _jsonable(inputs)}, params=params)
 
     def post_samples(
-        self, name: str, inputs: Any, labels: Sequence[Any] | None = None, *, relabel: bool = False
+        self,
+        name: str,
+        inputs: Any,
+        labels: Sequence[Any] | None = None,
+        *,
+        defer_update: bool = False,
+        relabel: bool = False,
     ) -> dict[str, Any]:
+        """One durable batch; ``defer_update``: more of the same batch follows, so the update policy waits;
+        ``relabel`` (admin): the labels redefine classes, exempt from label screening."""
         rows = _jsonable(inputs)
         labels = list(labels) if labels is not None else [None] * len(rows)
         samples = [{"input": x, "label": y} for x, y in zip(rows, labels, strict=True)]
         body: dict[str, Any] = {"samples": samples, **({"relabel": True} if relabel else {})}
-        return self._call("POST", f"/v1/models/{name}/samples", json=body)
+        params = {"defer_update": "true"} if defer_update else None
+        return self._call("POST", f"/v1/models/{name}/samples", json=body, params=params)
 
     def post_samples_chunked(
         self,
@@ -104,11 +113,15 @@ class Client:
         chunk: int = 500,
         on_chunk: Callable[[int], None] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Post in chunks (one durable batch each), yielding every answer."""
+        """Post in chunks (one durable batch each), yielding every answer.  Every chunk but the last defers the
+        update policy, so the whole of ``inputs`` makes at most one update (the last answer's ``update_id``)."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, got {chunk}")
         array = np.asarray(inputs, dtype=np.float32)
         for start in range(0, len(array), chunk):
             part = None if labels is None else list(labels[start : start + chunk])
-            answer = self.post_samples(name, array[start : start + chunk], part)
+            last = start + chunk >= len(array)
+            answer = self.post_samples(name, array[start : start + chunk], part, defer_update=not last)
             if on_chunk is not None:
                 on_chunk(len(array[start : start + chunk]))
             yield answer
@@ -135,13 +148,13 @@ class Client:
         poll: float = 0.25,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the update has finished (succeeded, failed, rejected or cancelled)."""
+        """Poll until the update has finished (succeeded, failed, rejected, cancelled or skipped)."""
         deadline = time.monotonic() + timeout
         while True:
             status = self.update(name, update_id)
             if on_progress is not None:
                 on_progress(status)
-            if status["status"] in ("succeeded", "failed", "rejected", "cancelled"):
+            if status["status"] in ("succeeded", "failed", "rejected", "cancelled", "skipped"):
                 return status
             if time.monotonic() > deadline:
                 raise TimeoutError(f"update {update_id} still {status['status']} after {timeout} s")

@@ -32,7 +32,7 @@ def demo_digits(digits: list[int], split: str = "train") -> tuple[list[list[floa
 def run_demo(server: uvicorn.Server, settings: Settings) -> None:
     while not server.started:
         time.sleep(0.1)
-    url = f"http://{settings.host}:{settings.port}"
+    url = settings.client_url(bound_port(server))
     key = next(iter(k for k, scope in settings.api_keys.items() if scope == "admin"), None)
     with Client(url, key) as client:
         try:
@@ -52,20 +52,43 @@ def run_demo(server: uvicorn.Server, settings: Settings) -> None:
                 status["status"],
                 status["metrics"].get("accuracy"),
             )
-    print(WALKTHROUGH.format(url=url), flush=True)
+    print(walkthrough(url, with_key=bool(settings.api_keys)), flush=True)
 
 
-WALKTHROUGH = """
-The demo model 'digits' (MLP, 784 floats in [0, 1]) is serving digits 0-4 at {url}.  Try:
+def bound_port(server: uvicorn.Server) -> int | None:
+    """The port the server listens on (CL_PORT=0 lets the system choose one), or None when it cannot tell."""
+    for listener in getattr(server, "servers", []):
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return None
 
-  clctl models
-  clctl demo-data --digits 5-9 --out digits-5-9.npz      # the protocol's train split, as a file
-  clctl predict digits --file digits-5-9.npz --limit 3   # a 5-9 digit is not known yet
-  clctl samples digits --file digits-5-9.npz             # new classes: the update policy starts an update
-  clctl update digits --wait                             # or start one yourself, with a live progress bar
-  clctl metrics digits                                   # 0-4 still recognised: held-out accuracy per class
-  clctl versions digits
-  clctl promote digits 1                                 # roll back to the first version
 
-Docs (offline): {url}/docs
-"""
+# The README's walk-through ("Walk-through: teach the demo model five new digits") lists the same commands;
+# tests/e2e/test_demo.py runs them as written and checks that both lists agree.
+WALKTHROUGH_COMMANDS = [
+    ("clctl models", "digits: live version 1, classes 0, 1, 2, 3, 4"),
+    ("clctl demo-data --digits 5-9 --out digits-5-9.npz", "the protocol's train split of 5-9, as a file"),
+    ("clctl predict digits --file digits-5-9.npz --limit 3", "a 5-9 digit is still called 0-4"),
+    ("clctl samples digits --file digits-5-9.npz --wait", "new classes: the update policy starts one update"),
+    ("clctl metrics digits", "held-out accuracy per class: 5-9 learned, 0-4 kept"),
+    ("clctl versions digits", "lineage, method, samples, metrics, who promoted"),
+    ("clctl promote digits 1", "roll back (promoting an older version)"),
+]
+
+
+def walkthrough(url: str, *, with_key: bool = False) -> str:
+    """What ``clserve --demo`` prints once the model serves: the commands to try, pointed at ``url``."""
+    lines = [
+        "",
+        f"The demo model 'digits' (MLP, 784 floats in [0, 1]) is serving digits 0-4 at {url}.",
+        "In another terminal:",
+        "",
+    ]
+    rows = [(f"export CL_URL={url}", "where clctl finds this service")]
+    if with_key:
+        rows.append(("export CL_API_KEY=...", "a key of CL_API_KEYS with admin scope"))
+    rows += WALKTHROUGH_COMMANDS
+    width = max(len(command) for command, _ in rows) + 2
+    lines += [f"  {command:<{width}}# {comment}" for command, comment in rows]
+    lines += ["", f"Docs (offline): {url}/docs", ""]
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
+from registry.names import MAX_ID, UPDATE_ID_PATTERN
 from service.auth import Principal, authenticate, authorize
 from service.runtime import Runtime
 from service.schemas import NAME_PATTERN
@@ -40,3 +41,5 @@ TrainCaller = Annotated[Principal, Depends(_needs("train"))]
 AdminCaller = Annotated[Principal, Depends(_needs("admin"))]
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the model's name")]
+UpdateId = Annotated[str, Path(pattern=UPDATE_ID_PATTERN, description="the update's id")]
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_ID, description="the version's number")]

@@ -10,9 +10,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cl_core.validation import InvalidData
-from registry import Conflict, NotFound, StoreUnavailable
+from registry import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+MAX_DETAIL = 1000
+"""No error message is longer (a backstop: every place that repeats a caller's value cuts it to 200 characters)."""
+_MAX_PART = 64  # a field name or key in an error's location (a 1 MB key of an unknown field is not echoed)
 
 
 class ApiError(Exception):
@@ -41,7 +45,15 @@ class BodyTooLarge(Exception):
 def error_response(
     status: int, detail: str, field: str | None = None, index: int | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    if len(detail) > MAX_DETAIL:
+        detail = detail[:MAX_DETAIL] + "… (cut)"
+    if field is not None:
+        field = _short(field)
     return JSONResponse({"detail": detail, "field": field, "index": index}, status_code=status, headers=headers)
+
+
+def _short(part: str) -> str:
+    return part if len(part) <= _MAX_PART else part[:_MAX_PART] + "…"
 
 
 _UNION_TAGS = {"float", "int", "str", "bool", "function-after", "function-plain"}
@@ -56,7 +68,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
         elif (part in ("body", "query", "path", "header") and not out) or part in _UNION_TAGS or "[" in part:
             continue
         else:
-            out += f".{part}" if out else part
+            out += f".{_short(part)}" if out else _short(part)
     return out
 
 
@@ -77,6 +89,8 @@ def _validation_answer(exc: RequestValidationError) -> JSONResponse:
     field = names[-1] if names else None  # the innermost named field: "label" of samples[3].label
     index = next((p for p in loc if isinstance(p, int)), None)
     message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "value_error" and "error" in error.get("ctx", {}):
+        message = str(error["ctx"]["error"])  # our own validators' message, without pydantic's "Value error, "
     if error.get("type") == "json_invalid":
         message = f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
     where = _path(loc)
@@ -100,6 +114,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_answer(exc)
 
+    @app.exception_handler(InvalidIdentifier)
+    async def invalid_identifier(_: Request, exc: InvalidIdentifier) -> JSONResponse:
+        return error_response(422, str(exc))
+
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
         return error_response(404, str(exc))
@@ -107,6 +125,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:
         return error_response(409, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return error_response(429, str(exc), headers={"Retry-After": "10"})
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import Header
 
 from registry import Store
+from registry.names import REQUEST_KEY_PATTERN
 from service.errors import ApiError
 
 IdempotencyKey = Annotated[
@@ -22,7 +23,7 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=REQUEST_KEY_PATTERN,
         description="retrying with the same key returns the first answer and stores nothing twice",
     ),
 ]

@@ -20,12 +20,18 @@ def to_tensor(values: Sequence[Any], input_shape: Sequence[int], field: str, whe
     try:
         with np.errstate(over="ignore"):  # values beyond float32 become ±Inf and are rejected below
             array = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond float's range (1e400)
         array = None
     if array is None or array.shape[1:] != shape:
         for index, value in enumerate(values):
             try:
-                item = np.asarray(value, dtype=np.float32)
+                with np.errstate(over="ignore"):
+                    item = np.asarray(value, dtype=np.float32)
+            except OverflowError:
+                place = where.format(field=field, index=index)
+                raise InvalidData(
+                    f"{place} contains values beyond the range of float32 (about ±3.4e38)", field=field, index=index
+                ) from None
             except (ValueError, TypeError):
                 raise InvalidData(
                     f"{field}[{index}] is ragged: nested lists of unequal length", field=field, index=index

@@ -1,5 +1,6 @@
-"""Prometheus metrics (base units in names, bounded labels) and a lightweight ASGI middleware that times
-requests and enforces the body-size and media-type limits before any handler runs.
+"""Prometheus metrics (base units in names, bounded labels), a lightweight ASGI middleware that times requests and
+enforces the body-size, media-type and encoding limits before any handler runs, and the access log's filter that
+keeps query strings out of logs.
 
 The API's metrics live here (requests, predictions, live versions, held-out accuracy, BWT, forgetting); the
 updates' metrics (`worker.metrics`) are exported by whichever process runs updates.
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from registry.signing import REASONS
 from service.errors import BodyTooLarge
 
 Scope = MutableMapping[str, Any]
@@ -87,12 +91,36 @@ class ApiMetrics:
             "cl_model_forgetting_ratio", "average forgetting along the live lineage", ["model"], registry=registry
         )
         self.queue_depth = Gauge("cl_update_queue_depth", "updates waiting to start", ["model"], registry=registry)
+        self.stuck = Gauge(
+            "cl_updates_stuck",
+            "running updates whose lock no live worker holds (the recovery sweep re-queues them; set on scrape)",
+            ["model"],
+            registry=registry,
+        )
+        self.listener_errors = Counter(
+            "cl_live_listener_errors_total",
+            "errors of what reacts to a new live version after it went live (e.g. a reload out of memory)",
+            ["model"],
+            registry=registry,
+        )
         self.serving = Gauge(
             "cl_model_serving",
             "1 while this process serves a live version of the model, 0 while the model has none (set on scrape)",
             ["model"],
             registry=registry,
         )
+
+        self.promotions_rejected = Counter(
+            "cl_promotion_rejected_total",
+            "live pointers this replica read and refused to serve, by reason (unsigned, forged, replayed, digest)",
+            ["model", "reason"],
+            registry=registry,
+        )
+
+    def track_model(self, model: str) -> None:
+        """Start the model's refusal series at 0 (so that the first refusal is an increase Prometheus sees)."""
+        for reason in REASONS:
+            self.promotions_rejected.labels(model, reason)
 
     def observe_live(self, model: str, version: int | None, metrics: dict[str, Any], max_classes: int) -> None:
         """Export a newly served version's figures (and drop the previous per-class series)."""
@@ -129,15 +157,32 @@ class ApiMetrics:
             self.bwt,
             self.forgetting,
             self.queue_depth,
+            self.stuck,
             self.serving,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(model)
+        for reason in REASONS:
+            with contextlib.suppress(KeyError):
+                self.promotions_rejected.remove(model, reason)
         self._clear_classes(model)
 
 
+KEY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "access_token"})
+"""Query parameters that would carry an API key (compared in lower case): refused, keys belong in a header."""
+
+
+def key_in_query(query_string: bytes) -> bool:
+    """Whether the query string names a parameter that would carry an API key (any casing)."""
+    if not query_string:
+        return False
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    return any(key.strip().lower() in KEY_PARAMETERS for key, _ in pairs)
+
+
 class RequestGuard:
-    """Pure ASGI middleware: 413 for oversized bodies, 415 for wrong media types, request metrics by route."""
+    """Pure ASGI middleware: 400 for an API key in the URL, 413 for oversized bodies, 415 for wrong media types and
+    compressed bodies, request metrics by route."""
 
     UPLOADS: ClassVar[dict[str, bytes]] = {"/weights": b"application/octet-stream", "/import": b"application/zip"}
 
@@ -173,9 +218,24 @@ class RequestGuard:
 
     @staticmethod
     def _check_headers(scope: Scope, limit: int, expected: bytes) -> tuple[int, str, str | None] | None:
+        if key_in_query(scope.get("query_string", b"")):
+            return (
+                400,
+                "API keys are not accepted in the URL (URLs end up in logs and browser histories): send the key in "
+                "the 'Authorization: Bearer <key>' header, and replace a key that was sent in a URL",
+                "api_key",
+            )
+        headers = dict(scope.get("headers", []))
+        encodings = [e.strip().lower() for e in headers.get(b"content-encoding", b"").split(b",") if e.strip()]
+        if any(e != b"identity" for e in encodings):
+            return (
+                415,
+                "compressed request bodies are not supported: send the body uncompressed (no Content-Encoding, or "
+                "Content-Encoding: identity)",
+                "content-encoding",
+            )
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return None
-        headers = dict(scope.get("headers", []))
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return 413, f"the body is larger than the limit of {limit} bytes", None
@@ -216,3 +276,16 @@ async def _reply(send: Send, status: int, detail: str, field: str | None) -> Non
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class DropQueryString(logging.Filter):
+    """Cuts the query string off the path in uvicorn's access log lines: a query string may hold a secret (an API
+    key a client put in the URL, refused or not), and logs are read by more people than the API's callers.
+
+    uvicorn logs ``'%s - "%s %s HTTP/%s" %d'`` with (client, method, path with query, HTTP version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (args[0], args[1], args[2].split("?", 1)[0], args[3], args[4])
+        return True

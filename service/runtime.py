@@ -11,14 +11,17 @@ from prometheus_client import CollectorRegistry
 
 from cl_core.models import register_architecture
 from registry import Store, StoreError, open_store
+from registry.signing import Verifier
 from service.batching import Batchers
 from service.observability import ApiMetrics
 from service.quotas import RateLimiter
 from service.serving import LiveModel, ModelServer
 from service.settings import Settings
 from worker.audit import audit
+from worker.deletion import repair_deletion_records
 from worker.executor import Executor, InProcessExecutor
 from worker.metrics import UpdateMetrics
+from worker.recovery import RecoveryLoop
 from worker.retention import trusted_reserve
 from worker.scheduling import UpdatePolicy
 
@@ -37,10 +40,12 @@ class Runtime:
     api_metrics: ApiMetrics
     update_metrics: UpdateMetrics | None
     limiter: RateLimiter
+    recovery: RecoveryLoop
     stopping: threading.Event = field(default_factory=threading.Event)
 
     async def close(self) -> None:
         self.stopping.set()
+        self.recovery.stop()
         self.executor.shutdown(wait=True)
         self.server.stop()
         await self.batchers.close()
@@ -58,7 +63,11 @@ def register_operator_architectures(settings: Settings) -> None:
 def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: ApiMetrics) -> Runtime:
     settings.apply_threads()
     register_operator_architectures(settings)
-    store = open_store(settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes)
+    signer = settings.signer()
+    store = open_store(
+        settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes, signer=signer
+    )
+    store.on_listener_error(lambda name, _: api_metrics.listener_errors.labels(name).inc())
     update_metrics: UpdateMetrics | None = None
     executor: Executor
     if settings.redis_url:
@@ -70,7 +79,13 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
         executor = InProcessExecutor(
             store, settings, max_parallel=settings.update_workers, on_finish=update_metrics.observe
         )
-    server = ModelServer(store, device=settings.device, reload_interval_s=settings.reload_interval_s)
+    server = ModelServer(
+        store,
+        device=settings.device,
+        reload_interval_s=settings.reload_interval_s,
+        verifier=None if signer is None else Verifier(signer),
+    )
+    server.on_refusal(lambda name, reason: api_metrics.promotions_rejected.labels(name, reason).inc())
 
     def export(name: str, live: LiveModel | None) -> None:
         api_metrics.observe_live(
@@ -94,7 +109,10 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
         method=settings.policy_method,
     )
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-    return Runtime(settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics, limiter)
+    recovery = RecoveryLoop(store, executor.submit, settings)  # re-queues running updates nobody holds
+    return Runtime(
+        settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics, limiter, recovery
+    )
 
 
 def enforce_retention(runtime: Runtime) -> dict[str, int]:
@@ -126,11 +144,16 @@ def _retention_loop(runtime: Runtime) -> None:
 
 
 def start(runtime: Runtime) -> None:
+    try:
+        repair_deletion_records(runtime.store)
+    except StoreError:  # the store is unreachable now: reading a record ignores invalid entries all the same
+        log.warning("the deletion records could not be checked at start", exc_info=True)
     runtime.server.start()
     runtime.executor.start()
     if runtime.settings.retention_max_age_s is not None or runtime.settings.retention_max_samples is not None:
         threading.Thread(target=_retention_loop, args=(runtime,), name="retention", daemon=True).start()
-    # embedded: re-queue what the last shutdown interrupted; distributed: send again tasks that may have been lost
+    # embedded: re-queue what the last stop interrupted; distributed: send again tasks that may have been lost
     resumed = runtime.executor.recover(runtime.store)
     if resumed:
         log.info("re-queued %d update(s) interrupted or lost before this start", len(resumed))
+    runtime.recovery.start()  # from now on, every half lock TTL

@@ -8,12 +8,14 @@ samples answer ``accepted`` and, when one was triggered, ``update_id``; an updat
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from typing_extensions import TypeAliasType
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+from registry.names import MODEL_NAME_PATTERN, SAMPLE_ID_PATTERN, check_sample_id
+
+NAME_PATTERN = MODEL_NAME_PATTERN  # what a valid name is: `registry.names`, for the API and the stores alike
 
 # A number or a nested list of numbers (one input, shaped like the model's input shape).  Strict: no strings or
 # booleans; finite: NaN and ±Infinity (which JSON parsers let through) are rejected.
@@ -33,7 +35,7 @@ class ErrorBody(BaseModel):
 # -- models ------------------------------------------------------------------------------------------------------
 class ModelCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="becomes paths and keys: lowercase letters, digits, - and _")
-    architecture: str = Field(description="a registered architecture: 'mlp', 'cnn' or an operator's own")
+    architecture: str = Field(max_length=64, description="a registered architecture: 'mlp', 'cnn' or an operator's own")
     input_shape: list[int] = Field(min_length=1, max_length=4, description="shape of one input, e.g. [784]")
     classes: list[StrictStr | StrictInt] = Field(
         default_factory=list, max_length=100_000, description="initial classes (at most CL_MAX_CLASSES)"
@@ -41,7 +43,7 @@ class ModelCreate(Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="architecture options, e.g. {'hidden': [400, 400]}"
     )
-    method: str = Field("auto", description="default update method: 'auto' or e.g. 'mas+replay+wa'")
+    method: str = Field("auto", max_length=200, description="default update method: 'auto' or e.g. 'mas+replay+wa'")
     method_hparams: dict[str, Any] = Field(
         default_factory=dict, description="e.g. {'lam': 100, 'memory': {'per_class': 20}}"
     )
@@ -131,8 +133,17 @@ class SamplesResponse(BaseModel):
     update_id: str | None = None
 
 
+SampleId = Annotated[
+    StrictStr,
+    AfterValidator(check_sample_id),
+    Field(json_schema_extra={"pattern": SAMPLE_ID_PATTERN}, description="a decimal number from 1 to 2^63-1"),
+]
+
+
 class SamplesDelete(Strict):
-    ids: list[str] = Field(min_length=1, max_length=100_000, description="ids returned when the samples were posted")
+    ids: list[SampleId] = Field(
+        min_length=1, max_length=100_000, description="ids returned when the samples were posted"
+    )
 
 
 class SamplesDeleted(BaseModel):
@@ -169,7 +180,7 @@ class QuarantineReleased(BaseModel):
 # -- updates -----------------------------------------------------------------------------------------------------
 class UpdateRequest(Strict):
     method: str | None = Field(
-        None, description="'auto' or a method name such as 'mas+replay+wa'; default: the model's"
+        None, max_length=200, description="'auto' or a method name such as 'mas+replay+wa'; default: the model's"
     )
 
 
@@ -182,7 +193,10 @@ class UpdateStatus(BaseModel):
     update_id: str
     model: str
     method: str
-    status: Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+    status: Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled", "skipped"] = Field(
+        description="queued → running → succeeded | rejected (the forgetting gate) | failed | cancelled | skipped "
+        "(nothing was left to learn: another update consumed the samples)"
+    )
     progress: float
     version: int | None
     error: str | None

@@ -78,6 +78,20 @@ class Settings(WorkerSettings):
                 raise ValueError("API keys must be at least 16 characters")
         return keys
 
+    def client_url(self, port: int | None = None) -> str:
+        """The address a client on this machine uses to reach the service (``port``: the one actually bound, when
+        CL_PORT is 0): a wildcard address (0.0.0.0, ::) is reached through loopback; IPv6 goes in brackets."""
+        host = self.host
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            pass  # a name, such as localhost
+        else:
+            if address.is_unspecified:
+                address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+            host = f"[{address}]" if address.version == 6 else str(address)
+        return f"http://{host}:{self.port if port is None else port}"
+
     def is_loopback(self) -> bool:
         if self.host == "localhost":
             return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cl_core.labels import natural_order
 from registry import ModelRecord, Store, UpdateRecord, VersionRecord
 from service import schemas
 from service.serving import ModelServer
@@ -26,14 +27,16 @@ def model_info(
         options=record.options,
         method=record.method,
         method_hparams=record.method_hparams,
-        classes=classes,
+        classes=natural_order(classes),
         live_version=live,
         versions=versions,
-        pending=schemas.PendingCounts(**pending),
-        pending_new_classes=sorted(c for c in pending["per_class"] if c not in classes),
+        pending=schemas.PendingCounts(
+            labeled=pending.labeled, unlabeled=pending.unlabeled, held_out=pending.held_out, per_class=pending.per_class
+        ),
+        pending_new_classes=natural_order(c for c in pending.per_class if c not in classes),
         waiting_classes=[
             schemas.WaitingClass(label=w.label, samples=w.samples, needed=w.needed)
-            for w in waiting_classes(pending["per_class"], classes, min_samples_per_new_class)
+            for w in waiting_classes(pending.per_class, classes, min_samples_per_new_class)
         ],
         quarantined=len(store.quarantined(record.name)),
         state=state,
@@ -68,7 +71,7 @@ def version_info(record: VersionRecord, live: int | None) -> schemas.VersionInfo
         method=record.method,
         hyperparameters=record.learner,
         train_config=record.train_config,
-        classes=list(record.spec.get("classes", [])),
+        classes=natural_order(record.spec.get("classes", [])),
         samples=record.samples,
         metrics=record.metrics,
         update_id=record.update_id,

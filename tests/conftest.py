@@ -28,3 +28,21 @@ def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 def redis_url(session_redis: RedisServer) -> str:
     """redis://127.0.0.1:<port>/<db> of a flushed database no other test uses."""
     return session_redis.fresh_url()
+
+
+@pytest.fixture(scope="session")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server with docker-compose.yml's users: the default user off, the application's user limited to the
+    commands of deploy/redis/app-user.acl."""
+    with redis_server(tmp_path_factory.mktemp("redis-acl"), acl=True) as server:
+        yield server
+
+
+@pytest.fixture
+def acl_redis_url(acl_redis: RedisServer) -> Iterator[str]:
+    """redis://continual-serve:…@127.0.0.1:<port>/<db> of a fresh database; fails the test if the ACL refused any
+    command meanwhile (a command the code needs and the ACL file lacks)."""
+    acl_redis.denied()
+    yield acl_redis.fresh_url()
+    denied = acl_redis.denied()
+    assert not denied, f"deploy/redis/app-user.acl refused: {denied}"

@@ -5,10 +5,13 @@ Start a worker (one update at a time per process; scale with processes, one per 
     CL_REDIS_URL=redis://… celery -A worker.app worker -Q updates --concurrency 1
 
 Configuration is the API's: the same ``CL_*`` variables (`WorkerSettings`).  Messages are JSON only (nothing is
-ever pickled); an update task is acknowledged only when it has finished (``acks_late``), goes back to the queue at
-once when its pool process dies (``reject_on_worker_lost``) and, when the whole worker vanished, after the broker's
-visibility timeout.  The store's update lock (with fencing) and the update record make a task that runs twice
-harmless: the second run waits for the lock, then finds the update finished.
+ever pickled); an update task is acknowledged only when it has finished (``acks_late``) and goes back to the queue
+at once when its pool process dies (``reject_on_worker_lost``).  When the whole worker vanished, or the broker lost
+the task (Redis went away while it retried), the recovery sweep that every worker's main process runs
+(`worker.recovery`) re-queues and re-sends the update once its lock has expired, within about two lock lifetimes;
+the broker's visibility timeout, sized past the longest allowed update, only brings back a stale copy.  The store's
+update lock (with fencing) and the update record make a task that runs twice harmless: the second run waits for
+the lock, then finds the update finished.
 
 Metrics: the worker's main process serves ``/metrics`` (``CL_WORKER_METRICS_PORT``) for the updates its pool
 processes run, through prometheus_client's multiprocess mode (each pool process writes its values to a file in
@@ -22,8 +25,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,8 @@ from cl_core.trainer import resolve_device
 from registry import Store, UpdateRecord, open_store
 from worker.config import WorkerSettings
 from worker.metrics import UpdateMetrics
-from worker.pipeline import LockLost, run_update
+from worker.pipeline import run_update
+from worker.recovery import RecoveryLoop
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,31 @@ def task_id(name: str, update_id: str) -> str:
     return f"update-{name}-{update_id}"
 
 
+def send_update(app: Celery, name: str, update_id: str) -> None:
+    """Send an update's task (the one way it is sent: by the API's executor and by the recovery sweep)."""
+    app.send_task(
+        RUN_UPDATE,
+        args=[name, update_id],
+        task_id=task_id(name, update_id),
+        queue=QUEUE,
+        ignore_result=True,  # the update's record in the store is its result: no result subscription
+    )
+
+
 def create_app(settings: WorkerSettings) -> Celery:
     """A Celery app configured from ``settings`` (the broker is the store's Redis unless set apart)."""
     broker = settings.broker_url or "memory://"  # no URL: an app that can be imported, not used
     app = Celery("continual_serve", broker=broker, backend=settings.broker_url, include=["worker.tasks"])
+    visibility = settings.visibility_timeout
+    if visibility <= settings.celery_time_limit_s:
+        log.warning(
+            "CL_CELERY_VISIBILITY_TIMEOUT_S (%s s) is not longer than an update may run (%s s): the broker hands "
+            "out copies of running updates (harmless, they wait for the lock, but they occupy workers)",
+            visibility,
+            settings.celery_time_limit_s,
+        )
     transport = {
-        "visibility_timeout": settings.celery_visibility_timeout_s,
+        "visibility_timeout": visibility,
         "unacked_restore_interval": settings.celery_restore_interval_s,
         "unacked_restore_throttle": 1,  # the interval alone decides how soon a vanished worker's task returns
     }
@@ -73,7 +94,7 @@ def create_app(settings: WorkerSettings) -> Celery:
         task_soft_time_limit=settings.celery_soft_time_limit_s,
         task_time_limit=settings.celery_time_limit_s,
         broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": visibility},
         result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
@@ -102,7 +123,12 @@ class WorkerProcess:
     def start(cls) -> WorkerProcess:
         settings = WorkerSettings()
         settings.apply_threads()
-        store = open_store(settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes)
+        store = open_store(
+            settings.data_dir,
+            settings.redis_url,
+            redis_chunk_bytes=settings.redis_chunk_bytes,
+            signer=settings.signer(),
+        )
         registry = CollectorRegistry()  # exported by the main process (multiprocess mode), not from here
         progress = Gauge(
             "cl_update_progress_ratio",
@@ -114,39 +140,22 @@ class WorkerProcess:
         log.info("worker process %d: device %s, store %s", os.getpid(), resolve_device(settings.device), store)
         return cls(settings, store, UpdateMetrics(registry), progress)
 
-    def run_update(self, name: str, update_id: str, owner: str) -> UpdateRecord:
-        """Run an update here, measured (LockLost when another process holds the model's lock)."""
+    def run_update(self, name: str, update_id: str, where: str) -> UpdateRecord:
+        """Run an update here, measured (LockLost when another process holds the model's lock).  An update whose
+        process keeps dying is failed by the pipeline after ``CL_UPDATE_MAX_ATTEMPTS`` attempts."""
         record = self.store.get_update(name, update_id)
         if record.finished:
             return record  # a copy of a task that already ran
-        if record.status == "running" and record.attempts >= self.settings.update_max_attempts:
-            return self._give_up(name, update_id)
         self.metrics.running.labels(name).inc()
         watcher = _ProgressWatcher(self.store, name, update_id, self.progress.labels(name))
         try:
-            record = run_update(self.store, name, update_id, self.settings, owner=owner)
+            record = run_update(self.store, name, update_id, self.settings, where=where)
         finally:
             watcher.stop()
             self.metrics.running.labels(name).dec()
         if record.finished:
             self.metrics.observe(record)
         return record
-
-    def _give_up(self, name: str, update_id: str) -> UpdateRecord:
-        """Fail an update whose process keeps dying (out of memory, a crash in native code) instead of looping."""
-        token = self.store.acquire_update_lock(name, f"give-up-{uuid.uuid4().hex[:8]}", self.settings.update_lock_ttl_s)
-        if token is None:
-            raise LockLost(f"another update of {name!r} is running")
-        try:
-            record = self.store.get_update(name, update_id)
-            if not record.finished:
-                record.status, record.finished_at = "failed", time.time()
-                record.error = f"its worker process died {record.attempts} times while running it; not retried"
-                self.store.put_update(record)
-                self.metrics.observe(record)
-            return record
-        finally:
-            self.store.release_update_lock(name, token)
 
     def close(self) -> None:
         self.store.close()
@@ -209,6 +218,36 @@ def _on_worker_start(**_: Any) -> None:
     settings = WorkerSettings()
     if settings.worker_metrics_port:
         serve_metrics(settings.worker_metrics_host, settings.worker_metrics_port)
+
+
+_recovery: RecoveryLoop | None = None
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    """Start the recovery sweep in the main process, once the pool has been forked (so no pool process inherits
+    the sweep's thread or connections)."""
+    global _recovery
+    settings = WorkerSettings()
+    if settings.broker_url is None:
+        return
+    _recovery = start_recovery(settings)
+
+
+@signals.worker_shutdown.connect
+def _on_worker_stop(**_: Any) -> None:
+    if _recovery is not None:
+        _recovery.stop()
+        _recovery.store.close()
+
+
+def start_recovery(settings: WorkerSettings) -> RecoveryLoop:
+    """A running recovery sweep with its own store connection and Celery app (it re-sends what it re-queues)."""
+    store = open_store(settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes)
+    sender = create_app(settings)
+    loop = RecoveryLoop(store, lambda name, update_id: send_update(sender, name, update_id), settings)
+    log.info("recovery sweep every %.1f s (lock TTL %.1f s)", settings.recovery_interval, settings.update_lock_ttl_s)
+    return loop.start()
 
 
 def serve_metrics(host: str, port: int) -> None:

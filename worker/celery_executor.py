@@ -11,9 +11,10 @@ from kombu.exceptions import OperationalError
 
 from registry import Store, StoreUnavailable
 from registry.redis_store import redact
-from worker.app import QUEUE, RUN_UPDATE, create_app, task_id
+from worker.app import create_app, send_update
 from worker.config import WorkerSettings
 from worker.executor import Executor
+from worker.recovery import sweep
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,7 @@ class CeleryExecutor(Executor):
 
     def submit(self, name: str, update_id: str) -> None:
         try:
-            self.app.send_task(
-                RUN_UPDATE,
-                args=[name, update_id],
-                task_id=task_id(name, update_id),
-                queue=QUEUE,
-                ignore_result=True,  # the update's record in the store is its result: no result subscription
-            )
+            send_update(self.app, name, update_id)
         except (OperationalError, redis.RedisError, OSError) as exc:
             where = redact(self.settings.broker_url or "")
             message = f"the task queue at {where} is unreachable ({exc}); the update stays queued"
@@ -48,7 +43,8 @@ class CeleryExecutor(Executor):
 
     def recover(self, store: Store) -> list[str]:
         """Send again the tasks of updates queued for a while (their task may have been lost; a duplicate finds
-        the update finished).  Running updates are left alone: a dead worker's task returns by itself."""
+        the update finished).  Running updates are the recovery sweep's (`worker.recovery`): it re-queues one
+        whose lock nobody holds."""
         resent = []
         now = time.time()
         for model in store.list_models():
@@ -56,7 +52,7 @@ class CeleryExecutor(Executor):
                 if record.status == "queued" and now - record.created_at > RESEND_AFTER_S:
                     self.submit(model.name, record.update_id)
                     resent.append(record.update_id)
-        return resent
+        return resent + [update_id for _, update_id in sweep(store, self.submit, self.settings).requeued]
 
     def shutdown(self, wait: bool = True) -> None:
         """Release the broker connections (the updates themselves run on, in the workers)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from cl_core.labels import natural_order
 from registry import Claim, QuarantineRecord, SampleSet, Store, UpdateRecord
 from worker.audit import audit
 from worker.config import WorkerSettings
@@ -39,11 +40,11 @@ class WaitingClass:
 
 
 def waiting_classes(per_class: Mapping[str, int], known: Collection[str], min_samples: int) -> list[WaitingClass]:
-    """The new classes (not in ``known``) with fewer than ``min_samples`` samples, by label."""
+    """The new classes (not in ``known``) with fewer than ``min_samples`` samples, in natural label order."""
     return [
-        WaitingClass(label, count, min_samples)
-        for label, count in sorted(per_class.items())
-        if label not in known and count < min_samples
+        WaitingClass(label, per_class[label], min_samples)
+        for label in natural_order(per_class)
+        if label not in known and per_class[label] < min_samples
     ]
 
 

@@ -6,15 +6,19 @@ Distributed workers read the same variables as the API replicas, so one environm
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cl_core.trainer import TrainConfig
+from registry.signing import MIN_KEY_CHARS, Signer
 from worker.evaluation import GateRules
 from worker.screening import ScreeningRules
+
+VISIBILITY_MARGIN_S = 600.0
+"""How much longer than the longest allowed update an unacknowledged task stays invisible."""
 
 
 class WorkerSettings(BaseSettings):
@@ -69,14 +73,25 @@ class WorkerSettings(BaseSettings):
 
     # one update at a time per model
     update_lock_ttl_s: float = Field(120.0, gt=0, description="the lock expires unless refreshed this often")
+    recovery_interval_s: float | None = Field(
+        None,
+        gt=0,
+        le=86400,
+        description="how often workers and replicas look for running updates nobody holds (default: half the lock "
+        "TTL, so an update whose worker vanished runs again within about two lock lifetimes)",
+    )
 
     # distributed mode: the Redis store and Celery workers (see docs/distributed.md)
     redis_chunk_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="store values above this in chunks"
     )
     celery_broker_url: str | None = Field(None, description="Celery broker and result backend (default: redis_url)")
-    celery_visibility_timeout_s: float = Field(
-        4 * 3600.0, gt=0, description="an unacknowledged task returns to the queue after this (longer than updates)"
+    celery_visibility_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=30 * 86400,
+        description="an unacknowledged task returns to the queue after this (default: the hard time limit of an "
+        "update plus 10 minutes, so a copy of a running task is not handed out while it may still run)",
     )
     celery_restore_interval_s: float = Field(
         10.0, gt=0, description="how often workers look for tasks whose worker vanished"
@@ -89,6 +104,49 @@ class WorkerSettings(BaseSettings):
     )
     worker_metrics_host: str = Field("127.0.0.1", description="address of a Celery worker's /metrics")
     worker_metrics_port: int = Field(9100, ge=0, le=65535, description="port of a Celery worker's /metrics (0: off)")
+
+    # signed promotions (registry/signing.py): the key never goes to the store or a log
+    signing_key: SecretStr | None = Field(
+        None, description="HMAC key that signs promotions; replicas serve only signed ones (unset: unsigned)"
+    )
+    signing_keys_old: list[SecretStr] = Field(
+        default_factory=list, description="JSON list of previous keys, accepted for verification only (rotation)"
+    )
+
+    @field_validator("signing_key", "signing_keys_old")
+    @classmethod
+    def _signing_keys_are_long(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
+        for key in value if isinstance(value, list) else [value]:
+            if key is not None and len(key.get_secret_value()) < MIN_KEY_CHARS:
+                raise ValueError(f"a signing key must have at least {MIN_KEY_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _old_keys_need_a_key(self) -> Self:
+        if self.signing_keys_old and self.signing_key is None:
+            raise ValueError("CL_SIGNING_KEYS_OLD is set without CL_SIGNING_KEY")
+        return self
+
+    def signer(self) -> Signer | None:
+        """The promotion signer of this deployment, or None when no key is set."""
+        if self.signing_key is None:
+            return None
+        old = [k.get_secret_value() for k in self.signing_keys_old]
+        return Signer(self.signing_key.get_secret_value(), old)
+
+    @property
+    def recovery_interval(self) -> float:
+        """Seconds between two recovery sweeps."""
+        return self.recovery_interval_s or self.update_lock_ttl_s / 2
+
+    @property
+    def visibility_timeout(self) -> float:
+        """The broker's visibility timeout: the setting, else derived from the longest update the settings allow
+        (``celery_time_limit_s``) plus a margin.  Recovering a vanished worker's update does not wait for it (the
+        recovery sweep does that within about two lock lifetimes); it only bounds when a stale copy returns."""
+        if self.celery_visibility_timeout_s is not None:
+            return self.celery_visibility_timeout_s
+        return max(self.celery_time_limit_s, self.celery_soft_time_limit_s) + VISIBILITY_MARGIN_S
 
     @property
     def broker_url(self) -> str | None:

@@ -7,8 +7,6 @@ drops tombstoned ids before training and before committing).
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +14,7 @@ from cl_core.learner import Learner
 from registry import Store
 from registry import tensors as st
 from worker.config import WorkerSettings
-from worker.pipeline import LockLost
+from worker.locking import task_owner, update_lock
 
 
 @dataclass(frozen=True)
@@ -32,15 +30,9 @@ def forget_samples(
     """Delete samples by id and scrub them from every version's exemplar memory."""
     deleted = store.delete_samples(name, ids)
     tombstones = store.deleted_ids(name)
-    deadline = time.monotonic() + wait_s
-    while (
-        token := store.acquire_update_lock(name, f"forget-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
-    ) is None:
-        if time.monotonic() > deadline:
-            raise LockLost(f"an update of {name!r} kept running; the samples are deleted, the scrub is not done yet")
-        time.sleep(0.2)
+    busy = f"an update of {name!r} kept running; the samples are deleted, the scrub is not done yet"
     scrubbed = rewritten = 0
-    try:
+    with update_lock(store, name, task_owner("forget"), settings.update_lock_ttl_s, wait_s=wait_s, busy=busy):
         for record in store.list_versions(name):
             if not record.learner or not (record.learner.get("memory")):
                 continue
@@ -52,6 +44,16 @@ def forget_samples(
                 store.rewrite_state(name, record.version, st.dumps(learner.state_dict()))
                 scrubbed += removed
                 rewritten += 1
-    finally:
-        store.release_update_lock(name, token)
     return Forgotten(deleted, scrubbed, rewritten)
+
+
+def repair_deletion_records(store: Store) -> dict[str, int]:
+    """Drop invalid entries from every model's deletion record (each with a warning); returns how many per model
+    that had any.  Run at start-up: a record written by code that did not check ids (an id beyond int64) made
+    every later update of its model fail, and this makes such a store work again."""
+    repaired = {}
+    for record in store.list_models():
+        dropped = store.repair_deleted_ids(record.name)
+        if dropped:
+            repaired[record.name] = dropped
+    return repaired

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from cl_core.labels import natural_order
 from cl_core.metrics import summarize
 from registry import SampleSet, Store, VersionRecord
 
@@ -62,7 +63,7 @@ def accuracy(
 
 def per_class_accuracy(predicted: Sequence[str], labels: Sequence[str | None]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for label in sorted({y for y in labels if y is not None}):
+    for label in natural_order({y for y in labels if y is not None}):
         value = accuracy(predicted, labels, [y == label for y in labels])
         assert value is not None
         out[label] = value

@@ -13,8 +13,11 @@ from collections import deque
 from collections.abc import Callable
 
 from registry import Store, StoreUnavailable, UpdateRecord
+from worker import lifecycle
 from worker.config import WorkerSettings
-from worker.pipeline import LockLost, run_update
+from worker.locking import LockLost
+from worker.pipeline import run_update
+from worker.recovery import sweep
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ class Executor(ABC):
     """Runs updates stored as queued; one at a time per model."""
 
     store: Store
+    settings: WorkerSettings
 
     @abstractmethod
     def submit(self, name: str, update_id: str) -> None:
@@ -38,8 +42,7 @@ class Executor(ABC):
             return
         self.store.request_cancel(name, update_id)
         if record.status == "queued":
-            record.status, record.error = "cancelled", "cancelled before it started"
-            self.store.put_update(record)
+            lifecycle.cancel(self.store, record, "cancelled before it started")
 
     @abstractmethod
     def queue_depth(self) -> int:
@@ -52,17 +55,16 @@ class Executor(ABC):
         """Stop taking work; running updates stop at their next batch and go back to the queue."""
 
     def recover(self, store: Store) -> list[str]:
-        """Re-queue updates a crash left queued or running; returns their ids."""
+        """Submit again the updates a stop left queued, and re-queue (through the recovery sweep) the running ones
+        that nobody runs any more; returns their ids."""
         resumed = []
         for model in store.list_models():
             for record in store.list_updates(model.name):
-                if record.status in ("queued", "running"):
-                    if record.status == "running":
-                        record.status, record.progress = "queued", 0.0
-                        store.put_update(record)
+                if record.status == "queued":
                     self.submit(model.name, record.update_id)
                     resumed.append(record.update_id)
-        return resumed
+        report = sweep(store, self.submit, self.settings)
+        return resumed + [update_id for _, update_id in report.requeued]
 
 
 class InProcessExecutor(Executor):

@@ -3,17 +3,17 @@ train and consolidate with cl_core → evaluate on held-out data → commit the 
 promote if the forgetting gate passes.
 
 The same function runs in the embedded executor's thread and in a Celery task.  It holds the model's update lock
-for its whole run (refreshing it), commits and acknowledges with the lock's fencing token, and records progress
-in the store so every API replica can report it.  A crash before the acknowledgement leaves the samples pending;
-a crash before the commit leaves nothing behind.
+for its whole run (`worker.locking`), commits and acknowledges with the lock's fencing token, and records progress
+in the store so every API replica can report it; its status changes go through `worker.lifecycle` and its
+promotion through `worker.promotion`.  A crash before the acknowledgement leaves the samples pending; a crash
+before the commit leaves nothing behind; a crash after the commit is finished from the committed version by the
+next attempt.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,26 +21,28 @@ from typing import Any
 import torch
 
 from cl_core.experience import Experience
+from cl_core.labels import natural_order
 from cl_core.learner import Learner
 from cl_core.models import Classifier, ModelSpec, build_model, grow_classes
-from registry import Conflict, SampleSet, Store, StoreUnavailable, UpdateRecord, VersionRecord
+from registry import SampleSet, Store, StoreUnavailable, UpdateRecord, VersionRecord
 from registry import tensors as st
-from worker.audit import audit
+from worker import lifecycle
 from worker.claims import prepare_claim
 from worker.config import WorkerSettings
 from worker.evaluation import Baseline, EvaluationData, lineage, version_metrics
 from worker.learners import build_learner
+from worker.lifecycle import Outcome
+from worker.locking import HeldLock, LockLost, task_owner, update_lock, update_owner
+from worker.promotion import auto_promote
 from worker.retention import prune_versions
+
+__all__ = ["Loaded", "LockLost", "UpdateCancelled", "import_weights", "load_version", "run_update"]
 
 log = logging.getLogger(__name__)
 
 
 class UpdateCancelled(Exception):
     """The update was cancelled between batches; nothing was committed."""
-
-
-class LockLost(Exception):
-    """Another worker holds the model's update lock."""
 
 
 @dataclass
@@ -101,41 +103,16 @@ def restore_learner(
 
 
 class _Reporter:
-    """Writes progress to the store at most every half second (and always at the end)."""
+    """Writes progress to the store at most every half second (and always when forced), while the lock holds."""
 
-    def __init__(self, store: Store, record: UpdateRecord) -> None:
-        self.store, self.record, self._last = store, record, 0.0
+    def __init__(self, store: Store, record: UpdateRecord, lock: HeldLock) -> None:
+        self.store, self.record, self.lock, self._last = store, record, lock, 0.0
 
     def __call__(self, fraction: float, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._last >= 0.5:
-            self.record.progress = round(min(max(fraction, 0.0), 1.0), 4)
-            self.store.put_update(self.record)
+        if (force or now - self._last >= 0.5) and not self.lock.lost.is_set():
+            lifecycle.progress(self.store, self.record, fraction)
             self._last = now
-
-
-class _LockKeeper:
-    """Refreshes the update lock in the background; records if it was lost."""
-
-    def __init__(self, store: Store, name: str, token: int, ttl_s: float) -> None:
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-
-        def refresh() -> None:
-            while not self._stop.wait(ttl_s / 3):
-                try:
-                    if not store.refresh_update_lock(name, token, ttl_s):
-                        self.lost.set()
-                        return
-                except Exception:  # a store hiccup: try again at the next tick, the TTL leaves room
-                    log.warning("could not refresh the update lock of %s", name, exc_info=True)
-
-        self._thread = threading.Thread(target=refresh, name=f"lock-{name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def run_update(
@@ -145,70 +122,78 @@ def run_update(
     settings: WorkerSettings,
     *,
     preempted: Callable[[], bool] | None = None,
-    owner: str | None = None,
+    where: str | None = None,
 ) -> UpdateRecord:
-    """Run a queued update to its end and return its final record (status succeeded, rejected, failed or cancelled).
+    """Run a queued update to its end and return its final record (status succeeded, rejected, failed, cancelled
+    or skipped), holding the model's update lock throughout (``where`` names this process in the lock's owner).
 
     `StoreUnavailable` propagates without touching the record, so that the caller (a Celery task's retry) runs
-    the update again once the store is back.
+    the update again once the store is back; the recovery sweep re-queues it if nobody does.
 
     The update stops between batches when it is cancelled (`Store.request_cancel`) or ``preempted()`` turns true
     (a shutdown): then nothing is committed, and a preempted update goes back to "queued" to run again.
-    Raises `LockLost` (without touching the record) when another worker holds the model's lock."""
-    token = store.acquire_update_lock(name, owner or f"worker-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
-    if token is None:
-        raise LockLost(f"another update of {name!r} is running")
-    keeper = _LockKeeper(store, name, token, settings.update_lock_ttl_s)
-    record = store.get_update(name, update_id)
-    try:
+    Raises `LockLost` (without touching the record) when another worker holds the model's lock, or when this
+    run's lock expired under it (whoever holds it now owns the record)."""
+    with update_lock(store, name, update_owner(update_id, where), settings.update_lock_ttl_s) as lock:
+        record = store.get_update(name, update_id)
         if record.finished:
             return record  # idempotent: a redelivered task finds its work done
-        record.status, record.started_at, record.attempts = "running", time.time(), record.attempts + 1
-        record.error = None
-        store.put_update(record)
-        audit(
-            "update.started",
-            actor=record.triggered_by,
-            model=name,
-            update_id=update_id,
-            method=record.method,
-            attempt=record.attempts,
-        )
-        stop = _Stopper(store, name, update_id, preempted, keeper)
+        if record.status == "running" and record.attempts >= settings.update_max_attempts:
+            return lifecycle.fail(store, record, _gave_up(record))
+        lifecycle.start(store, record)
+        stop = _Stopper(store, name, update_id, preempted, lock)
         try:
-            outcome = _update(store, name, record, settings, token, _Reporter(store, record), stop)
+            outcome = _committed_earlier(store, name, record, settings)
+            if outcome is None:
+                outcome = _update(store, name, record, settings, lock.token, _Reporter(store, record, lock), stop)
+        except (StoreUnavailable, LockLost):
+            raise  # not the update's fault: the record stays "running" for a retry or the recovery sweep
         except UpdateCancelled:
+            _still_held(lock)
             if stop.preempted:
-                record.status, record.progress, record.started_at = "queued", 0.0, None
-                record.error = "interrupted by a shutdown; it runs again from the start"
-                store.put_update(record)
-                return record
-            record.status, record.error = "cancelled", "cancelled before it finished; nothing was committed"
-        except StoreUnavailable:
-            raise  # not the update's fault: the record stays "running" and the caller retries it later
+                return lifecycle.requeue(store, record, "interrupted by a shutdown; it runs again from the start")
+            return lifecycle.cancel(store, record, "cancelled before it finished; nothing was committed")
         except Exception as exc:  # the update fails; the live version keeps serving
+            _still_held(lock, exc)
             log.exception("update %s of %s failed", update_id, name)
-            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-        else:
-            record.status, record.version, record.metrics, record.error = outcome
-            record.progress = 1.0
-        record.finished_at = time.time()
-        store.put_update(record)
-        audit(
-            f"update.{record.status}",
-            actor=record.triggered_by,
-            model=name,
-            update_id=update_id,
-            version=record.version,
-            error=record.error,
+            return lifecycle.fail(store, record, f"{type(exc).__name__}: {exc}")
+        _still_held(lock)
+        return lifecycle.finish(store, record, outcome)
+
+
+def _gave_up(record: UpdateRecord) -> str:
+    return f"its worker died {record.attempts} times while running it; not retried"
+
+
+def _still_held(lock: HeldLock, cause: BaseException | None = None) -> None:
+    """Before writing how the run ended: a run whose lock expired (another holder may own the record now) writes
+    nothing and raises `LockLost`."""
+    if not lock.still_held():
+        raise LockLost(
+            f"the update lock of {lock.name!r} expired while the update ran; it did not record an end"
+        ) from (cause)
+
+
+def _committed_earlier(store: Store, name: str, record: UpdateRecord, settings: WorkerSettings) -> Outcome | None:
+    """The end of an earlier attempt that committed its version but vanished before recording it (its worker
+    died, or the store went away, between the commit and the update's record): finish from that version instead
+    of training again, so an update makes at most one version."""
+    if record.attempts <= 1:
+        return None
+    committed = [v for v in store.list_versions(name) if v.update_id == record.update_id]
+    if not committed:
+        return None
+    version = committed[-1]
+    metrics = dict(version.metrics)
+    if version.status == "rejected":
+        return Outcome("rejected", version.version, metrics, "rejected by the forgetting gate (an earlier attempt)")
+    if not version.promotions:
+        result = auto_promote(
+            store, version, settings, by=f"auto-promote ({record.update_id})", expected=version.parent
         )
-        return record
-    finally:
-        keeper.stop()
-        try:
-            store.release_update_lock(name, token)
-        except StoreUnavailable:
-            log.warning("could not release the update lock of %s; it expires by itself", name)
+        if result is not None and not result.promoted:
+            metrics["promotion"] = "not promoted: the live version changed while the update ran"
+    return Outcome("succeeded", version.version, metrics)
 
 
 class _Stopper:
@@ -221,16 +206,15 @@ class _Stopper:
         name: str,
         update_id: str,
         preempted: Callable[[], bool] | None,
-        keeper: _LockKeeper,
+        lock: HeldLock,
     ) -> None:
         self.store, self.name, self.update_id = store, name, update_id
-        self._preempted, self._keeper = preempted, keeper
+        self._preempted, self._lock = preempted, lock
         self._checked, self._cancelled = 0.0, False
         self.preempted = False
 
     def __call__(self) -> bool:
-        if self._keeper.lost.is_set():
-            raise Conflict("the update lock was lost; another worker may be running this model")
+        self._lock.check()
         if self._preempted is not None and self._preempted():
             self.preempted = True
             return True
@@ -249,19 +233,21 @@ def _update(
     token: int,
     report: _Reporter,
     stop: Callable[[], bool],
-) -> tuple[Any, int | None, dict[str, Any], str | None]:
+) -> Outcome:
     model_record = store.get_model(name)
     parent = store.live_version(name)
     loaded = load_version(store, name, parent, seed=settings.seed)
     learner, note = restore_learner(loaded, record.method, settings, model_record.method_hparams)
     if learner.memory is not None:
         learner.memory.forget(store.deleted_ids(name))  # samples deleted since the parent was committed
+    claimed = store.claim(name, limit=settings.max_samples_per_update)
+    if len(claimed.train) == 0:  # another update consumed them: nothing is wrong
+        return Outcome("skipped", note="nothing left to learn: no pending samples (another update consumed them)")
     spec, model = loaded.spec, loaded.model
     old_classes = list(spec.classes)
     chain = lineage(store, name, parent)
     evaluation = EvaluationData.gather(store, name, chain, SampleSet.concat([], spec.input_shape))
     live = model if parent is not None else None
-    claimed = store.claim(name, limit=settings.max_samples_per_update)
     prepared = prepare_claim(
         store, claimed, live, old_classes, evaluation.trusted(spec.input_shape), record, settings, token
     )
@@ -269,13 +255,14 @@ def _update(
     labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
     if len(labeled) == 0 and len(unlabeled) == 0:
         if prepared.quarantined:  # a claim of nothing but flips: no version, the quarantine holds them
-            return "rejected", None, {"screening": prepared.screening.to_json()}, prepared.nothing_left()
-        raise ValueError(prepared.nothing_left())
+            return Outcome("rejected", None, {"screening": prepared.screening.to_json()}, prepared.nothing_left())
+        return Outcome("skipped", note=f"nothing left to learn: {prepared.nothing_left()}")
     report(0.05, force=True)
     evaluation.own = claim.held_out
     baseline = Baseline.measure(live, old_classes, evaluation, spec.input_shape, parent)
 
-    new_labels = [label for label in dict.fromkeys(labeled.labels) if label is not None and label not in spec.classes]
+    # new classes join the head in natural order (whatever order the samples came in)
+    new_labels = natural_order({label for label in labeled.labels if label is not None and label not in spec.classes})
     new_classes = grow_classes(model, spec, new_labels, seed=settings.seed)
     config = settings.train_config(seed=settings.seed + len(chain))
     gamma = importance_s = None
@@ -345,16 +332,23 @@ def _update(
     )
     report(0.97, force=True)
     if not verdict.passed:
+        _prune(store, name, settings)
+        return Outcome("rejected", committed.version, metrics, f"rejected by the forgetting gate: {verdict.describe()}")
+    promoted = auto_promote(store, committed, settings, by=f"auto-promote ({record.update_id})", expected=parent)
+    if promoted is not None and not promoted.promoted:
+        metrics["promotion"] = "not promoted: the live version changed while the update ran"
+    _prune(store, name, settings)
+    return Outcome("succeeded", committed.version, metrics)
+
+
+def _prune(store: Store, name: str, settings: WorkerSettings) -> None:
+    """Retention after a commit: housekeeping, whose failure must not fail an update that has committed."""
+    try:
         prune_versions(store, name, settings.keep_versions)
-        return "rejected", committed.version, metrics, f"rejected by the forgetting gate: {verdict.describe()}"
-    promoted_by = f"auto-promote ({record.update_id})"
-    if settings.auto_promote:
-        if store.promote(name, committed.version, by=promoted_by, expected=parent):
-            audit("version.promoted", actor=promoted_by, model=name, version=committed.version, previous=parent)
-        else:
-            metrics["promotion"] = "not promoted: the live version changed while the update ran"
-    prune_versions(store, name, settings.keep_versions)
-    return "succeeded", committed.version, metrics, None
+    except StoreUnavailable:
+        log.warning("could not prune the versions of %s; the next update does", name)
+    except Exception:
+        log.exception("could not prune the versions of %s; the next update tries again", name)
 
 
 def import_weights(
@@ -363,10 +357,8 @@ def import_weights(
     """Commit pretrained weights (checked against the architecture) as a new version with no learner state, judged
     by the forgetting gate against the live version like any candidate (status "rejected" when it fails: then it
     is promoted only by force)."""
-    token = store.acquire_update_lock(name, f"import-{uuid.uuid4().hex[:8]}", settings.update_lock_ttl_s)
-    if token is None:
-        raise LockLost(f"an update of {name!r} is running; import the weights when it has finished")
-    try:
+    busy = f"an update of {name!r} is running; import the weights when it has finished"
+    with update_lock(store, name, task_owner("import"), settings.update_lock_ttl_s, busy=busy) as lock:
         parent = store.live_version(name)
         base = load_version(store, name, parent)
         try:
@@ -403,6 +395,4 @@ def import_weights(
             status="imported" if verdict.passed else "rejected",
             triggered_by=by,
         )
-        return store.commit_version(record, st.dumps(base.model.state_dict()), st.dumps({}), fence=token)
-    finally:
-        store.release_update_lock(name, token)
+        return store.commit_version(record, st.dumps(base.model.state_dict()), st.dumps({}), fence=lock.token)

@@ -1,16 +1,17 @@
 """Requesting updates: explicit ones from the API, and automatic ones from the update policy.
 
 Policy triggers merge: while an update of a model is still queued, a new trigger joins it instead of queueing
-another.  Explicit requests always queue their own update (they may name another method).
+another.  Explicit requests always queue their own update (they may name another method).  Both go through
+`Store.create_update`, which applies the queue limit and the merge atomically with the write.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from registry import Store, UpdateRecord
+from cl_core.labels import natural_order
+from registry import PendingCounts, Store, UpdateRecord
 from worker.audit import audit
 from worker.claims import POLICY, waiting_classes
 from worker.executor import Executor
@@ -26,15 +27,15 @@ class UpdatePolicy:
     after_labeled: int = 0
     method: str = "auto"
 
-    def reason(self, pending: dict[str, Any], known_classes: list[str]) -> str | None:
+    def reason(self, pending: PendingCounts, known_classes: list[str]) -> str | None:
         """Why an update should start now, or None."""
-        per_class: dict[str, int] = pending.get("per_class", {})
-        waiting = waiting_classes(per_class, known_classes, self.min_samples_per_new_class)
-        ready = sorted(c for c in per_class if c not in known_classes and c not in {w.label for w in waiting})
+        waiting = waiting_classes(pending.per_class, known_classes, self.min_samples_per_new_class)
+        held = {w.label for w in waiting}
+        ready = natural_order(c for c in pending.per_class if c not in known_classes and c not in held)
         if ready:
             text = f"{POLICY}: new classes {ready} have ≥ {self.min_samples_per_new_class} samples each"
             return text + (f" ({len(waiting)} other new classes wait)" if waiting else "")
-        learnable = pending.get("labeled", 0) - sum(w.samples for w in waiting)  # a lower bound (held-out included)
+        learnable = pending.labeled - sum(w.samples for w in waiting)  # a lower bound (held-out included)
         if self.after_labeled and learnable >= self.after_labeled:
             return f"{POLICY}: {learnable} new labeled samples (≥ {self.after_labeled})"
         return None
@@ -54,17 +55,16 @@ def request_update(
     reason: str,
     merge: bool = False,
     update_id: str | None = None,
+    max_queued: int | None = None,
 ) -> UpdateRecord:
-    """Store a queued update and hand it to the executor; with ``merge``, join an update that is still queued.
-    A given ``update_id`` makes the request idempotent: an existing update with that id is returned as it is."""
-    if merge:
-        for record in reversed(store.list_updates(name)):
-            if record.status == "queued":
-                return record
+    """Store a queued update and hand it to the executor; with ``merge``, join the newest update that is still
+    queued instead.  A given ``update_id`` makes the request idempotent: an existing update with that id is returned
+    as it is.  With ``max_queued``, QueueFull when that many updates of the model are queued (a merging request
+    joins one of them instead, so it is never refused)."""
     wanted = UpdateRecord(
         update_id=update_id or new_update_id(), model=name, method=method, triggered_by=triggered_by, reason=reason
     )
-    record = store.create_update(wanted)
+    record = store.create_update(wanted, max_queued=max_queued, join_queued=merge)
     if record is wanted or record.to_json() == wanted.to_json():
         executor.submit(name, record.update_id)
         audit("update.queued", actor=triggered_by, model=name, update_id=record.update_id, method=method, reason=reason)

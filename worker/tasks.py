@@ -33,7 +33,7 @@ def run_update_task(self: Task, name: str, update_id: str) -> dict[str, Any]:
     """Run one queued update to its end; a copy of it (redelivered, or sent again) finds it finished."""
     worker = current()
     try:
-        record = worker.run_update(name, update_id, owner=f"{self.request.hostname}:{worker.pid}")
+        record = worker.run_update(name, update_id, where=f"{self.request.hostname}:{worker.pid}")
     except LockLost as exc:  # another update of this model runs: wait for it in the queue, not in this process
         raise self.retry(exc=exc, countdown=worker.settings.celery_lock_retry_s) from exc
     except NotFound:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from cl_core.models import ModelSpec, architectures, build_model
+from cl_core.validation import shown
 from registry import ModelRecord
 from registry.transfer import export_model, import_model
 from service import schemas
@@ -18,7 +19,9 @@ from service.schemas import NAME_PATTERN
 from service.views import model_info, version_info
 from worker.audit import audit
 from worker.learners import validate_method
-from worker.pipeline import LockLost, import_weights
+from worker.locking import LockLost
+from worker.pipeline import import_weights
+from worker.promotion import auto_promote
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -33,7 +36,7 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
     if body.architecture not in architectures():
         raise ApiError(
             422,
-            f"unknown architecture {body.architecture!r}; known: {', '.join(architectures())}",
+            f"unknown architecture {shown(body.architecture)}; known: {', '.join(architectures())}",
             field="architecture",
         )
     if any(d < 1 or d > 100_000 for d in body.input_shape):
@@ -120,15 +123,20 @@ async def import_model_weights(
     except LockLost as exc:
         raise ApiError(409, str(exc)) from exc
     audit("version.imported", actor=caller.name, model=name, version=record.version, status=record.status)
-    live = await run_in_threadpool(runtime.store.live_version, name)
-    if (
-        runtime.settings.auto_promote
-        and record.status != "rejected"
-        and await run_in_threadpool(lambda: runtime.store.promote(name, record.version, by=caller.name, expected=live))
-    ):
-        audit("version.promoted", actor=caller.name, model=name, version=record.version, previous=live)
-        live = record.version
-        await run_in_threadpool(runtime.server.refresh, name)
+    promoted = await run_in_threadpool(
+        lambda: auto_promote(
+            runtime.store,
+            record,
+            runtime.settings,
+            by=caller.name,
+            expected=record.parent,
+            on_live=runtime.server.refresh,
+        )
+    )
+    if promoted is not None and promoted.promoted:
+        live: int | None = record.version
+    else:
+        live = await run_in_threadpool(runtime.store.live_version, name)
     return version_info(await run_in_threadpool(runtime.store.get_version, name, record.version), live)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from cl_core.labels import natural_order
 from service import schemas
 from service.deps import ModelName, PredictCaller, RuntimeDep
 from worker.evaluation import accuracy_matrix, lineage
@@ -21,12 +22,13 @@ def forgetting_report(name: ModelName, runtime: RuntimeDep, _: PredictCaller) ->
     matrix = accuracy_matrix(chain)
     metrics = chain[-1].metrics if chain else {}
     summary = matrix.summary()
+    per_class: dict[str, float] = metrics.get("per_class_accuracy", {})
     return schemas.ForgettingReport(
         model=name,
         live_version=live,
         held_out_samples=metrics.get("held_out_samples", 0),
         accuracy=metrics.get("accuracy"),
-        per_class_accuracy=metrics.get("per_class_accuracy", {}),
+        per_class_accuracy={label: per_class[label] for label in natural_order(per_class)},
         acc=summary["acc"],
         bwt=summary["bwt"],
         forgetting=summary["forgetting"],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from cl_core.labels import natural_order
 from service import schemas
 from service.auth import Principal
 from service.bodies import documented, parse_json
@@ -17,10 +19,18 @@ from service.ingest import labels_of, to_tensor
 from service.runtime import Runtime
 from worker.audit import audit
 from worker.deletion import forget_samples
-from worker.pipeline import LockLost
+from worker.locking import LockLost
 from worker.scheduling import request_update
 
 router = APIRouter(prefix="/v1/models", tags=["samples"])
+
+DeferUpdate = Annotated[
+    bool,
+    Query(
+        description="more samples of the same batch follow: store these but leave the update policy to the last "
+        "request (one posted file then makes one update, trained on all of it)"
+    ),
+]
 
 
 @router.post(
@@ -41,11 +51,13 @@ async def post_samples(
     runtime: RuntimeDep,
     caller: TrainCaller,
     idempotency_key: IdempotencyKey = None,
+    defer_update: DeferUpdate = False,
 ) -> schemas.SamplesResponse:
     """Accept samples (label absent or null = unlabeled).  New labels are new classes: the head grows at the next
-    update.  A share of each labeled class is held out for evaluation.  The update policy may start an update."""
+    update.  A share of each labeled class is held out for evaluation.  The update policy may start an update,
+    unless ``defer_update`` says that more samples follow."""
     body = await parse_json(request, schemas.SamplesRequest)
-    return await run_in_threadpool(ingest, name, body, runtime, caller, idempotency_key)
+    return await run_in_threadpool(ingest, name, body, runtime, caller, idempotency_key, defer_update)
 
 
 def ingest(
@@ -54,13 +66,16 @@ def ingest(
     runtime: Runtime,
     caller: Principal,
     idempotency_key: str | None,
+    defer_update: bool = False,
 ) -> schemas.SamplesResponse:
-    """Store the samples (blocking I/O: runs in the thread pool)."""
+    """Store the samples (blocking I/O: runs in the thread pool); the update policy looks at everything pending
+    once they are stored, unless ``defer_update``."""
     store, settings = runtime.store, runtime.settings
     if body.relabel and not caller.allows("admin"):
         raise ApiError(403, f"this key has the {caller.scope!r} scope; \"relabel\" needs 'admin'", field="relabel")
     record = store.get_model(name)
-    request_digest = digest(body.model_dump_json()) if idempotency_key else ""
+    # the flag is part of the request: the same key with and without it are different requests
+    request_digest = digest(f"{body.model_dump_json()}\0defer_update={defer_update}") if idempotency_key else ""
     if idempotency_key and (first := replay(store, name, "samples", idempotency_key, request_digest)) is not None:
         return schemas.SamplesResponse(**first)
     if len(body.samples) > settings.max_samples_per_request:
@@ -68,7 +83,7 @@ def ingest(
     inputs = to_tensor([s.input for s in body.samples], record.input_shape, "input", "samples[{index}].input")
     labels = labels_of([s.label for s in body.samples])
     before = store.pending_counts(name)
-    waiting = before["labeled"] + before["unlabeled"] + before["held_out"]
+    waiting = before.total
     if waiting + len(labels) > settings.max_pending_samples:
         raise ApiError(
             429,
@@ -78,7 +93,7 @@ def ingest(
         )
     live = store.live_version(name)
     known = list(store.get_version(name, live).spec.get("classes", [])) if live is not None else list(record.classes)
-    check_class_growth(labels, known, before["per_class"], settings.max_classes, settings.max_new_classes_per_request)
+    check_class_growth(labels, known, before.per_class, settings.max_classes, settings.max_new_classes_per_request)
     ids, held = store.append_samples(
         name, inputs, labels, settings.holdout_fraction, request_key=idempotency_key, relabel=body.relabel
     )
@@ -87,7 +102,7 @@ def ingest(
     runtime.api_metrics.samples.labels(name, "labeled").inc(labeled - held_out)
     runtime.api_metrics.samples.labels(name, "unlabeled").inc(len(labels) - labeled)
     runtime.api_metrics.samples.labels(name, "held_out").inc(held_out)
-    new_classes = [c for c in dict.fromkeys(labels) if c is not None and c not in known]
+    new_classes = natural_order({c for c in labels if c is not None and c not in known})
     audit(
         "samples.accepted",
         actor=caller.name,
@@ -101,10 +116,18 @@ def ingest(
         last_id=ids[-1],
     )
     update_id = None
-    reason = runtime.policy.reason(_with_request(before, labels, held), known)
+    # before + this request saves reading the store again
+    reason = None if defer_update else runtime.policy.reason(before.plus(labels, held), known)
     if reason is not None:
         update = request_update(
-            store, runtime.executor, name, runtime.policy.method, triggered_by=caller.name, reason=reason, merge=True
+            store,
+            runtime.executor,
+            name,
+            runtime.policy.method,
+            triggered_by=caller.name,
+            reason=reason,
+            merge=True,  # joins a queued update, so the queue limit never refuses it
+            max_queued=settings.max_queued_updates,
         )
         update_id = update.update_id
     answer = schemas.SamplesResponse(
@@ -150,7 +173,7 @@ def delete_samples(
 
 
 def check_class_growth(
-    labels: list[str | None], known: list[str], pending: dict[str, int], max_classes: int, max_new: int
+    labels: list[str | None], known: list[str], pending: Mapping[str, int], max_classes: int, max_new: int
 ) -> None:
     """422 when a request brings more new class names than one request may, or would take the model (its classes,
     the new ones still pending and this request's) beyond ``max_classes``: nothing is stored."""
@@ -169,17 +192,3 @@ def check_class_growth(
             f"the model would have {total} classes (known, pending and new); at most {max_classes} (CL_MAX_CLASSES)",
             field="samples",
         )
-
-
-def _with_request(pending: dict[str, Any], labels: list[str | None], held: list[bool]) -> dict[str, Any]:
-    """The pending counts read before this request, plus what it added (saves reading the store again)."""
-    per_class = dict(pending["per_class"])
-    for label in labels:
-        if label is not None:
-            per_class[label] = per_class.get(label, 0) + 1
-    return {
-        "labeled": pending["labeled"] + sum(y is not None and not h for y, h in zip(labels, held, strict=True)),
-        "unlabeled": pending["unlabeled"] + labels.count(None),
-        "held_out": pending["held_out"] + sum(held),
-        "per_class": per_class,
-    }

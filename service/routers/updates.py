@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from registry import NotFound
 from service import schemas
-from service.deps import ModelName, PredictCaller, RuntimeDep, TrainCaller
+from service.deps import ModelName, PredictCaller, RuntimeDep, TrainCaller, UpdateId
 from service.errors import ApiError
 from service.idempotency import IdempotencyKey, derived_id
 from service.views import update_status
@@ -21,7 +21,12 @@ router = APIRouter(prefix="/v1/models", tags=["updates"])
     "/{name}/updates",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.UpdateAccepted,
-    responses={404: {"model": schemas.ErrorBody}, 409: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody}},
+    responses={
+        404: {"model": schemas.ErrorBody},
+        409: {"model": schemas.ErrorBody},
+        422: {"model": schemas.ErrorBody},
+        429: {"model": schemas.ErrorBody},
+    },
 )
 def start_update(
     name: ModelName,
@@ -30,7 +35,8 @@ def start_update(
     body: schemas.UpdateRequest | None = None,
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.UpdateAccepted:
-    """Queue an update of the live version with the pending samples (one runs at a time per model)."""
+    """Queue an update of the live version with the pending samples (one runs at a time per model; 429 when
+    ``CL_MAX_QUEUED_UPDATES`` are queued already)."""
     store = runtime.store
     record = store.get_model(name)
     update_id = derived_id(name, "update", idempotency_key) if idempotency_key else None
@@ -44,18 +50,17 @@ def start_update(
         method = validate_method((body.method if body else None) or record.method, runtime.settings)
     except ValueError as exc:
         raise ApiError(422, str(exc), field="method") from exc
-    pending = store.pending_counts(name)
-    if pending["labeled"] + pending["unlabeled"] == 0:
+    if store.pending_counts(name).trainable == 0:
         raise ApiError(409, f"model {name!r} has no pending samples to learn from; post samples first")
-    queued = sum(u.status == "queued" for u in store.list_updates(name))
-    if queued >= runtime.settings.max_queued_updates:
-        raise ApiError(
-            429,
-            f"{queued} updates of {name!r} are queued already; retry when one has started",
-            headers={"Retry-After": "10"},
-        )
     update = request_update(
-        store, runtime.executor, name, method, triggered_by=caller.name, reason="api", update_id=update_id
+        store,
+        runtime.executor,
+        name,
+        method,
+        triggered_by=caller.name,
+        reason="api",
+        update_id=update_id,
+        max_queued=runtime.settings.max_queued_updates,  # atomic in the store: QueueFull → 429
     )
     return schemas.UpdateAccepted(update_id=update.update_id, status=update.status)
 
@@ -69,12 +74,14 @@ def list_updates(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> sche
 @router.get(
     "/{name}/updates/{update_id}", response_model=schemas.UpdateStatus, responses={404: {"model": schemas.ErrorBody}}
 )
-def get_update(name: ModelName, update_id: str, runtime: RuntimeDep, _: PredictCaller) -> schemas.UpdateStatus:
+def get_update(name: ModelName, update_id: UpdateId, runtime: RuntimeDep, _: PredictCaller) -> schemas.UpdateStatus:
     return update_status(runtime.store.get_update(name, update_id))
 
 
 @router.delete("/{name}/updates/{update_id}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.UpdateStatus)
-def cancel_update(name: ModelName, update_id: str, runtime: RuntimeDep, caller: TrainCaller) -> schemas.UpdateStatus:
+def cancel_update(
+    name: ModelName, update_id: UpdateId, runtime: RuntimeDep, caller: TrainCaller
+) -> schemas.UpdateStatus:
     """Cancel a queued update, or stop a running one between batches (nothing is committed)."""
     record = runtime.store.get_update(name, update_id)
     if not record.finished:

@@ -1,5 +1,7 @@
 """Exemplar memory, weight aligning and the learner that composes them with a penalty."""
 
+from typing import Literal
+
 import pytest
 import torch
 from safetensors.torch import load, save
@@ -48,6 +50,7 @@ def test_herding_picks_samples_whose_running_mean_tracks_the_class_mean() -> Non
     normed = x / x.norm(dim=1, keepdim=True)
     mean = normed.mean(0)
     first = int((mean - normed).norm(dim=1).argmin())
+    assert memory.inputs is not None
     assert torch.equal(memory.inputs[0], x[first])  # the sample nearest the class mean comes first
     second = int(((mean - (normed[first] + normed) / 2).norm(dim=1) + 1e9 * (torch.arange(4) == first)).argmin())
     assert torch.equal(memory.inputs[1], x[second])
@@ -65,6 +68,7 @@ def test_reservoir_samples_a_class_arriving_over_experiences() -> None:
         first, second = labeled({7: 50}, seed=0), labeled({7: 50}, seed=1)
         m.update(Identity(), first)
         m.update(Identity(), second)
+        assert m.inputs is not None
         late += sum(bool((second.inputs == row).all(dim=1).any()) for row in m.inputs)
     assert 70 < late < 130  # expectation 100 of 200 slots
 
@@ -75,8 +79,11 @@ def test_memory_state_round_trips_and_replays_with_masks() -> None:
     memory.update(Identity(), Experience(torch.rand(4, 4), torch.tensor([2, 3, 2, 3]), (2, 3)))
     restored = ExemplarMemory(**memory.hparams())
     restored.load_state_dict(load(save(memory.state_dict())))
+    assert restored.inputs is not None and memory.inputs is not None
     assert torch.equal(restored.inputs, memory.inputs) and restored.active == memory.active
-    _, y, mask = restored.replay_batch(50, 5, torch.Generator().manual_seed(0))
+    batch = restored.replay_batch(50, 5, torch.Generator().manual_seed(0))
+    assert batch is not None
+    _, y, mask = batch
     assert mask is not None and mask.shape == (len(y), 5)
     for target, row in zip(y.tolist(), mask, strict=True):
         task = (0, 1) if target < 2 else (2, 3)
@@ -161,7 +168,7 @@ def test_companion_mas_learns_importance_from_unlabeled_data_only() -> None:
     assert report.samples == 7 and learner.unlabeled is not None and learner.unlabeled.importance
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # never trains the weights
     with torch.no_grad():
-        model.body.fc1.weight.add_(0.1)
+        model.get_parameter("body.fc1.weight").add_(0.1)
     total = learner._training_method().penalty(model)
     assert float(total.detach()) == pytest.approx(
         float(learner.method.penalty(model).detach() + learner.unlabeled.penalty(model).detach())
@@ -192,8 +199,9 @@ def test_weight_aligning_is_skipped_for_a_head_trained_without_its_constraint() 
 
 
 def test_memory_keeps_sample_ids_and_forgets_them_on_request() -> None:
-    for selection in ("herding", "reservoir"):
-        memory = ExemplarMemory(per_class=3, selection=selection)  # type: ignore[arg-type]
+    selections: tuple[Literal["herding", "reservoir"], ...] = ("herding", "reservoir")
+    for selection in selections:
+        memory = ExemplarMemory(per_class=3, selection=selection)
         data = labeled({0: 5, 1: 5})
         data.ids = torch.arange(100, 110)
         memory.update(Identity(), data)

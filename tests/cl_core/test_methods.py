@@ -61,7 +61,8 @@ def test_ewc_fold_equals_sum_of_separate_penalties_up_to_a_constant() -> None:
 
     def summed() -> torch.Tensor:
         params = dict(model.named_parameters())
-        return sum((1.0 * f[n] * (params[n] - a[n]).square()).sum() for f, a in separate for n in f)  # λ/2 = 1
+        terms = [(f[n] * (params[n] - a[n]).square()).sum() for f, a in separate for n in f]
+        return torch.stack(terms).sum()  # λ/2 = 1
 
     folded_a, summed_a = ewc.penalty(model).detach(), summed().detach()
     perturb(model, 0.3, 99)

@@ -64,7 +64,9 @@ def test_rotation_keeps_the_function(name: str) -> None:
     kinds = {type(m) for m in model.modules()}
     assert (RotatedLinear if name == "mlp" else RotatedConv2d) in kinds
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
-    assert type(model[-1]) is nn.Linear  # the output layer stays plain by default, as in the official code
+    assert (
+        type(list(model.children())[-1]) is nn.Linear
+    )  # the output layer stays plain by default, as in the official code
     method.finish(model)
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
 
@@ -88,7 +90,8 @@ def reference_factors(model: nn.Module, layer: str, x: Tensor, active: list[int]
     module = model.get_submodule(layer)
     seen: dict[str, Tensor] = {}
     handle = module.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
-    a, g = 0.0, 0.0
+    a: torch.Tensor | float = 0.0
+    g: torch.Tensor | float = 0.0
     try:
         for n in range(x.shape[0]):
             logp = torch.log_softmax(model(x[n : n + 1])[0, active], dim=0)

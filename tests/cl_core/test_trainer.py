@@ -38,13 +38,18 @@ def test_learns_reports_progress_and_stops_between_batches() -> None:
     result = train(m, FineTune(), data(), TrainConfig(epochs=3, batch_size=16), progress=seen.append)
     assert result.steps == 12 and result.epochs == 3 and not result.stopped
     assert [p.step for p in seen] == list(range(1, 13)) and seen[-1].fraction == 1.0
-    calls = []
+    calls: list[int] = []
+
+    def stop_after_five_batches() -> bool:
+        calls.append(1)
+        return len(calls) > 5
+
     stopped = train(
         m,
         FineTune(),
         data(),
         TrainConfig(epochs=3, batch_size=16),
-        should_stop=lambda: calls.append(1) or len(calls) > 5,
+        should_stop=stop_after_five_batches,
     )
     assert stopped.stopped and stopped.steps == 5
 
@@ -63,6 +68,7 @@ def test_penalty_pulls_towards_anchor() -> None:
 
 def test_accepts_a_dataloader() -> None:
     d = data()
+    assert d.targets is not None
     loader = DataLoader(TensorDataset(d.inputs, d.targets), batch_size=32)
     result = train(model(), FineTune(), loader, TrainConfig(epochs=2))
     assert result.steps == 4

@@ -27,7 +27,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS_SERIES = {"up"}
 
 # The Debian package that provides each tool the checks run (.ci/run installs them where missing).
-TOOLS = {"promtool": "prometheus", "docker-compose": "docker-compose"}
+TOOLS = {"promtool": "prometheus", "prometheus": "prometheus", "docker-compose": "docker-compose"}
 
 _KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan", "Inf", "NaN", "group_left", "group_right"}
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
@@ -47,7 +47,7 @@ def load_yaml_documents(path: Path) -> list[Any]:
 
 
 def load_dashboard(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return json.loads(path.read_text())
 
 
 def dashboard_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:

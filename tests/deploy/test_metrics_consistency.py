@@ -72,7 +72,7 @@ def missing_report(missing: set[str], used: dict[str, set[str]]) -> str:
 @pytest.mark.timeout(180)
 def test_api_and_worker_each_export_their_own_share_of_the_metrics_in_use(tmp_path: Path, redis_url: str) -> None:
     assert (ROOT / "worker" / "app.py").is_file(), "worker/app.py (the distributed mode's Celery app) is missing"
-    worker, metrics_port = start_worker(redis_url, log=tmp_path / "worker.log", **TRAINING)
+    worker, metrics_port = start_worker(redis_url, log=tmp_path / "worker.log", env=TRAINING)
     replica, url = start_replica(redis_url, tmp_path / "data", log=tmp_path / "api.log", **TRAINING)
     with running(worker, replica), Client(url) as client:
         train_first_version(client, url)

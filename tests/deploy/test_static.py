@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from service.observability import ApiMetrics
+from tests.deploy import smoke
 from tests.deploy.sources import (
     COMPOSE,
     DASHBOARDS,
@@ -56,7 +57,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def compose_config(*profiles: str) -> dict[str, Any]:
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
-    return yaml.safe_load(ok(run(require("docker-compose"), "-f", str(COMPOSE), *flags, "config")))  # type: ignore[no-any-return]
+    return yaml.safe_load(ok(run(require("docker-compose"), "-f", str(COMPOSE), *flags, "config")))
 
 
 def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
@@ -95,7 +96,12 @@ def test_compose_runs_redis_two_api_replicas_a_worker_prometheus_and_grafana() -
     assert {"redis", "api", "worker", "prometheus", "grafana"} <= set(services)
 
     redis_command = " ".join(services["redis"]["command"])
-    for flag in ("--maxmemory-policy noeviction", "--appendonly yes", "--requirepass"):
+    for flag in (
+        "--maxmemory-policy noeviction",
+        "--appendonly yes",
+        "--user default off",
+        "--user continual-serve on",
+    ):
         assert flag in redis_command
     password = services["redis"]["environment"]["REDIS_PASSWORD"]
     assert password
@@ -182,6 +188,90 @@ def test_dockerfile_is_multi_stage_non_root_with_cpu_and_cuda_variants_and_a_hea
             for source in line.split()[1:-1]:
                 assert source.rstrip("/") in allowed, source
                 assert (ROOT / source).exists(), source
+
+
+def dockerfile_instructions() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text()
+    return [line for line in re.sub(r"\\\n", " ", text).splitlines() if line and not line.lstrip().startswith("#")]
+
+
+def build_stage_defaults() -> dict[str, str]:
+    """The build stage's ARG defaults (an ARG without one is absent)."""
+    instructions = dockerfile_instructions()
+    stages = [i for i, line in enumerate(instructions) if line.startswith("FROM ")]
+    build = instructions[stages[0] : stages[1]]
+    return dict(line.split()[1].split("=", 1) for line in build if line.startswith("ARG ") and "=" in line)
+
+
+@pytest.mark.parametrize(
+    ("args", "index"),
+    [
+        ({}, "https://download.pytorch.org/whl/cpu"),
+        ({"TORCH_INDEX_URL": "https://idx.example/pytorch/whl/cpu"}, "https://idx.example/pytorch/whl/cpu"),
+        ({"VARIANT": "cuda"}, "https://download.pytorch.org/whl/cu128"),
+        ({"VARIANT": "cuda", "CUDA_TAG": "cu126"}, "https://download.pytorch.org/whl/cu126"),
+        ({"VARIANT": "cuda", "TORCH_INDEX_URL": "https://idx.example/simple"}, "https://idx.example/simple"),
+    ],
+    ids=["default", "mirror", "cuda", "cuda-tag", "cuda-mirror"],
+)
+def test_the_build_takes_pytorch_from_the_index_its_arguments_name(
+    args: dict[str, str], index: str, tmp_path: Path
+) -> None:
+    """The Dockerfile's PyTorch step, run by a shell with a stand-in `pip` that prints what it was asked."""
+    (step,) = [
+        line.removeprefix("RUN ") for line in dockerfile_instructions() if 'pip install --index-url "$index"' in line
+    ]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "pip").write_text('#!/bin/sh\necho "pip $*"\n')
+    (fake / "pip").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", **build_stage_defaults(), **args}
+    result = subprocess.run(["sh", "-c", step], capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"pip install --index-url {index} torch==2.13.0" in result.stdout.splitlines()
+
+
+def test_an_unknown_variant_stops_the_build() -> None:
+    (step,) = [
+        line.removeprefix("RUN ") for line in dockerfile_instructions() if 'pip install --index-url "$index"' in line
+    ]
+    env = {"PATH": "/usr/bin:/bin", **build_stage_defaults(), "VARIANT": "rocm"}
+    result = subprocess.run(["sh", "-c", step], capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert result.returncode != 0 and "VARIANT must be cpu or cuda, got 'rocm'" in result.stderr
+
+
+def test_wheels_beside_the_dockerfile_come_before_every_index() -> None:
+    instructions = dockerfile_instructions()
+    copy = instructions.index("COPY wheels/ /tmp/wheels/")
+    (find_links,) = [i for i, line in enumerate(instructions) if line.startswith("ENV PIP_FIND_LINKS=")]
+    first_pip = min(i for i, line in enumerate(instructions) if "pip install" in line)
+    assert copy < find_links < first_pip
+    assert instructions[find_links].startswith('ENV PIP_FIND_LINKS="/tmp/wheels')
+    assert (ROOT / "wheels" / "README.md").is_file()  # the folder exists (COPY needs it) and says what it is for
+    defaults = build_stage_defaults()
+    assert defaults["TORCH_INDEX_URL"] == "" and "PIP_INDEX_URL" not in defaults and "PIP_NO_INDEX" not in defaults
+
+
+def test_make_smoke_builds_with_the_given_arguments_and_ci_does_not_run_it() -> None:
+    dry = ok(run("make", "-n", "smoke", "BUILD_ARGS=TORCH_INDEX_URL=https://idx.example/simple PIP_NO_INDEX=1"))
+    expected = "-m tests.deploy.smoke --build-arg TORCH_INDEX_URL=https://idx.example/simple --build-arg PIP_NO_INDEX=1"
+    assert expected in dry
+    assert "smoke" not in (ROOT / ".ci" / "run").read_text()
+    assert "tests.deploy.smoke" not in ok(run("make", "-n", "test", "lint"))
+
+
+def test_the_smoke_test_runs_what_compose_and_the_image_define() -> None:
+    services = compose_config("demo")["services"]
+    assert set(smoke.SERVICES) <= set(services) and "grafana" not in smoke.SERVICES
+    assert services["api"]["deploy"]["replicas"] == smoke.REPLICAS
+    assert services["api"]["image"] == services["worker"]["image"] == smoke.IMAGE
+    assert "demo" in services and services["demo"]["command"] == ["clserve", "--demo"]
+    assert sorted(smoke.alert_names()) == sorted(r["alert"] for path in RULE_FILES for r in rules(path))
+    (user,) = [line.split()[1] for line in dockerfile_instructions() if line.startswith("USER ")]
+    assert user == f"{smoke.APP_UID}:{smoke.APP_UID}"
+    # the published ports are variables with the laptop defaults, so that the smoke test can choose free ones
+    compose = COMPOSE.read_text()
+    assert "${CL_API_PORTS:-8000-8001}:8000" in compose and "${PROMETHEUS_PORT:-9090}:9090" in compose
 
 
 # -- Prometheus ------------------------------------------------------------------------------------------------------
@@ -330,7 +420,7 @@ def by_kind(kind: str) -> dict[str, dict[str, Any]]:
 
 
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
-    return workload["spec"]["template"]["spec"]["containers"]  # type: ignore[no-any-return]
+    return workload["spec"]["template"]["spec"]["containers"]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -430,6 +520,8 @@ def test_readme_operations_section_explains_every_alert_and_panel() -> None:
     assert "## Operations" in readme
     operations = readme.split("## Operations", 1)[1].split("\n## ", 1)[0]
     assert "docker compose up" in operations and "clctl promote" in operations
+    for words in ("make smoke", "TORCH_INDEX_URL", "PIP_INDEX_URL", "PIP_NO_INDEX", "wheels/"):
+        assert words in operations, words  # the smoke test and the air-gapped build
     for path in RULE_FILES:
         for rule in rules(path):
             assert rule["alert"] in operations, rule["alert"]

@@ -42,7 +42,7 @@ def cluster(session_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
     logs = tmp_path_factory.mktemp("cluster")
     a, a_url = start_replica(url, logs / "a", log=logs / "a.log", **REPLICA_ENV)
     b, b_url = start_replica(url, logs / "b", log=logs / "b.log", **REPLICA_ENV)
-    worker, port = start_worker(url, log=logs / "worker.log", concurrency=2, **WORKER_ENV)
+    worker, port = start_worker(url, log=logs / "worker.log", concurrency=2, env=WORKER_ENV)
     store = RedisStore(url)
     try:
         with running(a, b, worker):
@@ -96,7 +96,8 @@ def update_status(url: str, name: str, update_id: str) -> dict[str, Any]:
 def wait_update(url: str, name: str, update_id: str, timeout: float = 120) -> dict[str, Any]:
     status: dict[str, Any] = wait_for(
         lambda: (
-            (s := update_status(url, name, update_id))["status"] in ("succeeded", "failed", "rejected", "cancelled")
+            (s := update_status(url, name, update_id))["status"]
+            in ("succeeded", "failed", "rejected", "cancelled", "skipped")
             and s
         ),
         timeout=timeout,

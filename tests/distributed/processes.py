@@ -10,24 +10,38 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import redis
 
+from service.launcher import start_clserve
 from tests.e2e.conftest import free_port, subprocess_env, wait_until
+
+ACL_RULES = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "app-user.acl"
+APP_USER, APP_PASSWORD = "continual-serve", "app-password"
+ADMIN_USER, ADMIN_PASSWORD = "test-admin", "admin-password"
+
+
+def acl_rules(path: Path = ACL_RULES) -> list[str]:
+    """The rules of the application's Redis user, as docker-compose.yml passes them (comment lines dropped)."""
+    return [rule for line in path.read_text().splitlines() if not line.startswith("#") for rule in line.split()]
 
 
 @dataclass
 class RedisServer:
-    """A redis-server of our own (never the system one): loopback, its own directory, no RDB snapshots."""
+    """A redis-server of our own (never the system one): loopback, its own directory, no RDB snapshots.
+
+    With ``acl``, users as docker-compose.yml makes them: the default user off, the application's user with the
+    rules of deploy/redis/app-user.acl (what `url` connects as), plus an admin user for the tests' bookkeeping
+    (flushing databases, reading the ACL log) that compose does not have."""
 
     directory: Path
     port: int = 0
     appendonly: bool = False
+    acl: bool = False
     process: subprocess.Popen[bytes] | None = None
     _next_db: int = field(default=0, repr=False)
 
@@ -35,7 +49,23 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        credentials = f"{APP_USER}:{APP_PASSWORD}@" if self.acl else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}"
+
+    def admin(self, db: int = 0) -> redis.Redis:
+        """A client that may run every command (the admin user with ``acl``)."""
+        if self.acl:
+            return redis.Redis(port=self.port, db=db, username=ADMIN_USER, password=ADMIN_PASSWORD)
+        return redis.Redis(port=self.port, db=db)
+
+    def _acl_args(self) -> list[str]:
+        if not self.acl:
+            return []
+        return [
+            *("--user", "default", "off"),
+            *("--user", ADMIN_USER, "on", f">{ADMIN_PASSWORD}", "~*", "&*", "+@all"),
+            *("--user", APP_USER, "on", f">{APP_PASSWORD}", *acl_rules()),
+        ]
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -64,6 +94,7 @@ class RedisServer:
                 "noeviction",
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self._acl_args(),
             ]
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
@@ -75,10 +106,13 @@ class RedisServer:
         raise RuntimeError(f"could not start redis-server (log: {self.directory / 'redis.log'})")
 
     def responds(self) -> bool:
+        client = self.admin()
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+            return bool(client.ping())
         except redis.RedisError:
             return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Shut down (with AOF on, everything acknowledged so far is on disk)."""
@@ -94,13 +128,25 @@ class RedisServer:
     def fresh_url(self) -> str:
         """A URL of an empty database no other test uses."""
         self._next_db = (self._next_db + 1) % self.DATABASES
-        redis.Redis(port=self.port, db=self._next_db).flushdb()
+        client = self.admin(self._next_db)
+        client.flushdb()
+        client.close()
         return f"{self.url}/{self._next_db}"
+
+    def denied(self) -> list[str]:
+        """What the ACL refused since the last call (``acl``: command or key, and the user), then forget it."""
+        client = self.admin()
+        try:
+            entries = client.acl_log()
+            client.acl_log_reset()
+        finally:
+            client.close()
+        return [f"{entry['reason']} {entry['object']} by {entry['username']}" for entry in entries]
 
 
 @contextmanager
-def redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
-    server = RedisServer(directory, appendonly=appendonly).start()
+def redis_server(directory: Path, *, appendonly: bool = False, acl: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(directory, appendonly=appendonly, acl=acl).start()
     try:
         yield server
     finally:
@@ -145,12 +191,22 @@ def _spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
         )
 
 
-def start_worker(redis_url: str, *, log: Path, concurrency: int = 1, **env: str) -> tuple[Process, int]:
-    """A `celery -A worker.app worker -Q updates` (prefork) and the port of its /metrics."""
+def start_worker(
+    redis_url: str,
+    *,
+    log: Path,
+    concurrency: int = 1,
+    as_deployed: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Process, int]:
+    """A `celery -A worker.app worker -Q updates` (prefork) and the port of its /metrics; ``env`` adds or
+    overrides ``CL_*`` settings; ``as_deployed`` keeps Celery's gossip, mingle and heartbeat on, as
+    docker-compose.yml runs workers."""
     metrics_port = free_port()
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "updates", "--pool", "prefork"]
     command += ["--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"t{uuid.uuid4().hex[:8]}@lo"]
-    command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if not as_deployed:
+        command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     settings = {
         "CL_REDIS_URL": redis_url,
         "CL_DEVICE": "cpu",
@@ -158,26 +214,16 @@ def start_worker(redis_url: str, *, log: Path, concurrency: int = 1, **env: str)
         "CL_UPDATE_LOCK_TTL_S": "3",
         "CL_CELERY_LOCK_RETRY_S": "0.5",
         "CL_CELERY_RESTORE_INTERVAL_S": "1",
-        **env,
+        **(env or {}),
     }
     process = _spawn(command, log, settings)
     return Process(process, log, "celery worker", lambda: b" ready." in log.read_bytes()), metrics_port
 
 
 def start_replica(redis_url: str, data_dir: Path, *, log: Path, **env: str) -> tuple[Process, str]:
-    """A `clserve` API replica in distributed mode and its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "service.cli", "--port", str(port), "--data-dir", str(data_dir)]
-    url = f"http://127.0.0.1:{port}"
-    process = _spawn(command, log, {"CL_REDIS_URL": redis_url, **env})
-    return Process(process, log, f"clserve on {url}", lambda: _ready(url)), url
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """A `clserve` API replica in distributed mode (its own process group) and its base URL."""
+    server = start_clserve(data_dir, env=subprocess_env(CL_REDIS_URL=redis_url, **env), log=log, own_session=True)
+    return Process(server.process, log, f"clserve on {server.url}", server.ready), server.url
 
 
 @contextmanager

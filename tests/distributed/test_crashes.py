@@ -45,9 +45,9 @@ class Site:
 def site(session_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     url = session_redis.fresh_url()
     logs = tmp_path_factory.mktemp("crashes")
-    replica, api = start_replica(
-        url, logs / "api", log=logs / "api.log", **{**REPLICA_ENV, "CL_RELOAD_INTERVAL_S": "1"}
-    )
+    # the replica's own recovery sweep runs at its start only: the workers' sweeps are what these tests see
+    env = {**REPLICA_ENV, "CL_RELOAD_INTERVAL_S": "1", "CL_RECOVERY_INTERVAL_S": "3600"}
+    replica, api = start_replica(url, logs / "api", log=logs / "api.log", **env)
     store = RedisStore(url)
     try:
         with running(replica):
@@ -121,7 +121,7 @@ def check_outcome(site: Site, name: str, update_id: str, trained_ids: list[str],
 
 def test_killing_the_pool_process_requeues_the_update_at_once(site: Site) -> None:
     name = "pool"
-    worker, _ = start_worker(site.redis_url, log=site.logs / "pool-worker.log", **CRASH_ENV)
+    worker, _ = start_worker(site.redis_url, log=site.logs / "pool-worker.log", env=CRASH_ENV)
     with running(worker):
         update_id, predictions, trained_ids = prepare(site, name)
         wait_running(site, name, update_id)
@@ -133,12 +133,37 @@ def test_killing_the_pool_process_requeues_the_update_at_once(site: Site) -> Non
 
 def test_killing_the_whole_worker_hands_the_update_to_another_one(site: Site) -> None:
     name = "whole"
-    first, _ = start_worker(site.redis_url, log=site.logs / "w1.log", **CRASH_ENV)
-    second, _ = start_worker(site.redis_url, log=site.logs / "w2.log", **CRASH_ENV)
+    first, _ = start_worker(site.redis_url, log=site.logs / "w1.log", env=CRASH_ENV)
+    second, _ = start_worker(site.redis_url, log=site.logs / "w2.log", env=CRASH_ENV)
     with running(first, second):
         update_id, predictions, trained_ids = prepare(site, name)
         wait_running(site, name, update_id)
-        owner_pid = int(site.store._redis.get(f"cl:{{{name}}}:lock").decode().rsplit(":", 1)[1])
+        holder = site.store._redis.get(f"cl:{{{name}}}:lock")
+        assert isinstance(holder, bytes)
+        owner_pid = int(holder.decode().rsplit(":", 1)[1])
         [running_it] = [w for w in (first, second) if owner_pid in w.children()]  # the lock names its holder
         running_it.kill_all()
         check_outcome(site, name, update_id, trained_ids, predictions)
+
+
+def test_a_whole_worker_killed_is_finished_by_the_next_worker_within_the_sweep_bound(site: Site) -> None:
+    """Failure 2 of issue 12: with the default visibility timeout (hours), a fresh worker left the update of a
+    worker killed outright `running` until the timeout.  The fresh worker's recovery sweep re-queues it as soon as
+    the dead worker's lock has expired (3 s here) and runs it."""
+    name = "sweep"
+    env = {k: v for k, v in CRASH_ENV.items() if k != "CL_CELERY_VISIBILITY_TIMEOUT_S"}  # the default: hours
+    first, _ = start_worker(site.redis_url, log=site.logs / "s1.log", env=env)
+    with running(first):
+        update_id, predictions, trained_ids = prepare(site, name)
+        wait_running(site, name, update_id)
+        first.kill_all()  # kill -9 of the whole worker: main process and pool
+    second, _ = start_worker(site.redis_url, log=site.logs / "s2.log", env=env)
+    with running(second):
+        record = wait_for(
+            lambda: (r := site.store.get_update(name, update_id)).finished and r,
+            timeout=90,  # the sweep's bound (two lock lifetimes, 6 s) plus the update itself, on a busy machine
+            what="the update finished by the second worker",
+        )
+        check_outcome(site, name, update_id, trained_ids, predictions)
+    assert record.status == "succeeded"
+    assert b"re-queued" in second.log.read_bytes()  # the second worker's recovery sweep did it

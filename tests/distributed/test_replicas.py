@@ -4,6 +4,7 @@ result, promotions and rollbacks on any replica reach all, updates of one model 
 from __future__ import annotations
 
 import re
+import threading
 
 import httpx
 
@@ -93,3 +94,35 @@ def test_updates_of_one_model_run_one_after_the_other_and_of_two_models_in_paral
     overlaps = [s for s in (p1, p2) if s["started_at"] < q1["finished_at"] and q1["started_at"] < s["finished_at"]]
     assert overlaps, f"the updates of p and q never ran at the same time: {(p1, p2, q1)}"
     assert served(a, "q") == 1 or wait_served(a, "q", 1) >= 0
+
+
+def test_two_replicas_asking_at_once_run_one_update_and_skip_the_other(cluster: Cluster) -> None:
+    """Failure 3 of issue 12: two replicas asked for an update of one batch at the same moment; the second used to
+    fail "no pending samples" (and raise UpdatesFailing); it is skipped now."""
+    create_model(cluster.a, "race", ("a", "b", "c"))
+    post_samples(cluster.a, "race", ["a", "b", "c"], n=10)  # one batch: whichever update runs first takes it
+    barrier = threading.Barrier(2)
+    accepted: list[str] = []
+
+    def ask(replica: str) -> None:
+        barrier.wait()
+        accepted.append(request_update(replica, "race"))
+
+    threads = [threading.Thread(target=ask, args=(replica,)) for replica in (cluster.a, cluster.b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(accepted)) == 2
+    ends = sorted(wait_update(cluster.b, "race", update_id)["status"] for update_id in accepted)
+    assert ends == ["skipped", "succeeded"], ends
+    worker = wait_for(
+        lambda: (
+            (text := metrics(f"http://127.0.0.1:{cluster.metrics_port}"))
+            and 'cl_updates_total{model="race",outcome="skipped"}' in text
+            and text
+        ),
+        timeout=30,
+        what="the skipped update in the worker's metrics",
+    )
+    assert 'model="race",outcome="failed"' not in worker

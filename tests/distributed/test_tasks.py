@@ -17,6 +17,7 @@ from tests.distributed.conftest import samples_tensor
 from worker.app import create_app, task_id
 from worker.celery_executor import RESEND_AFTER_S, CeleryExecutor
 from worker.config import WorkerSettings
+from worker.locking import update_owner
 from worker.tasks import estimate_importance_task, evaluate_version_task, run_update_task
 
 
@@ -84,7 +85,7 @@ def test_evaluation_and_importance_tasks_answer_in_json(store: RedisStore) -> No
     importance = estimate_importance_task.apply(args=["m"], kwargs={"max_samples": 4}).get()
     assert importance["version"] == 1 and importance["samples"] == 4
     assert set(importance["parameters"]) >= {"head.weight"} and json.dumps(importance)
-    assert store.pending_counts("m")["unlabeled"] == 6  # measured, not consumed
+    assert store.pending_counts("m").unlabeled == 6  # measured, not consumed
 
 
 def test_the_executor_sends_one_json_message_per_update_under_an_id_derived_from_it(store: RedisStore) -> None:
@@ -99,15 +100,32 @@ def test_the_executor_sends_one_json_message_per_update_under_an_id_derived_from
     executor.shutdown()
 
 
-def test_recovery_resends_only_updates_queued_long_enough_and_never_running_ones(store: RedisStore) -> None:
+def test_recovery_resends_updates_queued_long_enough_and_running_ones_nobody_holds(store: RedisStore) -> None:
     executor = CeleryExecutor(store, WorkerSettings(redis_url=store.where))
     queued(store, "fresh")
     queued(store, "old", age_s=RESEND_AFTER_S + 1)
-    running = queued(store, "busy", age_s=RESEND_AFTER_S + 1)
-    running.status = "running"
-    store.put_update(running)
-    assert executor.recover(store) == ["old"]
+    for update_id in ("busy", "orphan"):
+        running = queued(store, update_id, age_s=RESEND_AFTER_S + 1)
+        running.status = "running"
+        store.put_update(running)
+    assert store.acquire_update_lock("m", update_owner("busy", "w:1"), ttl_s=60) is not None  # its worker lives
+    assert executor.recover(store) == ["old", "orphan"]
+    assert store.get_update("m", "orphan").status == "queued" and store.get_update("m", "busy").status == "running"
+    sent = [json.loads(raw)["headers"]["id"] for raw in redis.Redis.from_url(store.where).lrange("updates", 0, -1)]
+    assert sorted(sent) == [task_id("m", "old"), task_id("m", "orphan")]
     executor.shutdown()
+
+
+def test_a_redelivered_task_whose_samples_another_update_trained_is_skipped(store: RedisStore) -> None:
+    x, y = samples_tensor(["a", "b"], 20, seed=0)
+    store.append_samples("m", x, y, 0.2)
+    queued(store, "u1")
+    queued(store, "u2")
+    assert run_update_task.apply(args=["m", "u1"]).get() == {"status": "succeeded", "version": 1}
+    assert run_update_task.apply(args=["m", "u2"]).get() == {"status": "skipped", "version": None}
+    metrics = worker_app.current().metrics
+    assert metrics.outcomes.labels("m", "skipped")._value.get() == 1
+    assert ("m", "failed") not in metrics.outcomes._metrics
 
 
 def test_an_unreachable_broker_is_store_unavailable() -> None:

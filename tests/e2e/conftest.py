@@ -1,58 +1,28 @@
-"""Real processes on loopback: a `clserve` started as a user would, stopped by the test."""
+"""Real processes on loopback: a `clserve` started as a user would (`service.launcher`), stopped by the test."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from service.launcher import child_env, free_port, running_clserve
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["clserve", "free_port", "subprocess_env", "wait_until"]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CL_")}
-    env.update({"OMP_NUM_THREADS": "1", "CL_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
+    """The environment of a process the tests start: no inherited ``CL_`` settings, one thread, unbuffered."""
+    return child_env({"OMP_NUM_THREADS": "1", "CL_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
 
 
 @contextmanager
 def clserve(data_dir: Path, args: Sequence[str] = (), *, log: Path, **env: str) -> Iterator[str]:
     """Run `clserve` on a free loopback port until the block ends; yields its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "service.cli", "--port", str(port), "--data-dir", str(data_dir), *args]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(**env))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _ready(url), timeout=60, what=f"clserve on {url} (log: {log})", process=process)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with running_clserve(data_dir, args=args, env=subprocess_env(**env), log=log) as server:
+        yield server.url
 
 
 def wait_until(condition, *, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:  # type: ignore[no-untyped-def]

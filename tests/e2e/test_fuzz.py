@@ -45,7 +45,7 @@ def service(mode: str, tmp: Path, session_redis: RedisServer) -> Iterator[str]:
         return
     redis_url = session_redis.fresh_url()
     replica, url = start_replica(redis_url, tmp / "data", log=tmp / "replica.log", **ENV)
-    worker, _ = start_worker(redis_url, log=tmp / "worker.log", **ENV)
+    worker, _ = start_worker(redis_url, log=tmp / "worker.log", env=ENV)
     with running(replica, worker):
         yield url
 

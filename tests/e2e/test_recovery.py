@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.client import Client
+from service.launcher import start_clserve
 from tests.e2e.conftest import free_port, subprocess_env, wait_until
 from tests.service.conftest import blobs
 
@@ -22,24 +21,14 @@ QUICK = {**MANUAL, "CL_EPOCHS": "30"}
 
 
 def start(data_dir: Path, port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "service.cli", "--port", str(port), "--data-dir", str(data_dir)]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(**env))
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    """`clserve` on ``port`` (the same one across restarts), ready; the test signals and reaps the process."""
+    server = start_clserve(data_dir, port=port, env=subprocess_env(**env), log=log)
     try:
-        wait_until(ready, timeout=60, what="clserve", process=process)
+        server.wait_ready(60)
     except BaseException:
-        process.kill()
-        process.wait()
+        server.kill()
         raise
-    return process
+    return server.process
 
 
 def trained_model(client: Client) -> None:

@@ -10,11 +10,15 @@ from typing import Any
 import pytest
 import redis
 import torch
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 
-from registry import Conflict, ModelRecord, StoreUnavailable, UpdateRecord, VersionRecord
+from registry import Conflict, ModelRecord, StoreUnavailable, UpdateRecord, VersionRecord, redis_store
 from registry import tensors as st
-from registry.redis_store import RedisStore
+from registry.redis_store import RedisStore, Staged
+from registry.signing import PromotionRecord
 from tests.distributed.processes import redis_server
+from tests.registry.conftest import SIGNER
 
 NAME = "digits"
 
@@ -105,7 +109,41 @@ def test_deleting_a_model_leaves_no_key_behind(store: RedisStore, redis_url: str
     assert keys(redis_url, "*digits*") == set()
     assert [m.name for m in store.list_models()] == ["other"]
     store.create_model(model())  # the name can be used again, from scratch
-    assert store.live_version(NAME) is None and store.pending_counts(NAME)["labeled"] == 0
+    assert store.live_version(NAME) is None and store.pending_counts(NAME).labeled == 0
+
+
+def test_a_transaction_whose_watched_key_changes_runs_again(store: RedisStore, redis_url: str) -> None:
+    other, attempts = redis.Redis.from_url(redis_url), []
+
+    def attempt(pipe: Pipeline, staged: list[Staged]) -> int:
+        pipe.watch("counter")
+        value = int(pipe.get("counter") or 0)
+        attempts.append(value)
+        if len(attempts) == 1:
+            other.set("counter", 10)  # another client writes between our read and our write
+        pipe.multi()
+        pipe.set("counter", value + 1)
+        pipe.execute()
+        return value + 1
+
+    assert store._optimistic(NAME, "the counter", attempt) == 11
+    assert attempts == [0, 10] and other.get("counter") == b"11"
+
+
+def test_transactions_give_up_after_a_bounded_number_of_attempts_leaving_no_chunk(
+    store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "_TRANSACTION_ATTEMPTS", 3)
+    attempts = []
+
+    def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+        attempts.append(1)
+        staged.append(store._stage(NAME, b"x" * (store.chunk_bytes + 1)))  # large: written as expiring chunks
+        raise WatchError()  # as if another writer always won
+
+    with pytest.raises(StoreUnavailable, match="the test value: too many concurrent writers"):
+        store._optimistic(NAME, "the test value", attempt)
+    assert len(attempts) == 3 and keys(redis_url, "cl:{digits}:blob:*") == set()
 
 
 def test_a_retried_script_call_applies_once(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +189,7 @@ def test_an_acknowledgement_with_a_stale_fencing_token_is_refused(store: RedisSt
     wait_for(lambda: store.acquire_update_lock(NAME, "w2", ttl_s=30) is not None)
     with pytest.raises(Conflict):
         store.ack(NAME, claim, 1, "u", fence=token)
-    assert store.pending_counts(NAME)["labeled"] == 2
+    assert store.pending_counts(NAME).labeled == 2
 
 
 def test_promotions_reach_other_processes_and_stay_within_their_database(redis_url: str) -> None:
@@ -204,3 +242,42 @@ def test_the_same_store_works_again_after_redis_restarts(tmp_path: Path) -> None
         wait_for(lambda: (NAME, 2) in seen)
         store.close()
         writer.close()
+
+
+def test_a_signed_promotion_whose_record_changed_meanwhile_is_signed_again(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes promote at once: the one whose record was overtaken signs again after it, so the sequence
+    stored never goes back (a replica that accepted the newer one would refuse the older one as a replay)."""
+    a, b = RedisStore(redis_url, signer=SIGNER), RedisStore(redis_url, signer=SIGNER)
+    a.create_model(model())
+    for _ in range(2):
+        a.commit_version(version(), st.dumps({}), st.dumps({}))
+    script, calls, overtaken = a._scripts["promote"], [], []
+
+    def interleaved(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        if len(calls) == 1:  # b promotes after a read the record and signed, before a's script runs
+            assert b.promote(NAME, 2, by="b")
+            overtaken.append(PromotionRecord.parse(b.live_pointer(NAME).promotion or ""))
+        return script(*args, **kwargs)
+
+    monkeypatch.setitem(a._scripts, "promote", interleaved)
+    assert a.promote(NAME, 1, by="a")
+    assert len(calls) == 2  # refused once (the record had changed), then signed again
+    record = PromotionRecord.parse(a.live_pointer(NAME).promotion or "")
+    assert record is not None and overtaken[0] is not None
+    assert record.version == 1 and record.seq > overtaken[0].seq and SIGNER.authentic(record)
+    for s in (a, b):
+        s.close()
+
+
+def test_a_signed_promotion_over_a_garbage_record_replaces_it(store: RedisStore, redis_url: str) -> None:
+    signed = RedisStore(redis_url, signer=SIGNER)
+    signed.commit_version(version(), st.dumps({}), st.dumps({}))
+    redis.Redis.from_url(redis_url).set("cl:{digits}:promotion", b"\xff\x00" + b"9" * 5000)
+    assert signed.live_pointer(NAME).promotion is not None  # read back as text, whatever the bytes
+    assert signed.promote(NAME, 1, by="x")
+    record = PromotionRecord.parse(signed.live_pointer(NAME).promotion or "")
+    assert record is not None and record.version == 1 and SIGNER.authentic(record)
+    signed.close()

@@ -68,7 +68,7 @@ def wait_update(client: TestClient, name: str, update_id: str, timeout: float = 
     deadline = time.monotonic() + timeout
     while True:
         status = client.get(f"/v1/models/{name}/updates/{update_id}").json()
-        if status["status"] in ("succeeded", "failed", "rejected", "cancelled"):
+        if status["status"] in ("succeeded", "failed", "rejected", "cancelled", "skipped"):
             return status
         assert time.monotonic() < deadline, status
         time.sleep(0.05)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,14 @@ from typer.testing import CliRunner
 
 from service import clctl
 from service.client import Client, ServiceError
+from tests.e2e.conftest import free_port, subprocess_env
 from tests.service.conftest import blobs
+
+
+def one_line_error(output: str) -> bool:
+    """The output is one line starting with 'error: ', without a traceback."""
+    lines = output.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in output
 
 
 @pytest.fixture
@@ -39,11 +48,11 @@ def test_a_session_with_clctl(cli: CliRunner, tmp_path: Path) -> None:
         result = cli.invoke(clctl.app, args)
         outputs.append(result.output)
         assert result.exit_code in (0, 1), (args, result.output)
-    assert "accepted 60" in outputs[1] and "new classes: ['a', 'b']" in outputs[1]
+    assert "accepted 60" in outputs[1] and "new classes: a, b" in outputs[1]
     assert "version 1 is live" in outputs[-1]
     assert "held-out accuracy" in outputs[6]
     bad = cli.invoke(clctl.app, ["promote", "m", "42"])
-    assert bad.exit_code == 1 and "404" in bad.output
+    assert bad.exit_code == 1 and one_line_error(bad.output) and "404" in bad.output
 
 
 def test_csv_files_and_demo_data(cli: CliRunner, tmp_path: Path) -> None:
@@ -95,3 +104,69 @@ def test_clctl_promote_needs_force_for_a_rejected_version_and_lists_the_quaranti
     assert listed.exit_code == 0 and "0 samples in quarantine" in listed.output
     released = cli.invoke(clctl.app, ["quarantine", "m", "--release", "12345"])
     assert released.exit_code == 0 and "released 0 of 1" in released.output
+
+
+def test_a_file_posted_in_chunks_makes_one_update_on_all_of_it(
+    cli: CliRunner, client: TestClient, tmp_path: Path
+) -> None:
+    x, y = blobs(["a", "b"], 30)
+    data = tmp_path / "data.npz"
+    np.savez(data, inputs=np.asarray(x, dtype=np.float32), labels=np.asarray(y))
+    assert cli.invoke(clctl.app, ["create", "m", "--input-shape", "8", "--options", '{"hidden": [16]}']).exit_code == 0
+    # 7 chunks of at most 9: the policy (20 samples per new class) would start an update after the 5th chunk alone
+    result = cli.invoke(clctl.app, ["samples", "m", "--file", str(data), "--chunk", "9", "--wait"])
+    assert result.exit_code == 0, result.output
+    assert "accepted 60" in result.output and "succeeded: version 1" in result.output
+    (update,) = client.get("/v1/models/m/updates").json()["updates"]
+    assert update["status"] == "succeeded"
+    samples = client.get("/v1/models/m/versions/1").json()["samples"]
+    assert samples["labeled"] + samples["held_out"] == 60
+
+
+def test_errors_are_one_line_and_a_non_zero_exit(cli: CliRunner, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file")
+    no_inputs = tmp_path / "no-inputs.npz"
+    np.savez(no_inputs, labels=np.asarray(["a"]))
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("a,b\n1,x\n")
+    cases = {
+        ("samples", "m", "--file", str(tmp_path / "missing.npz")): "missing.npz: no such file",
+        ("samples", "m", "--file", str(tmp_path / "data.txt")): "expected a .npz or .csv file",
+        ("samples", "m", "--file", str(garbage)): "cannot read it as npz",
+        ("samples", "m", "--file", str(no_inputs)): "no array 'inputs'",
+        ("predict", "m", "--file", str(bad_csv)): "cannot read it as csv",
+        ("predict", "m", "--input", "[1, 2"): "--input is not valid JSON",
+        ("create", "m", "--input-shape", "8", "--options", "{"): "--options is not valid JSON",
+        ("create", "m", "--input-shape", "eight"): "--input-shape must be comma-separated integers",
+        ("demo-data", "--digits", "5-x"): "--digits must be a range",
+        ("demo-data", "--digits", "7-12"): "--digits must name digits 0-9",
+        ("demo-data", "--split", "validation"): "--split must be 'train' or 'test'",
+        ("demo-data", "--digits", "5", "--out", str(tmp_path / "no" / "such" / "dir.npz")): "No such file",
+        ("models",): None,  # the model list works: the baseline
+        ("versions", "nope"): "404",
+        ("update", "nope", "--wait"): "404",
+    }
+    for args, expected in cases.items():
+        result = cli.invoke(clctl.app, list(args))
+        if expected is None:
+            assert result.exit_code == 0, result.output
+            continue
+        assert result.exit_code == 1, (args, result.output)
+        assert one_line_error(result.output) and expected in result.output, (args, result.output)
+
+
+def test_an_unreachable_service_is_one_line_naming_the_address(tmp_path: Path) -> None:
+    """As a user runs it: a real process, nothing listening at the address."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "service.clctl", "models"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(CL_URL=url),
+        check=False,
+    )
+    assert result.returncode == 1 and result.stdout == "", result
+    assert one_line_error(result.stderr), result.stderr
+    assert f"cannot reach the service at {url}" in result.stderr and "CL_URL" in result.stderr

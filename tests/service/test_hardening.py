@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -74,7 +76,7 @@ def test_deleting_a_model_leaves_nothing_behind(client: TestClient, tmp_path) ->
 def test_retention_bounds_raw_data_and_counts_what_it_drops(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(retention_max_samples=10)
     trained(client)
-    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime = client.app.state.runtime
     dropped = enforce_retention(runtime)
     # the 18 held-out samples (6 per class) are the gate's trusted reserve (fewer than CL_MIN_CLASS_SAMPLES per
     # class: all kept); of the other 72, the newest 10 survive
@@ -106,6 +108,32 @@ def test_queues_and_buffers_are_bounded(make_client) -> None:  # type: ignore[no
     assert again.status_code == 202
     for update_id in (running, again.json()["update_id"]):
         client.delete(f"/v1/models/m/updates/{update_id}")
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_parallel_update_requests_never_exceed_the_queue_limit(make_client, request, backend) -> None:  # type: ignore[no-untyped-def]
+    """20 POST /updates at once with a limit of 8: exactly 8 are queued, the other 12 get 429 with Retry-After."""
+    extra = {"redis_url": request.getfixturevalue("redis_url")} if backend == "redis" else {}
+    client = make_client(max_queued_updates=8, policy_min_samples_per_new_class=1000, **extra)
+    create(client)
+    post_samples(client, "m", *blobs(["a", "b"], 5))
+    store = client.app.state.runtime.store
+    token = store.acquire_update_lock("m", "test", ttl_s=600)  # no update starts: every accepted one stays queued
+    assert token is not None
+    barrier = threading.Barrier(20)
+
+    def post(_: int) -> tuple[int, str | None]:
+        barrier.wait()
+        response = client.post("/v1/models/m/updates", json={})
+        return response.status_code, response.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, range(20)))
+    assert sorted(code for code, _ in answers) == [202] * 8 + [429] * 12
+    assert all(retry for code, retry in answers if code == 429)
+    statuses = [u["status"] for u in client.get("/v1/models/m/updates").json()["updates"]]
+    assert statuses == ["queued"] * 8
+    store.release_update_lock("m", token)
 
 
 def test_per_key_rate_limit(make_client) -> None:  # type: ignore[no-untyped-def]

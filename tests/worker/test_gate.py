@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import LocalStore, ModelRecord, UpdateRecord
+from registry import LocalStore, ModelRecord, PendingCounts, UpdateRecord
 from worker.claims import waiting_classes
 from worker.config import WorkerSettings
 from worker.evaluation import GateRules, binomial_bounds, describe_gate, gate, paired_drop_lower_bound
@@ -102,12 +102,13 @@ def test_waiting_classes_and_the_policy() -> None:
     assert [asdict(w) for w in waiting_classes({"a": 3, "b": 25, "x": 1}, ["a"], 20)] == [
         {"label": "x", "samples": 1, "needed": 20}
     ]
+    assert [w.label for w in waiting_classes({"10": 1, "9": 2, "b": 1}, [], 20)] == ["9", "10", "b"]  # natural order
     policy = UpdatePolicy(min_samples_per_new_class=20)
-    pending = {"labeled": 26, "unlabeled": 0, "held_out": 0, "per_class": {"b": 25, "-5": 1}}
+    pending = PendingCounts(labeled=26, per_class={"b": 25, "-5": 1})
     assert policy.reason(pending, ["a"]) is not None and "1 other new classes wait" in str(
         policy.reason(pending, ["a"])
     )
-    assert policy.reason({"labeled": 1, "per_class": {"-5": 1}}, ["a"]) is None
+    assert policy.reason(PendingCounts(labeled=1, per_class={"-5": 1}), ["a"]) is None
     after = UpdatePolicy(min_samples_per_new_class=20, after_labeled=10)
-    assert after.reason({"labeled": 12, "per_class": {"-5": 5, "a": 7}}, ["a"]) is None  # 12 - 5 waiting < 10
-    assert after.reason({"labeled": 16, "per_class": {"-5": 5, "a": 11}}, ["a"]) is not None
+    assert after.reason(PendingCounts(labeled=12, per_class={"-5": 5, "a": 7}), ["a"]) is None  # 12 - 5 waiting < 10
+    assert after.reason(PendingCounts(labeled=16, per_class={"-5": 5, "a": 11}), ["a"]) is not None
