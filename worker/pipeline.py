@@ -33,7 +33,7 @@ from worker.evaluation import Baseline, EvaluationData, lineage, version_metrics
 from worker.learners import build_learner
 from worker.lifecycle import Outcome
 from worker.locking import HeldLock, LockLost, task_owner, update_lock, update_owner
-from worker.promotion import auto_promote
+from worker.promotion import auto_promote, trusted_live_version
 from worker.retention import prune_versions
 
 __all__ = ["Loaded", "LockLost", "UpdateCancelled", "import_weights", "load_version", "run_update"]
@@ -235,7 +235,7 @@ def _update(
     stop: Callable[[], bool],
 ) -> Outcome:
     model_record = store.get_model(name)
-    parent = store.live_version(name)
+    parent = trusted_live_version(store, name, settings.signer())
     loaded = load_version(store, name, parent, seed=settings.seed)
     learner, note = restore_learner(loaded, record.method, settings, model_record.method_hparams)
     if learner.memory is not None:
@@ -359,7 +359,7 @@ def import_weights(
     is promoted only by force)."""
     busy = f"an update of {name!r} is running; import the weights when it has finished"
     with update_lock(store, name, task_owner("import"), settings.update_lock_ttl_s, busy=busy) as lock:
-        parent = store.live_version(name)
+        parent = trusted_live_version(store, name, settings.signer())
         base = load_version(store, name, parent)
         try:
             state = st.loads(weights)

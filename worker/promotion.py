@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from registry import UNSET, Store, VersionRecord
+from registry.signing import Rejected, Signer, Verifier, weights_digest
 from worker.audit import audit
 from worker.config import WorkerSettings
 from worker.evaluation import describe_gate
@@ -22,6 +23,29 @@ from worker.evaluation import describe_gate
 
 class RejectedByGate(Exception):
     """A promotion of a version the forgetting gate rejected, without force: nothing changed."""
+
+
+class UntrustedParent(ValueError):
+    """The live pointer an update would build on is not signed by the deployment's key (or its weights changed)."""
+
+
+def trusted_live_version(store: Store, name: str, signer: Signer | None) -> int | None:
+    """The live version an update or a weight import may build on.
+
+    With a signing key, only a pointer whose promotion record is authentic, names this version and matches the
+    stored weights: a replica refuses to serve a forged pointer, and an update must not launder one either (its
+    parent would otherwise become the base of a new, correctly signed version).  A replay of an older genuine
+    record is not detectable here (a worker keeps no memory of accepted sequence numbers); replicas catch it."""
+    pointer = store.live_pointer(name)
+    if signer is None or pointer.version is None:
+        return pointer.version
+    verifier = Verifier(signer)
+    try:
+        record = verifier.check(name, pointer.version, pointer.promotion)
+        verifier.check_weights(record, weights_digest(store.read_weights(name, pointer.version)))
+    except Rejected as exc:
+        raise UntrustedParent(f"refusing to build on the live version of {name!r} ({exc.reason}): {exc}") from exc
+    return pointer.version
 
 
 @dataclass(frozen=True)
