@@ -345,6 +345,34 @@ class Baseline:
         return verdict
 
 
+@dataclass
+class VersionMetrics:
+    """What an update (or a weight import) measured about a version: held-out accuracy overall, per class and per
+    experience (its row of the accuracy matrix), ACC / BWT / forgetting along its lineage, and what the gate and the
+    label screening decided.  Stored as JSON in `VersionRecord.metrics` (`to_json`); the forgetting report and the
+    accuracy matrix read that JSON back."""
+
+    held_out_samples: int
+    accuracy: float | None
+    per_class_accuracy: dict[str, float]
+    experience_accuracy: dict[str, float | None]
+    own_experience_accuracy: float | None
+    acc: float | None
+    bwt: float | None
+    forgetting: float | None
+    gate: Gate | None = None
+    screening: dict[str, Any] | None = None  # worker.screening's report, already JSON
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (keys of the optional parts only when present, as versions stored them before)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("gate", "screening")}
+        if self.gate is not None:
+            data["gate"] = asdict(self.gate)
+        if self.screening is not None:
+            data["screening"] = self.screening
+        return data
+
+
 def version_metrics(
     model: nn.Module,
     classes: Sequence[str],
@@ -352,25 +380,25 @@ def version_metrics(
     chain: Sequence[VersionRecord],
     input_shape: Sequence[int],
     gate_result: Gate | None = None,
-) -> dict[str, Any]:
+) -> VersionMetrics:
     """Everything stored with a version: per-class and overall held-out accuracy, its matrix row, ACC/BWT/forgetting
     along its lineage (``chain`` = its ancestors, root first), the gate."""
     everything = data.all(input_shape)
     predicted = predict_labels(model, classes, everything.inputs)
     row = {str(v): accuracy(predict_labels(model, classes, s.inputs), s.labels) for v, s in data.experiences.items()}
     own = accuracy(predict_labels(model, classes, data.own.inputs), data.own.labels) if len(data.own) else None
-    metrics: dict[str, Any] = {
-        "held_out_samples": len(everything),
-        "accuracy": accuracy(predicted, everything.labels),
-        "per_class_accuracy": per_class_accuracy(predicted, everything.labels),
-        "experience_accuracy": row,
-        "own_experience_accuracy": own,
-    }
-    matrix = accuracy_matrix([*chain, None], {"experience_accuracy": row, "own_experience_accuracy": own})
-    metrics.update(matrix.summary())
-    if gate_result is not None:
-        metrics["gate"] = asdict(gate_result)
-    return metrics
+    summary = accuracy_matrix([*chain, None], {"experience_accuracy": row, "own_experience_accuracy": own}).summary()
+    return VersionMetrics(
+        held_out_samples=len(everything),
+        accuracy=accuracy(predicted, everything.labels),
+        per_class_accuracy=per_class_accuracy(predicted, everything.labels),
+        experience_accuracy=row,
+        own_experience_accuracy=own,
+        acc=summary["acc"],
+        bwt=summary["bwt"],
+        forgetting=summary["forgetting"],
+        gate=gate_result,
+    )
 
 
 @dataclass

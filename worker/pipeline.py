@@ -288,8 +288,9 @@ def _update(
     model.to("cpu")
 
     verdict = baseline.judge(model, spec.classes, settings.gate_rules())
-    metrics = version_metrics(model, spec.classes, evaluation, chain, spec.input_shape, verdict)
-    metrics["screening"] = prepared.screening.to_json()
+    measured = version_metrics(model, spec.classes, evaluation, chain, spec.input_shape, verdict)
+    measured.screening = prepared.screening.to_json()
+    metrics = measured.to_json()
     hparams = {**learner.hparams(), "service_method": record.method}
     version = VersionRecord(
         model=name,
@@ -383,7 +384,7 @@ def import_weights(
         baseline = Baseline.measure(live, base.spec.classes, evaluation, base.spec.input_shape, parent)
         base.model.load_state_dict(state)
         verdict = baseline.judge(base.model, base.spec.classes, settings.gate_rules())
-        metrics = version_metrics(base.model, base.spec.classes, evaluation, chain, base.spec.input_shape, verdict)
+        measured = version_metrics(base.model, base.spec.classes, evaluation, chain, base.spec.input_shape, verdict)
         record = VersionRecord(
             model=name,
             version=0,
@@ -391,7 +392,7 @@ def import_weights(
             spec=base.spec.to_json(),
             learner={},
             method="import",
-            metrics=metrics,
+            metrics=measured.to_json(),
             status="imported" if verdict.passed else "rejected",
             triggered_by=by,
         )

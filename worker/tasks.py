@@ -68,7 +68,7 @@ def evaluate_version(store: Store, name: str, version: int) -> dict[str, Any]:
     chain = lineage(store, name, store.get_version(name, version).parent)
     data = EvaluationData.gather(store, name, chain, store.experience_samples(name, version))
     metrics = version_metrics(loaded.model, loaded.spec.classes, data, chain, loaded.spec.input_shape)
-    return {"model": name, "version": version, "metrics": metrics}
+    return {"model": name, "version": version, "metrics": metrics.to_json()}
 
 
 def estimate_importance(
