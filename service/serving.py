@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cl_core.preprocessing import Preprocessing
 from cl_core.trainer import resolve_device
 from registry import NotFound, Store, StoreError, Subscription
 from worker.pipeline import load_version
@@ -32,6 +33,7 @@ class LiveModel:
     model: nn.Module
     device: torch.device
     metrics: dict[str, Any]
+    preprocessing: Preprocessing | None = None  # the model's image preprocessing (None: it takes no images)
 
     def probabilities(self, inputs: Tensor) -> Tensor:
         """Softmax over the classes, computed on the serving device (inference mode)."""
@@ -117,6 +119,7 @@ class ModelServer:
             loaded = load_version(self.store, name, version)
             model = loaded.model.to(self.device).eval()
             meta = self.store.get_version(name, version)
+            spec = self.store.get_model(name).preprocessing
             live = LiveModel(
                 name,
                 version,
@@ -125,6 +128,7 @@ class ModelServer:
                 model,
                 self.device,
                 meta.metrics,
+                None if spec is None else Preprocessing.from_json(spec),
             )
             self._swap(name, live)
             log.info("serving %s version %s", name, version)

@@ -34,6 +34,9 @@ class Settings(WorkerSettings):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="weights and model archives")
     max_samples_per_request: int = Field(10_000, ge=1)
     max_inputs_per_predict: int = Field(1024, ge=1)
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, description="largest image (width × height) decoded: the decompression-bomb limit"
+    )
 
     # ingestion and the update policy
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of each labeled class kept for evaluation")

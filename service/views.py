@@ -23,6 +23,7 @@ def model_info(store: Store, server: ModelServer, record: ModelRecord, updating:
         options=record.options,
         method=record.method,
         method_hparams=record.method_hparams,
+        preprocessing=None if record.preprocessing is None else schemas.Preprocessing(**record.preprocessing),
         classes=classes,
         live_version=live,
         versions=versions,

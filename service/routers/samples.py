@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from service import schemas
 from service.auth import Principal
-from service.bodies import documented, parse_json
+from service.bodies import documented
 from service.deps import ModelName, RuntimeDep, TrainCaller
 from service.errors import ApiError
-from service.idempotency import IdempotencyKey, digest, keep, replay
-from service.ingest import labels_of, to_tensor
+from service.idempotency import IdempotencyKey, keep, replay
+from service.media import SAMPLES_MEDIA, Upload, decode_samples, openapi_media, read_samples
 from service.runtime import Runtime
 from worker.audit import audit
 from worker.deletion import forget_samples
@@ -31,7 +33,7 @@ router = APIRouter(prefix="/v1/models", tags=["samples"])
         422: {"model": schemas.ErrorBody},
         429: {"model": schemas.ErrorBody},
     },
-    openapi_extra=documented(schemas.SamplesRequest),
+    openapi_extra=documented(schemas.SamplesRequest, openapi_media(SAMPLES_MEDIA)),
 )
 async def post_samples(
     name: ModelName,
@@ -39,16 +41,18 @@ async def post_samples(
     runtime: RuntimeDep,
     caller: TrainCaller,
     idempotency_key: IdempotencyKey = None,
+    label: Annotated[str | None, Query(max_length=200, description="the label of a single image body")] = None,
 ) -> schemas.SamplesResponse:
-    """Accept samples (label absent or null = unlabeled).  New labels are new classes: the head grows at the next
-    update.  A share of each labeled class is held out for evaluation.  The update policy may start an update."""
-    body = await parse_json(request, schemas.SamplesRequest)
+    """Accept samples (label absent or null = unlabeled) as JSON, an .npz file, an image or a form of images
+    (`service.media`).  New labels are new classes: the head grows at the next update.  A share of each labeled
+    class is held out for evaluation.  The update policy may start an update."""
+    body = await read_samples(request, label)
     return await run_in_threadpool(ingest, name, body, runtime, caller, idempotency_key)
 
 
 def ingest(
     name: str,
-    body: schemas.SamplesRequest,
+    body: schemas.SamplesRequest | Upload,
     runtime: Runtime,
     caller: Principal,
     idempotency_key: str | None,
@@ -56,13 +60,11 @@ def ingest(
     """Store the samples (blocking I/O: runs in the thread pool)."""
     store, settings = runtime.store, runtime.settings
     record = store.get_model(name)
-    request_digest = digest(body.model_dump_json()) if idempotency_key else ""
+    batch = decode_samples(body, record, settings)
+    request_digest = batch.digest() if idempotency_key else ""
     if idempotency_key and (first := replay(store, name, "samples", idempotency_key, request_digest)) is not None:
         return schemas.SamplesResponse(**first)
-    if len(body.samples) > settings.max_samples_per_request:
-        raise ApiError(413, f"at most {settings.max_samples_per_request} samples per request", field="samples")
-    inputs = to_tensor([s.input for s in body.samples], record.input_shape, "input", "samples[{index}].input")
-    labels = labels_of([s.label for s in body.samples])
+    inputs, labels = batch.inputs, batch.labels
     before = store.pending_counts(name)
     waiting = before.total
     if waiting + len(labels) > settings.max_pending_samples:
