@@ -17,6 +17,8 @@ from service.settings import Settings
 
 log = logging.getLogger("demo")
 DEMO_MODEL = "digits"
+DEMO_PREPROCESSING = {"mode": "L", "size": [28, 28], "scale": [0.0, 1.0], "mean": [0.0], "std": [1.0]}
+"""MNIST as the protocol scales it: 28×28 grey, pixel / 255, row by row into the 784 inputs."""
 
 
 def demo_digits(digits: list[int], split: str = "train") -> tuple[list[list[float]], list[str]]:
@@ -39,7 +41,9 @@ def run_demo(server: uvicorn.Server, settings: Settings) -> None:
             client.model(DEMO_MODEL)
             log.info("the demo model %r exists already; serving it", DEMO_MODEL)
         except ServiceError:
-            client.create_model(DEMO_MODEL, "mlp", [784], options={"hidden": [400, 400]})
+            client.create_model(
+                DEMO_MODEL, "mlp", [784], options={"hidden": [400, 400]}, preprocessing=DEMO_PREPROCESSING
+            )
             inputs, labels = demo_digits([0, 1, 2, 3, 4])
             # one request: the update policy then starts exactly one update, on all of it
             update_id = client.post_samples(DEMO_MODEL, inputs, labels).get("update_id")
@@ -56,7 +60,8 @@ def run_demo(server: uvicorn.Server, settings: Settings) -> None:
 
 
 WALKTHROUGH = """
-The demo model 'digits' (MLP, 784 floats in [0, 1]) is serving digits 0-4 at {url}.  Try:
+The demo model 'digits' (MLP, 784 floats in [0, 1], or a 28×28 grey PNG/JPEG) is serving digits 0-4 at {url}.
+Try:
 
   clctl models
   clctl demo-data --digits 5-9 --out digits-5-9.npz      # the protocol's train split, as a file

@@ -70,3 +70,24 @@ def test_operator_architectures_by_import_path(make_client) -> None:  # type: ig
     client = make_client(architectures={"tiny": "tests.service.custom_architecture:tiny_body"})
     body = {"name": "t", "architecture": "tiny", "input_shape": [8], "options": {"width": 6}}
     assert client.post("/v1/models", json=body).status_code == 201
+
+
+def test_the_client_sends_numpy_files_and_json_only_when_it_must(client: TestClient) -> None:
+    sent: list[str] = []
+    client.event_hooks["request"].append(lambda request: sent.append(request.headers.get("content-type", "")))
+    binary, plain = Client(http=client), Client(http=client, binary=False)
+    plain.create_model("m", "mlp", [8], options={"hidden": [16]})
+    x, y = blobs(["a", "b"], 30)
+    answer = binary.post_samples("m", np.asarray(x), [7 if label == "a" else None for label in y])
+    assert sent[-1] == "application/x-npz" and (answer["labeled"], answer["unlabeled"]) == (30, 30)
+    answer = binary.post_samples("m", x, y)
+    assert sent[-1] == "application/x-npz" and answer["new_classes"] == ["a", "b"]
+    assert binary.wait_update("m", answer["update_id"])["status"] == "succeeded"  # the policy's
+    assert binary.predict("m", x[:5], top_k=2) == plain.predict("m", x[:5], top_k=2)
+    assert sent[-2:] == ["application/x-npy", "application/json"]
+    with pytest.raises(ServiceError) as ragged:  # no array: sent as JSON, so that the service names the item
+        binary.predict("m", [x[0], x[1][:3]])
+    assert sent[-1] == "application/json" and (ragged.value.field, ragged.value.index) == ("inputs", 1)
+    with pytest.raises(ServiceError) as boolean:
+        binary.post_samples("m", x[:2], ["a", True])
+    assert sent[-1] == "application/json" and (boolean.value.field, boolean.value.index) == ("label", 1)
