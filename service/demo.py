@@ -13,6 +13,7 @@ import time
 import uvicorn
 
 from service.client import Client, ServiceError
+from service.gc_tuning import freeze_heap
 from service.settings import Settings
 
 log = logging.getLogger("demo")
@@ -56,6 +57,8 @@ def run_demo(server: uvicorn.Server, settings: Settings) -> None:
                 status["status"],
                 status["metrics"].get("accuracy"),
             )
+    if settings.gc_freeze:
+        freeze_heap()  # what the demo loaded (the data set's modules) stays: out of the collector's view too
     print(WALKTHROUGH.format(url=url), flush=True)
 
 
