@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from registry.samples import SampleSet
 from tests.service.conftest import create, wait_update
+from tests.service.media_strategies import BODIES
 
 SPEC = {"mode": "L", "size": [4, 4]}
 NOTHING = {"labeled": 0, "unlabeled": 0, "held_out": 0, "per_class": {}}
@@ -41,9 +44,9 @@ def npz(compressed: bool = False, **arrays: Any) -> bytes:
     return buffer.getvalue()
 
 
-def png(pixels: np.ndarray, mode: str | None = None) -> bytes:
+def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -495,3 +498,36 @@ def test_hostile_forms_answer_4xx_and_store_nothing(make_client: Callable[..., T
     )
     assert response.status_code == 422 and response.json()["field"] == "label"
     assert pending(client)["unlabeled"] == before["unlabeled"] + 1 and pending(client)["labeled"] == before["labeled"]
+
+
+# -- anything at all ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def quiet(make_client: Callable[..., TestClient]) -> TestClient:
+    """A served image model whose policy never starts an update (so the pending counts move only by requests)."""
+    client = make_client(policy_min_samples_per_new_class=10**6)
+    image_model(client, trained=False)
+    pixels, labels = images(20)
+    samples = [{"input": v.tolist(), "label": y} for v, y in zip(as_inputs(pixels), labels, strict=True)]
+    assert client.post("/v1/models/img/samples", json={"samples": samples}).status_code == 202
+    update_id = client.post("/v1/models/img/updates", json={}).json()["update_id"]
+    assert wait_update(client, "img", update_id)["status"] == "succeeded"
+    return client
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), media=st.sampled_from(sorted(BODIES)))
+def test_any_binary_body_answers_2xx_or_4xx_and_a_4xx_stores_nothing(
+    quiet: TestClient, data: st.DataObject, media: str
+) -> None:
+    body = data.draw(BODIES[media])
+    paths = {"application/x-npy": ["predict"], "application/x-npz": ["samples"]}.get(media, ["predict", "samples"])
+    for path in paths:
+        before = pending(quiet)
+        response = quiet.post(f"/v1/models/img/{path}", content=body, headers={"Content-Type": media})
+        assert response.status_code < 500, response.text
+        if response.status_code >= 400:
+            assert set(response.json()) == {"detail", "field", "index"}
+            assert pending(quiet) == before, (path, response.text)
+        elif path == "samples":
+            added = sum(pending(quiet)[k] - before[k] for k in ("labeled", "unlabeled", "held_out"))
+            assert added == response.json()["accepted"]
