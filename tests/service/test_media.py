@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cl_core.validation import InvalidData
 from registry.samples import SampleSet
 from tests.service.conftest import create, wait_update
 from tests.service.media_strategies import BODIES
@@ -239,6 +240,45 @@ def test_binary_posts_honour_the_idempotency_key(client: TestClient) -> None:
     assert again.status_code == 202 and again.json() == first
     counts = pending(client)
     assert counts["labeled"] + counts["held_out"] == 8 and counts["unlabeled"] == 0  # each batch stored once
+
+
+def _npy_with_header(header: str, data: bytes, version: int = 1) -> bytes:
+    text = header.encode("latin-1")
+    if version == 1:
+        preamble = b"\x93NUMPY\x01\x00"
+        pad = -(len(preamble) + 2 + len(text) + 1) % 64
+        return preamble + struct.pack("<H", len(text) + pad + 1) + text + b" " * pad + b"\n" + data
+    preamble = b"\x93NUMPY\x02\x00"
+    pad = -(len(preamble) + 4 + len(text) + 1) % 64
+    return preamble + struct.pack("<I", len(text) + pad + 1) + text + b" " * pad + b"\n" + data
+
+
+def test_npy_headers_of_other_writers_read_alike() -> None:
+    from service.arrays import read_npy
+
+    x = np.arange(32, dtype="<f4").reshape(2, 16)
+    layouts = [
+        npy(x),
+        _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 16), }", x.tobytes(), version=2),
+        _npy_with_header("{'shape': (2, 16), 'fortran_order': False, 'descr': '<f4'}", x.tobytes()),  # numpy's reader
+        _npy_with_header("{'descr':'<f4','fortran_order':False,'shape':(2,16)}", x.tobytes()),
+        _npy_with_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 16), }", x.T.tobytes()),
+    ]
+    for data in layouts:
+        assert np.array_equal(read_npy(data, field="inputs", kinds="f"), x)
+    refused = [
+        _npy_with_header("{'descr': '|O', 'fortran_order': False, 'shape': (2, 16), }", b"\0" * 256),
+        _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 16), }", x.tobytes()[:-1]),
+        _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 16), }", x.tobytes()),
+        _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 16), }", x.tobytes()),
+        _npy_with_header("{'descr': '<q7', 'fortran_order': False, 'shape': (2, 16), }", x.tobytes()),
+        _npy_with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2, 16), }", x.tobytes()),
+        _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 16), '__import__': 1}", x.tobytes()),
+        _npy_with_header("__import__('os').system('true')", x.tobytes()),
+    ]
+    for data in refused:
+        with pytest.raises(InvalidData):
+            read_npy(data, field="inputs", kinds="f")
 
 
 # -- hostile arrays -----------------------------------------------------------------------------------------------
