@@ -65,6 +65,8 @@ def read_npy(data: bytes, *, field: str, kinds: str) -> np.ndarray:
         raise InvalidData(f"{field} is an object array: refused (reading it would mean unpickling)", field=field)
     if dtype.kind not in kinds or dtype.names is not None or dtype.subdtype is not None:
         raise InvalidData(f"{field} has dtype {shown(str(dtype), 60)}: {_expected(kinds)}", field=field)
+    if dtype.itemsize == 0:  # numpy cannot even view such data ('<U0')
+        raise InvalidData(f"{field} has dtype {shown(str(dtype), 60)} of zero size", field=field)
     if any(d < 0 for d in shape):
         raise InvalidData(f"{field} has a negative dimension in its shape {list(shape)}", field=field)
     count = math.prod(shape)

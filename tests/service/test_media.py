@@ -363,6 +363,17 @@ def _npz_bomb_with_a_lying_size() -> bytes:
     return bytes(data)
 
 
+ZERO_SIZE_LABELS = "{'descr': '<U0', 'fortran_order': False, 'shape': (4,), }"  # numpy itself writes '<U1'
+
+
+def _zip(**members: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
+
+
 def _hostile_archives() -> list[tuple[str, bytes, str, int]]:
     x = as_inputs(images(4)[0])
     return [
@@ -377,6 +388,7 @@ def _hostile_archives() -> list[tuple[str, bytes, str, int]]:
         ("a label too long", npz(inputs=x, labels=np.asarray(["a", "b", "c", "x" * 65])), "labels", 422),
         ("a label not printable", npz(inputs=x, labels=np.asarray(["a", "b\x07c", "c", "d"])), "labels", 422),
         ("pickled labels", npz(inputs=x, labels=np.asarray(["a", None, "b", "c"], dtype=object)), "labels", 422),
+        ("labels of zero size", _zip(inputs=npy(x), labels=_npy_with_header(ZERO_SIZE_LABELS, b"")), "labels", 422),
         ("a deflate bomb", npz(True, inputs=np.zeros((20_000, 16), dtype=np.float32)), "", 413),
         ("a member longer than it declares", _npz_bomb_with_a_lying_size(), "inputs", 422),
     ]
