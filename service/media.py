@@ -36,7 +36,7 @@ from service.arrays import INPUT_KINDS, LABEL_KINDS, inputs_from, labels_from, r
 from service.bodies import parse_json
 from service.errors import ApiError
 from service.forms import Form, parse_form
-from service.images import SMALL_IMAGE_PIXELS, image_input, open_image, pixels_of
+from service.images import SMALL_IMAGE_PIXELS, image_input, open_image, pixels_of, where
 from service.ingest import labels_of, to_tensor
 from service.serving import LiveModel
 from service.settings import Settings
@@ -96,7 +96,22 @@ async def images_to_tensor_async(
 
 
 def _open(files: Sequence[ImageFile], max_pixels: int) -> list[Image.Image]:
-    return [open_image(f.data, f.media, max_pixels=max_pixels, field=f.field, index=f.index) for f in files]
+    """Every image's header, checked; ``max_pixels`` bounds each image and also all of them together (a form of
+    many small bombs would otherwise decode as much as one large one, many times over)."""
+    opened, total = [], 0
+    for f in files:
+        image = open_image(f.data, f.media, max_pixels=max_pixels, field=f.field, index=f.index)
+        total += pixels_of(image)
+        if total > max_pixels:
+            raise ApiError(
+                413,
+                f"the request's images together have more than {max_pixels} pixels (CL_MAX_IMAGE_PIXELS), "
+                f"{where(f.field, f.index)} included",
+                field=f.field,
+                index=f.index,
+            )
+        opened.append(image)
+    return opened
 
 
 def _decode(

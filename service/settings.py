@@ -36,7 +36,9 @@ class Settings(WorkerSettings):
     max_samples_per_request: int = Field(10_000, ge=1)
     max_inputs_per_predict: int = Field(1024, ge=1)
     max_image_pixels: int = Field(
-        25_000_000, ge=1, description="largest image (width × height) decoded: the decompression-bomb limit"
+        25_000_000,
+        ge=1,
+        description="most pixels (width × height) decoded per request, all its images together: the bomb limit",
     )
 
     # ingestion and the update policy

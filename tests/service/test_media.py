@@ -484,6 +484,22 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(make_client: Calla
     assert "CL_MAX_IMAGE_PIXELS" in response.json()["detail"]
 
 
+def test_the_pixel_limit_holds_for_a_requests_images_together(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_image_pixels=1_000_000)
+    image_model(client)
+    before = pending(client)
+    bomb = io.BytesIO()
+    Image.new("L", (600, 600)).save(bomb, format="PNG")  # 360,000 pixels each, a few hundred bytes
+    one = [("files", ("a.png", bomb.getvalue(), "image/png"))]
+    assert client.post("/v1/models/img/predict", files=one * 2).status_code == 200
+    for path in ("/v1/models/img/predict", "/v1/models/img/samples"):
+        response = client.post(path, files=one * 3)
+        assert response.status_code == 413, response.text
+        assert (response.json()["field"], response.json()["index"]) == ("files", 2)
+        assert "together" in response.json()["detail"]
+    assert pending(client) == before
+
+
 def _form(*parts: tuple[str, str | None, str | None, bytes], boundary: str = "b0undary", close: bool = True) -> bytes:
     out = b""
     for name, filename, media, data in parts:
