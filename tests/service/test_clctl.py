@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,8 @@ def test_operator_architectures_by_import_path(make_client) -> None:  # type: ig
     assert client.post("/v1/models", json=body).status_code == 201
 
 
-def test_the_client_sends_numpy_files_and_json_only_when_it_must(client: TestClient) -> None:
+def test_the_client_sends_numpy_files_and_json_only_when_it_must(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(policy_min_samples_per_new_class=10**6)  # one update, started below
     sent: list[str] = []
     client.event_hooks["request"].append(lambda request: sent.append(request.headers.get("content-type", "")))
     binary, plain = Client(http=client), Client(http=client, binary=False)
@@ -82,7 +84,7 @@ def test_the_client_sends_numpy_files_and_json_only_when_it_must(client: TestCli
     assert sent[-1] == "application/x-npz" and (answer["labeled"], answer["unlabeled"]) == (30, 30)
     answer = binary.post_samples("m", x, y)
     assert sent[-1] == "application/x-npz" and answer["new_classes"] == ["a", "b"]
-    assert binary.wait_update("m", answer["update_id"])["status"] == "succeeded"  # the policy's
+    assert binary.wait_update("m", binary.start_update("m")["update_id"])["status"] == "succeeded"
     assert binary.predict("m", x[:5], top_k=2) == plain.predict("m", x[:5], top_k=2)
     assert sent[-2:] == ["application/x-npy", "application/json"]
     with pytest.raises(ServiceError) as ragged:  # no array: sent as JSON, so that the service names the item
