@@ -319,12 +319,15 @@ def load(
     architectures: str = typer.Option("mlp,cnn", help="comma-separated: mlp, cnn"),
     requests: int = typer.Option(600, help="predictions per measurement (bounded)"),
     concurrency: str = typer.Option("1,8,32", help="comma-separated client counts"),
-    swaps: int = typer.Option(20, help="version swaps under load"),
-    mixed_requests: int = typer.Option(3000, help="predictions while updates and promotions run"),
+    bodies: str = typer.Option("json,npy,png", help="comma-separated body forms: json, npy, png"),
+    swaps: int = typer.Option(20, help="version swaps under load (0: skip)"),
+    mixed_requests: int = typer.Option(3000, help="predictions while updates and promotions run (0: skip)"),
+    gc_tuning: bool = typer.Option(True, help="the servers' garbage-collection tuning (off: CL_GC_FREEZE=false)"),
     out: Path | None = typer.Option(None, help="write load.json into this folder"),
 ) -> None:
-    """The service under bounded load on loopback: throughput and latency with micro-batching on and off, the
-    overhead over a bare forward pass, and failures during version swaps and while updates run."""
+    """The service under bounded load on loopback: throughput, latency and server CPU per request with
+    micro-batching on and off for JSON, .npy and PNG bodies, against the raw batched forward pass; the overhead over
+    a bare forward pass, and failures during version swaps and while updates run."""
     from clbench.load import measure
 
     with report.progress_bar() as bar:
@@ -335,6 +338,8 @@ def load(
             requests=requests,
             swaps=swaps,
             mixed_requests=mixed_requests,
+            bodies=[b for b in bodies.split(",") if b],
+            gc_tuned=gc_tuning,
             on_step=lambda s: bar.update(task, description=s),
         )
         bar.update(task, description="done", total=1, completed=1)
@@ -344,14 +349,16 @@ def load(
             (
                 b
                 for b in result.results
-                if b.architecture == r.architecture and not b.batching and b.concurrency == r.concurrency
+                if (b.architecture, b.body, b.concurrency) == (r.architecture, r.body, r.concurrency) and not b.batching
             ),
             None,
         )
         gain = r.throughput / base.throughput if base and r.batching and base.throughput else None
+        limit = result.forward_limit(r.architecture)
         rows.append(
             (
                 r.architecture,
+                r.body,
                 "on" if r.batching else "off",
                 r.concurrency,
                 r.requests,
@@ -359,44 +366,72 @@ def load(
                 report.fmt(r.throughput, 0),
                 report.fmt(r.p50_ms, 2),
                 report.fmt(r.p99_ms, 2),
+                report.fmt(r.p99_ms / r.p50_ms if r.p50_ms else None, 2),
+                report.fmt(r.cpu_ms_per_request, 3),
                 report.fmt(gain, 2),
+                report.fmt(100 * r.throughput / limit, 1),
             )
         )
+    gc_state = "on" if result.gc_tuned else "off"
     report.table(
-        "Predictions on loopback (one input per request)",
-        ["model", "batching", "clients", "requests", "failed", "req/s", "p50 ms", "p99 ms", "× throughput"],
+        f"Predictions on loopback (one input per request; garbage-collection tuning {gc_state})",
+        [
+            "model",
+            "body",
+            "batching",
+            "clients",
+            "requests",
+            "failed",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99/p50",
+            "server CPU ms/req",
+            "× throughput of batching off",
+            "% of forward limit",
+        ],
         rows,
     )
     report.table(
-        "Service overhead at one client (p50 latency − bare forward pass) and version swaps under load",
-        ["model", "bare forward ms", "forward ms per input at batch 32", "overhead ms", "failed during swaps"],
+        "The forward pass alone (one torch thread), the service's overhead at one client (p50 latency − bare forward "
+        "pass, first body form) and version swaps under load",
+        [
+            "model",
+            "bare forward ms",
+            "forward ms per input at batch 32",
+            "forward limit req/s",
+            "overhead ms",
+            "failed during swaps",
+        ],
         [
             (
                 a,
                 report.fmt(result.bare_forward_ms[a], 3),
                 report.fmt(result.batched_ms_per_input[a], 3),
-                report.fmt(result.overhead[a], 2),
+                report.fmt(result.forward_limit(a), 0),
+                report.fmt(result.overhead.get(a), 2),
                 result.swap_failures.get(a),
             )
-            for a in result.overhead
+            for a in result.bare_forward_ms
         ],
     )
     m = result.mixed
-    report.table(
-        "Predictions at 32 clients while updates and promotions run",
-        ["requests", "failed", "req/s", "p50 ms", "p99 ms", "updates", "promotions"],
-        [
-            (
-                m["requests"],
-                m["failed"],
-                report.fmt(m["throughput"], 0),
-                report.fmt(m["p50_ms"], 1),
-                report.fmt(m["p99_ms"], 1),
-                m["updates"],
-                m["promotions"],
-            )
-        ],
-    )
+    if m:
+        report.table(
+            "Predictions at 32 clients while updates and promotions run",
+            ["requests", "failed", "req/s", "p50 ms", "p99 ms", "updates", "promotions"],
+            [
+                (
+                    m["requests"],
+                    m["failed"],
+                    report.fmt(m["throughput"], 0),
+                    report.fmt(m["p50_ms"], 1),
+                    report.fmt(m["p99_ms"], 1),
+                    m["updates"],
+                    m["promotions"],
+                )
+            ],
+        )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "load.json").write_text(json.dumps(result.to_json(), indent=2))

@@ -2,20 +2,24 @@
 
 Starts its own `clserve` processes (embedded store in a temporary directory) and measures, in one run:
 
-* predict throughput and p50/p99 latency at concurrency 1, 8 and 32, micro-batching on and off, on the protocol
-  MLP and on the small CNN;
+* predict throughput, p50/p99 latency and the server's CPU time per request at concurrency 1, 8 and 32,
+  micro-batching on and off, with the same input sent as JSON, as an .npy array and as a PNG image, on the
+  protocol MLP and on the small CNN, against the raw batched forward pass of the same model as the limit;
 * the service's overhead at concurrency 1 over the bare forward pass of the same model;
 * requests failed while the live version is swapped 20 times under load, and while updates and promotions run
   during predictions at concurrency 32.
 
-Every load loop is bounded in requests and time and targets 127.0.0.1 only.
+Every load loop is bounded in requests and time and targets 127.0.0.1 only.  The server's CPU time is read from
+/proc (Linux): user + system time of the `clserve` process, all its threads, over the measurement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -28,10 +32,11 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from PIL import Image
 
 from cl_core.models import ModelSpec, build_model
 from registry import tensors
-from service.launcher import child_env, running_clserve
+from service.launcher import ClserveProcess, child_env, running_clserve
 
 ARCHITECTURES: dict[str, tuple[list[int], dict[str, Any]]] = {
     "mlp": ([784], {"hidden": [400, 400]}),
@@ -39,9 +44,14 @@ ARCHITECTURES: dict[str, tuple[list[int], dict[str, Any]]] = {
 }
 
 
+BODIES = ("json", "npy", "png")
+PREPROCESSING = {"mode": "L", "size": [28, 28]}  # MNIST-like: 28×28 grey, pixel / 255
+
+
 @dataclass
 class LoadResult:
     architecture: str
+    body: str
     batching: bool
     concurrency: int
     requests: int
@@ -49,10 +59,15 @@ class LoadResult:
     seconds: float
     p50_ms: float
     p99_ms: float
+    server_cpu_s: float = float("nan")
 
     @property
     def throughput(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1e3 * self.server_cpu_s / self.requests if self.requests else float("nan")
 
 
 @dataclass
@@ -63,20 +78,43 @@ class LoadReport:
     batched_ms_per_input: dict[str, float] = field(default_factory=dict)  # forward at batch 32, per input
     swap_failures: dict[str, int] = field(default_factory=dict)
     mixed: dict[str, Any] = field(default_factory=dict)
+    gc_tuned: bool = True
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for row, result in zip(data["results"], self.results, strict=True):
             row["throughput"] = result.throughput
+            row["cpu_ms_per_request"] = result.cpu_ms_per_request
         return data
+
+    def forward_limit(self, architecture: str) -> float:
+        """Inputs per second of the raw forward pass at batch 32 (one torch thread): what batching can approach."""
+        per_input = self.batched_ms_per_input.get(architecture)
+        return 1e3 / per_input if per_input else float("nan")
+
+
+@contextlib.contextmanager
+def serve_process(data_dir: Path, env: dict[str, str]) -> Iterator[ClserveProcess]:
+    """A `clserve` process on a free loopback port (warnings only in its log, which is discarded), stopped when the
+    block ends."""
+    with running_clserve(data_dir, args=["--log-level", "warning"], env=child_env(env)) as server:
+        yield server
 
 
 @contextlib.contextmanager
 def serve(data_dir: Path, env: dict[str, str]) -> Iterator[str]:
-    """A `clserve` process on a free loopback port (warnings only in its log, which is discarded), stopped when the
-    block ends; yields its base URL."""
-    with running_clserve(data_dir, args=["--log-level", "warning"], env=child_env(env)) as server:
+    """`serve_process`, yielding its base URL."""
+    with serve_process(data_dir, env) as server:
         yield server.url
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14 and 15)
 
 
 def weights_for(architecture: str, seed: int) -> tuple[bytes, torch.nn.Module]:
@@ -86,7 +124,8 @@ def weights_for(architecture: str, seed: int) -> tuple[bytes, torch.nn.Module]:
 
 
 def prepare_model(url: str, architecture: str) -> list[int]:
-    """Create a 10-class model and import two weight sets (versions 1 and 2, version 2 live)."""
+    """Create a 10-class model that also takes 28×28 grey images and import two weight sets (versions 1 and 2,
+    version 2 live)."""
     shape, options = ARCHITECTURES[architecture]
     with httpx.Client(base_url=url, timeout=60) as client:
         client.post(
@@ -97,6 +136,7 @@ def prepare_model(url: str, architecture: str) -> list[int]:
                 "input_shape": shape,
                 "options": options,
                 "classes": [str(i) for i in range(10)],
+                "preprocessing": PREPROCESSING,
             },
         ).raise_for_status()
         versions = []
@@ -110,20 +150,55 @@ def prepare_model(url: str, architecture: str) -> list[int]:
         return versions
 
 
+def sample_pixels(seed: int = 0) -> np.ndarray:
+    """One 28×28 grey image."""
+    return np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)
+
+
 def sample_input(architecture: str, seed: int = 0) -> list[Any]:
+    """The image's pixels / 255 shaped for the model, to 3 decimals (as JSON clients commonly round)."""
     shape, _ = ARCHITECTURES[architecture]
-    values: list[Any] = np.random.default_rng(seed).random(shape, dtype=np.float32).round(3).tolist()
+    values: list[Any] = (sample_pixels(seed) / 255).astype(np.float32).round(3).reshape(shape).tolist()
     return values
+
+
+@dataclass(frozen=True)
+class Body:
+    kind: str
+    content_type: str
+    data: bytes
+
+
+def bodies_for(architecture: str) -> dict[str, Body]:
+    """One input in each form: JSON and .npy carry the same numbers, the PNG the pixels they were made from."""
+    example = sample_input(architecture)
+    npy, png = io.BytesIO(), io.BytesIO()
+    np.save(npy, np.asarray([example], dtype=np.float32))
+    Image.fromarray(sample_pixels()).save(png, format="PNG")
+    return {
+        "json": Body("json", "application/json", json.dumps({"inputs": [example]}).encode()),
+        "npy": Body("npy", "application/x-npy", npy.getvalue()),
+        "png": Body("png", "image/png", png.getvalue()),
+    }
 
 
 class Driver:
     """``concurrency`` client threads, each with one keep-alive connection (http.client: a light client, so that
     the latency measured is the service's), sending until ``requests`` were sent, the deadline passed or `stop`."""
 
-    def __init__(self, url: str, path: str, body: bytes, concurrency: int, requests: int, deadline_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        body: bytes,
+        concurrency: int,
+        requests: int,
+        deadline_s: float,
+        content_type: str = "application/json",
+    ) -> None:
         host, port = url.removeprefix("http://").split(":")
         self.address = (host, int(port))
-        self.path, self.body = path, body
+        self.path, self.body, self.content_type = path, body, content_type
         self.concurrency, self.remaining, self.deadline_s = concurrency, requests, deadline_s
         self.latencies: list[float] = []
         self.failed = 0
@@ -140,7 +215,7 @@ class Driver:
 
     def _client(self, stop_at: float) -> None:
         conn = http.client.HTTPConnection(*self.address, timeout=30)
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": self.content_type}
         while time.monotonic() < stop_at and self._take():
             start = time.perf_counter()
             try:
@@ -173,8 +248,12 @@ class Driver:
         self._stop.set()
 
 
-def predict_driver(url: str, body: dict[str, Any], concurrency: int, requests: int, deadline_s: float) -> Driver:
-    return Driver(url, "/v1/models/bench/predict", json.dumps(body).encode(), concurrency, requests, deadline_s)
+def predict_driver(url: str, body: dict[str, Any] | Body, concurrency: int, requests: int, deadline_s: float) -> Driver:
+    """Predictions of ``body`` (a JSON object, or a `Body` of any form)."""
+    path = "/v1/models/bench/predict"
+    if isinstance(body, Body):
+        return Driver(url, path, body.data, concurrency, requests, deadline_s, body.content_type)
+    return Driver(url, path, json.dumps(body).encode(), concurrency, requests, deadline_s)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -182,14 +261,20 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def bare_forward_ms(model: torch.nn.Module, example: list[Any], repeats: int = 200, batch: int = 1) -> float:
-    """Median time of one forward pass over ``batch`` copies of ``example`` (ms)."""
+    """Median time of one forward pass over ``batch`` copies of ``example`` (ms), on one torch thread like the
+    servers measured."""
     x = torch.tensor([example] * batch, dtype=torch.float32)
     times = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.softmax(model(x), dim=1)
-            times.append(time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                torch.softmax(model(x), dim=1)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return 1e3 * statistics.median(times)
 
 
@@ -199,38 +284,61 @@ def measure(
     requests: int = 600,
     swaps: int = 20,
     mixed_requests: int = 2000,
+    bodies: Sequence[str] = BODIES,
+    gc_tuned: bool = True,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> LoadReport:
-    report = LoadReport()
+    """Everything `clbench load` prints (``swaps`` or ``mixed_requests`` 0: that part is skipped)."""
+    report = LoadReport(gc_tuned=gc_tuned)
     base_env = {"CL_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "CL_MAX_WAIT_MS": "2"}
+    if not gc_tuned:
+        base_env["CL_GC_FREEZE"] = "false"
     for architecture in architectures:
-        body = {"inputs": [sample_input(architecture)]}
+        forms = bodies_for(architecture)
         for batching in (True, False):
             env = {**base_env, "CL_MAX_BATCH_SIZE": "64" if batching else "1"}
-            with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), env) as url:
-                versions = prepare_model(url, architecture)
-                predict_driver(url, body, 4, 100, 30).run()  # warm-up
-                for concurrency in concurrencies:
-                    on_step(f"{architecture} batching={'on' if batching else 'off'} concurrency={concurrency}")
-                    d = predict_driver(url, body, concurrency, requests, 120).run()
-                    p50, p99 = 1e3 * percentile(d.latencies, 50), 1e3 * percentile(d.latencies, 99)
-                    report.results.append(
-                        LoadResult(architecture, batching, concurrency, len(d.latencies), d.failed, d.seconds, p50, p99)
-                    )
-                if batching:
+            with tempfile.TemporaryDirectory() as tmp, serve_process(Path(tmp), env) as server:
+                versions = prepare_model(server.url, architecture)
+                for kind in bodies:
+                    predict_driver(server.url, forms[kind], 4, 100, 30).run()  # warm-up
+                    for concurrency in concurrencies:
+                        on_step(f"{architecture} {kind} batching={'on' if batching else 'off'} clients={concurrency}")
+                        before = cpu_seconds(server.pid)
+                        d = predict_driver(server.url, forms[kind], concurrency, requests, 120).run()
+                        cpu = cpu_seconds(server.pid) - before
+                        p50, p99 = 1e3 * percentile(d.latencies, 50), 1e3 * percentile(d.latencies, 99)
+                        report.results.append(
+                            LoadResult(
+                                architecture,
+                                kind,
+                                batching,
+                                concurrency,
+                                len(d.latencies),
+                                d.failed,
+                                d.seconds,
+                                p50,
+                                p99,
+                                cpu,
+                            )
+                        )
+                if batching and swaps > 0:
                     on_step(f"{architecture}: {swaps} version swaps under load")
-                    report.swap_failures[architecture] = swap_under_load(url, body, versions, swaps)
+                    report.swap_failures[architecture] = swap_under_load(server.url, forms[bodies[0]], versions, swaps)
         _, model = weights_for(architecture, 2)
         report.bare_forward_ms[architecture] = bare_forward_ms(model, sample_input(architecture))
         report.batched_ms_per_input[architecture] = bare_forward_ms(model, sample_input(architecture), 50, 32) / 32
-        single = next(r for r in report.results if r.architecture == architecture and r.batching and r.concurrency == 1)
-        report.overhead[architecture] = single.p50_ms - report.bare_forward_ms[architecture]
-    on_step("predictions at concurrency 32 while updates and promotions run")
-    report.mixed = mixed_load(mixed_requests)
+        single = next(
+            (r for r in report.results if r.architecture == architecture and r.batching and r.concurrency == 1), None
+        )
+        if single is not None:
+            report.overhead[architecture] = single.p50_ms - report.bare_forward_ms[architecture]
+    if mixed_requests > 0:
+        on_step("predictions at concurrency 32 while updates and promotions run")
+        report.mixed = mixed_load(mixed_requests, gc_tuned=gc_tuned)
     return report
 
 
-def swap_under_load(url: str, body: dict[str, Any], versions: list[int], swaps: int) -> int:
+def swap_under_load(url: str, body: dict[str, Any] | Body, versions: list[int], swaps: int) -> int:
     """Failed predictions (8 clients) while the live version is promoted back and forth ``swaps`` times."""
     driver = predict_driver(url, body, 8, 10**9, 120)
     runner = threading.Thread(target=driver.run)
@@ -245,7 +353,7 @@ def swap_under_load(url: str, body: dict[str, Any], versions: list[int], swaps: 
     return driver.failed
 
 
-def mixed_load(requests: int) -> dict[str, Any]:
+def mixed_load(requests: int, *, gc_tuned: bool = True) -> dict[str, Any]:
     """Predictions at concurrency 32 on a trained model while updates (new samples) and promotions run."""
     from service.demo import demo_digits
 
@@ -255,6 +363,8 @@ def mixed_load(requests: int) -> dict[str, Any]:
         "CL_EPOCHS": "3",
         "CL_POLICY_MIN_SAMPLES_PER_NEW_CLASS": "50",
     }
+    if not gc_tuned:
+        env["CL_GC_FREEZE"] = "false"
     inputs, labels = demo_digits([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     with (
         tempfile.TemporaryDirectory() as tmp,

@@ -43,6 +43,8 @@ class ModelRecord(_JSON):
     method_hparams: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=now)
     created_by: str | None = None
+    # how an image becomes an input (`cl_core.preprocessing.Preprocessing` JSON); None: the model takes no images
+    preprocessing: dict[str, Any] | None = None
 
 
 @dataclass

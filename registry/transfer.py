@@ -18,6 +18,7 @@ import json
 import zipfile
 from typing import Any
 
+from cl_core.preprocessing import Preprocessing
 from cl_core.validation import shown
 from registry import tensors
 from registry.base import Store
@@ -135,6 +136,13 @@ def _contents(manifest: dict[str, Any]) -> tuple[ModelRecord, list[VersionRecord
     """The model, its versions (oldest first), the live version and the experiences (version, update id) the
     manifest lists, every number and id checked (KeyError or TypeError when the manifest's shape is wrong)."""
     record = ModelRecord.from_json(manifest["model"])
+    if record.preprocessing is not None:  # it sizes every image the service decodes for this model
+        try:
+            spec = Preprocessing.from_json(record.preprocessing)
+            spec.check_input_shape(record.input_shape)
+        except ValueError as exc:
+            raise ValueError(f"the archive's model has an invalid preprocessing spec: {exc}") from exc
+        record.preprocessing = spec.to_json()
     versions = [VersionRecord.from_json(v) for v in manifest["versions"]]
     versions.sort(key=lambda v: check_version(v.version))
     live = manifest.get("live_version")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new application; nothing is loaded until its lifespan starts."""
+def create_app(settings: Settings | None = None, *, on_started: Callable[[], None] | None = None) -> FastAPI:
+    """A new application; nothing is loaded until its lifespan starts (``on_started`` runs once it has: `clserve`
+    tunes garbage collection there)."""
     settings = settings or Settings()
     registry = CollectorRegistry()
     api_metrics = ApiMetrics(registry)
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await run_in_threadpool(build_runtime, settings, registry, api_metrics)
         app.state.runtime = runtime
         await run_in_threadpool(start, runtime)
+        if on_started is not None:
+            on_started()
         try:
             yield
         finally:

@@ -26,11 +26,13 @@ async def parse_json(request: Request, model: type[Model]) -> Model:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
-def documented(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` declaring ``model`` as the route's required JSON body."""
+def documented(model: type[BaseModel], other_media: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` declaring ``model`` as the route's required JSON body (and ``other_media``: further
+    request-body content entries by media type)."""
     DOCUMENTED[model.__name__] = model
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    content = {"application/json": {"schema": schema}, **(other_media or {})}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def add_documented_schemas(openapi: dict[str, Any]) -> dict[str, Any]:

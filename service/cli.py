@@ -14,6 +14,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from service.app import create_app
+from service.gc_tuning import tune_for_serving
 from service.observability import DropQueryString
 from service.settings import Settings
 from worker.audit import install_handler as install_audit_handler
@@ -53,8 +54,9 @@ def main(
         raise typer.Exit(2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_audit_handler(sys.stdout)  # one JSON object per line, for log shippers
+    on_started = (lambda: tune_for_serving(settings.gc_young_threshold)) if settings.gc_freeze else None
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, on_started=on_started),
         host=settings.host,
         port=settings.port,
         log_level=log_level,

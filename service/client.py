@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,12 +27,56 @@ def _jsonable(inputs: Any) -> list[Any]:
     return np.asarray(inputs, dtype=np.float32).tolist() if not isinstance(inputs, list) else inputs
 
 
+def npy_inputs(inputs: Any) -> bytes | None:
+    """Inputs as an .npy file of float32, or None when they are no numeric array (ragged, strings, booleans): those
+    go as JSON, so that the service names the bad item."""
+    try:
+        array = np.asarray(inputs)
+    except ValueError:
+        return None
+    if array.dtype.kind not in "fiu":
+        return None
+    buffer = io.BytesIO()
+    with np.errstate(over="ignore"):  # beyond float32: ±Inf, which the service refuses like the JSON number
+        np.save(buffer, array.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npz_samples(inputs: Any, labels: Sequence[Any] | None) -> bytes | None:
+    """Samples as the .npz file the service reads (``inputs``, and ``labels`` unless all are None; '' marks an
+    unlabeled one), or None when they cannot be one (then they go as JSON)."""
+    npy = npy_inputs(inputs)
+    if npy is None:
+        return None
+    arrays = {"inputs": np.load(io.BytesIO(npy), allow_pickle=False)}
+    if labels is not None and any(label is not None for label in labels):
+        if any(isinstance(y, bool) or not isinstance(y, str | int | None) or y == "" for y in labels):
+            return None  # not a label: the service's JSON answer says which
+        if all(isinstance(y, int) and -(2**63) <= y < 2**63 for y in labels):
+            arrays["labels"] = np.asarray(labels, dtype=np.int64)
+        else:
+            arrays["labels"] = np.asarray(["" if y is None else str(y) for y in labels], dtype=np.str_)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
 class Client:
-    """``Client(url, key)`` or ``Client(http=httpx.Client(...))`` (tests pass a transport)."""
+    """``Client(url, key)`` or ``Client(http=httpx.Client(...))`` (tests pass a transport).
+
+    Inputs and samples travel as NumPy files (``application/x-npy``, ``application/x-npz``) unless ``binary`` is
+    False or they are no numeric array; then as JSON."""
 
     def __init__(
-        self, url: str | None = None, key: str | None = None, *, http: httpx.Client | None = None, timeout: float = 60
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 60,
+        binary: bool = True,
     ) -> None:
+        self.binary = binary
         url = url or os.environ.get("CL_URL", DEFAULT_URL)
         key = key or os.environ.get("CL_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -84,7 +129,10 @@ class Client:
     # -- data ------------------------------------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any, top_k: int | None = None) -> dict[str, Any]:
         params = {"top_k": top_k} if top_k else None
-        return self._call("POST", f"/v1/models/{name}/predict", json={"inputs": _jsonable(inputs)}, params=params)
+        path = f"/v1/models/{name}/predict"
+        if self.binary and (npy := npy_inputs(inputs)) is not None:
+            return self._call("POST", path, content=npy, headers={"Content-Type": "application/x-npy"}, params=params)
+        return self._call("POST", path, json={"inputs": _jsonable(inputs)}, params=params)
 
     def post_samples(
         self,
@@ -95,14 +143,21 @@ class Client:
         defer_update: bool = False,
         relabel: bool = False,
     ) -> dict[str, Any]:
-        """One durable batch; ``defer_update``: more of the same batch follows, so the update policy waits;
-        ``relabel`` (admin): the labels redefine classes, exempt from label screening."""
+        """One durable batch (an .npz body by default, JSON otherwise); ``defer_update``: more of the same batch
+        follows, so the update policy waits; ``relabel`` (admin): the labels redefine classes, exempt from label
+        screening."""
+        path = f"/v1/models/{name}/samples"
+        params: dict[str, str] = {}
+        if defer_update:
+            params["defer_update"] = "true"
+        if self.binary and not relabel and (npz := npz_samples(inputs, labels)) is not None:
+            headers = {"Content-Type": "application/x-npz"}
+            return self._call("POST", path, content=npz, headers=headers, params=params or None)
         rows = _jsonable(inputs)
         labels = list(labels) if labels is not None else [None] * len(rows)
         samples = [{"input": x, "label": y} for x, y in zip(rows, labels, strict=True)]
         body: dict[str, Any] = {"samples": samples, **({"relabel": True} if relabel else {})}
-        params = {"defer_update": "true"} if defer_update else None
-        return self._call("POST", f"/v1/models/{name}/samples", json=body, params=params)
+        return self._call("POST", path, json=body, params=params or None)
 
     def post_samples_chunked(
         self,

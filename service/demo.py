@@ -13,10 +13,13 @@ import time
 import uvicorn
 
 from service.client import Client, ServiceError
+from service.gc_tuning import freeze_heap
 from service.settings import Settings
 
 log = logging.getLogger("demo")
 DEMO_MODEL = "digits"
+DEMO_PREPROCESSING = {"mode": "L", "size": [28, 28], "scale": [0.0, 1.0], "mean": [0.0], "std": [1.0]}
+"""MNIST as the protocol scales it: 28×28 grey, pixel / 255, row by row into the 784 inputs."""
 
 
 def demo_digits(digits: list[int], split: str = "train") -> tuple[list[list[float]], list[str]]:
@@ -39,7 +42,9 @@ def run_demo(server: uvicorn.Server, settings: Settings) -> None:
             client.model(DEMO_MODEL)
             log.info("the demo model %r exists already; serving it", DEMO_MODEL)
         except ServiceError:
-            client.create_model(DEMO_MODEL, "mlp", [784], options={"hidden": [400, 400]})
+            client.create_model(
+                DEMO_MODEL, "mlp", [784], options={"hidden": [400, 400]}, preprocessing=DEMO_PREPROCESSING
+            )
             inputs, labels = demo_digits([0, 1, 2, 3, 4])
             # one request: the update policy then starts exactly one update, on all of it
             update_id = client.post_samples(DEMO_MODEL, inputs, labels).get("update_id")
@@ -52,6 +57,8 @@ def run_demo(server: uvicorn.Server, settings: Settings) -> None:
                 status["status"],
                 status["metrics"].get("accuracy"),
             )
+    if settings.gc_freeze:
+        freeze_heap()  # what the demo loaded (the data set's modules) stays: out of the collector's view too
     print(walkthrough(url, with_key=bool(settings.api_keys)), flush=True)
 
 
@@ -80,7 +87,8 @@ def walkthrough(url: str, *, with_key: bool = False) -> str:
     """What ``clserve --demo`` prints once the model serves: the commands to try, pointed at ``url``."""
     lines = [
         "",
-        f"The demo model 'digits' (MLP, 784 floats in [0, 1]) is serving digits 0-4 at {url}.",
+        "The demo model 'digits' (MLP, 784 floats in [0, 1], or a 28×28 grey PNG/JPEG) is serving digits 0-4 at "
+        f"{url}.",
         "In another terminal:",
         "",
     ]

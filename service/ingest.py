@@ -44,12 +44,17 @@ def to_tensor(values: Sequence[Any], input_shape: Sequence[int], field: str, whe
                     index=index,
                 )
         raise InvalidData(f"{field} do not form a batch of shape {list(shape)}", field=field)
+    check_finite(array, field, where)
+    return torch.from_numpy(array)
+
+
+def check_finite(array: np.ndarray, field: str, where: str = "{field}[{index}]") -> None:
+    """InvalidData naming the first input (row) with NaN or ±Inf, as values beyond float32's range become."""
     finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-    if not finite.all():  # values that overflow float32 become ±Inf here
+    if not finite.all():
         index = int(np.argmin(finite))
         place = where.format(field=field, index=index)
         raise InvalidData(f"{place} contains values that are not finite in float32", field=field, index=index)
-    return torch.from_numpy(array)
 
 
 def labels_of(raw: Sequence[Any]) -> list[str | None]:

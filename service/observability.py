@@ -18,8 +18,10 @@ from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cl_core.validation import shown
 from registry.signing import REASONS
 from service.errors import BodyTooLarge
+from service.media import ACCEPTED
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -185,6 +187,10 @@ class RequestGuard:
     compressed bodies, request metrics by route."""
 
     UPLOADS: ClassVar[dict[str, bytes]] = {"/weights": b"application/octet-stream", "/import": b"application/zip"}
+    MEDIA: ClassVar[dict[str, tuple[bytes, ...]]] = {
+        suffix: tuple(m.encode() for m in media) for suffix, media in ACCEPTED.items()
+    }
+    """Bodies other than JSON that a route takes, by the path's last segment (the routes' table: `service.media`)."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int, metrics: ApiMetrics | None) -> None:
         self.app, self.max_body, self.max_upload, self.metrics = app, max_body_bytes, max_upload_bytes, metrics
@@ -201,9 +207,11 @@ class RequestGuard:
                 status_holder["status"] = message["status"]
             await send(message)
 
-        upload = next((media for suffix, media in self.UPLOADS.items() if scope.get("path", "").endswith(suffix)), None)
+        path = scope.get("path", "")
+        upload = next((media for suffix, media in self.UPLOADS.items() if path.endswith(suffix)), None)
         limit = self.max_upload if upload is not None else self.max_body
-        problem = self._check_headers(scope, limit, upload or b"application/json")
+        accepted = (upload,) if upload is not None else self.MEDIA.get(path[path.rfind("/") :], (b"application/json",))
+        problem = self._check_headers(scope, limit, accepted)
         try:
             if problem is not None:
                 await _reply(send_wrapper, *problem)
@@ -217,7 +225,7 @@ class RequestGuard:
                 self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
     @staticmethod
-    def _check_headers(scope: Scope, limit: int, expected: bytes) -> tuple[int, str, str | None] | None:
+    def _check_headers(scope: Scope, limit: int, accepted: tuple[bytes, ...]) -> tuple[int, str, str | None] | None:
         if key_in_query(scope.get("query_string", b"")):
             return (
                 400,
@@ -242,12 +250,10 @@ class RequestGuard:
         if length == b"0":
             return None
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if (length is not None or b"transfer-encoding" in headers) and media != expected:
-            return (
-                415,
-                f"the body must be {expected.decode()}, got {media.decode() or 'no content type'}",
-                "content-type",
-            )
+        if (length is not None or b"transfer-encoding" in headers) and media not in accepted:
+            expected = " or ".join(m.decode() for m in accepted)
+            got = shown(media.decode("latin-1"), 80) if media else "no content type"
+            return 415, f"the body must be {expected}, got {got}", "content-type"
         return None
 
     @staticmethod

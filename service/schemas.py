@@ -33,6 +33,24 @@ class ErrorBody(BaseModel):
 
 
 # -- models ------------------------------------------------------------------------------------------------------
+class Preprocessing(Strict):
+    """How an image becomes an input (checked further by `cl_core.preprocessing`): converted to ``mode``, resized
+    to ``size``, pixel values 0-255 mapped linearly onto ``scale``, then (x − mean[c]) / std[c]; laid out channels
+    first (C, H, W) and reshaped to the input shape, whose size must be C·H·W (e.g. "L" at 28×28 → [784])."""
+
+    mode: Literal["L", "RGB"] = Field(description='"L": one grey channel; "RGB": three')
+    size: list[StrictInt] = Field(min_length=2, max_length=2, description="[height, width], each 1-4096")
+    scale: list[StrictFloat | StrictInt] = Field(
+        default_factory=lambda: [0.0, 1.0], min_length=2, max_length=2, description="[low, high] for pixels 0 and 255"
+    )
+    mean: list[StrictFloat | StrictInt] = Field(
+        default_factory=lambda: [0.0], min_length=1, max_length=3, description="one value, or one per channel"
+    )
+    std: list[StrictFloat | StrictInt] = Field(
+        default_factory=lambda: [1.0], min_length=1, max_length=3, description="one value, or one per channel"
+    )
+
+
 class ModelCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="becomes paths and keys: lowercase letters, digits, - and _")
     architecture: str = Field(max_length=64, description="a registered architecture: 'mlp', 'cnn' or an operator's own")
@@ -46,6 +64,9 @@ class ModelCreate(Strict):
     method: str = Field("auto", max_length=200, description="default update method: 'auto' or e.g. 'mas+replay+wa'")
     method_hparams: dict[str, Any] = Field(
         default_factory=dict, description="e.g. {'lam': 100, 'memory': {'per_class': 20}}"
+    )
+    preprocessing: Preprocessing | None = Field(
+        None, description="accept PNG and JPEG inputs, preprocessed so; absent: the model takes no images"
     )
 
 
@@ -71,6 +92,7 @@ class ModelInfo(BaseModel):
     options: dict[str, Any]
     method: str
     method_hparams: dict[str, Any]
+    preprocessing: Preprocessing | None = None
     classes: list[str]
     live_version: int | None
     versions: int

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from cl_core.models import ModelSpec, build_model
+from cl_core.preprocessing import Preprocessing
 from cl_core.trainer import resolve_device
 from registry import LivePointer, NotFound, Store, StoreError, Subscription
 from registry import tensors as st
@@ -41,6 +42,7 @@ class LiveModel:
     metrics: dict[str, Any]
     weights_sha256: str = ""  # of the stored weights it was built from (only when signing is on)
     promotion: PromotionRecord | None = None  # the signed record it was served under (None: signing is off)
+    preprocessing: Preprocessing | None = None  # the model's image preprocessing (None: it takes no images)
 
     def probabilities(self, inputs: Tensor) -> Tensor:
         """Softmax over the classes, computed on the serving device (inference mode)."""
@@ -193,7 +195,12 @@ class ModelServer:
             meta.metrics,
             digest,
             record,
+            self._preprocessing(name),
         )
+
+    def _preprocessing(self, name: str) -> Preprocessing | None:
+        spec = self.store.get_model(name).preprocessing
+        return None if spec is None else Preprocessing.from_json(spec)
 
     def _serve(self, live: LiveModel) -> None:
         self._swap(live.name, live)

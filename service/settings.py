@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 from worker.config import WorkerSettings
 
 Scope = Literal["predict", "train", "admin"]
+GC_YOUNG_THRESHOLD = 700
 SCOPE_RANK: dict[str, int] = {"predict": 0, "train": 1, "admin": 2}
 
 
@@ -34,6 +35,11 @@ class Settings(WorkerSettings):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="weights and model archives")
     max_samples_per_request: int = Field(10_000, ge=1)
     max_inputs_per_predict: int = Field(1024, ge=1)
+    max_image_pixels: int = Field(
+        25_000_000,
+        ge=1,
+        description="most pixels (width × height) decoded per request, all its images together: the bomb limit",
+    )
 
     # ingestion and the update policy
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of each labeled class kept for evaluation")
@@ -60,6 +66,14 @@ class Settings(WorkerSettings):
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(2.0, ge=0, description="wait this long for more requests, only under load")
     predict_queue_limit: int = Field(4096, ge=1, description="queued predict inputs per model before 503")
+
+    # garbage collection (`service.gc_tuning`)
+    gc_freeze: bool = Field(
+        True, description="clserve: freeze the start-up heap out of the cyclic collector's view (no long GC pauses)"
+    )
+    gc_young_threshold: int = Field(
+        GC_YOUNG_THRESHOLD, ge=100, description="allocations between young-generation collections (CPython: 700)"
+    )
 
     # metrics
     max_class_labels: int = Field(100, ge=0, description="per-class gauges only for models with at most this many")

@@ -27,6 +27,7 @@ def model_info(
         options=record.options,
         method=record.method,
         method_hparams=record.method_hparams,
+        preprocessing=None if record.preprocessing is None else schemas.Preprocessing(**record.preprocessing),
         classes=natural_order(classes),
         live_version=live,
         versions=versions,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from cl_core.models import ModelSpec, architectures, build_model
+from cl_core.preprocessing import Preprocessing
 from cl_core.validation import shown
 from registry import ModelRecord
 from registry.transfer import export_model, import_model
@@ -54,6 +55,14 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
         build_model(spec)  # the options and shape must build
     except ValueError as exc:
         raise ApiError(422, str(exc), field="method" if "method" in str(exc) else "options") from exc
+    preprocessing = None
+    if body.preprocessing is not None:
+        try:
+            image_spec = Preprocessing.from_json(body.preprocessing.model_dump())
+            image_spec.check_input_shape(body.input_shape)
+        except ValueError as exc:
+            raise ApiError(422, str(exc), field="preprocessing") from exc
+        preprocessing = image_spec.to_json()
     record = ModelRecord(
         name=body.name,
         architecture=body.architecture,
@@ -63,6 +72,7 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
         method=method,
         method_hparams=dict(body.method_hparams),
         created_by=caller.name,
+        preprocessing=preprocessing,
     )
     runtime.store.create_model(record)
     audit("model.created", actor=caller.name, model=record.name, architecture=record.architecture)

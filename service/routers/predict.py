@@ -1,4 +1,5 @@
-"""/v1/models/{name}/predict: micro-batched predictions from the live version."""
+"""/v1/models/{name}/predict: micro-batched predictions from the live version (JSON, .npy or images:
+`service.media`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import schemas
-from service.bodies import documented, parse_json
+from service.bodies import documented
 from service.deps import ModelName, PredictCaller, RuntimeDep
 from service.errors import ApiError
-from service.ingest import to_tensor
+from service.media import PREDICT_MEDIA, openapi_media, predict_inputs, read_predict
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
 
@@ -21,7 +22,7 @@ router = APIRouter(prefix="/v1/models", tags=["predict"])
     "/{name}/predict",
     response_model=schemas.PredictResponse,
     responses={404: {"model": schemas.ErrorBody}, 409: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody}},
-    openapi_extra=documented(schemas.PredictRequest),
+    openapi_extra=documented(schemas.PredictRequest, openapi_media(PREDICT_MEDIA)),
 )
 async def predict(
     name: ModelName,
@@ -30,14 +31,12 @@ async def predict(
     _: PredictCaller,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="also return the k most probable labels")] = None,
 ) -> schemas.PredictResponse:
-    body = await parse_json(request, schemas.PredictRequest)
+    body = await read_predict(request)
     live = runtime.server.current(name)
     if live is None:
         await run_in_threadpool(runtime.store.get_model, name)  # 404 for an unknown model
         raise ApiError(409, f"model {name!r} has no live version yet: post samples and run an update first")
-    if len(body.inputs) > runtime.settings.max_inputs_per_predict:
-        raise ApiError(413, f"at most {runtime.settings.max_inputs_per_predict} inputs per request", field="inputs")
-    inputs = to_tensor(body.inputs, live.input_shape, "inputs")
+    inputs = await predict_inputs(body, live, runtime.settings)
     live, probs = await runtime.batchers.get(name).infer(inputs)
     runtime.api_metrics.predictions.labels(name, str(live.version)).inc(len(inputs))
     best_p, best_i = probs.max(dim=1)

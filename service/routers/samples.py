@@ -11,11 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from cl_core.labels import natural_order
 from service import schemas
 from service.auth import Principal
-from service.bodies import documented, parse_json
+from service.bodies import documented
 from service.deps import ModelName, RuntimeDep, TrainCaller
 from service.errors import ApiError
 from service.idempotency import IdempotencyKey, digest, keep, replay
-from service.ingest import labels_of, to_tensor
+from service.media import SAMPLES_MEDIA, Upload, decode_samples, openapi_media, read_samples
 from service.runtime import Runtime
 from worker.audit import audit
 from worker.deletion import forget_samples
@@ -43,7 +43,7 @@ DeferUpdate = Annotated[
         422: {"model": schemas.ErrorBody},
         429: {"model": schemas.ErrorBody},
     },
-    openapi_extra=documented(schemas.SamplesRequest),
+    openapi_extra=documented(schemas.SamplesRequest, openapi_media(SAMPLES_MEDIA)),
 )
 async def post_samples(
     name: ModelName,
@@ -52,17 +52,19 @@ async def post_samples(
     caller: TrainCaller,
     idempotency_key: IdempotencyKey = None,
     defer_update: DeferUpdate = False,
+    label: Annotated[str | None, Query(max_length=200, description="the label of a single image body")] = None,
 ) -> schemas.SamplesResponse:
-    """Accept samples (label absent or null = unlabeled).  New labels are new classes: the head grows at the next
-    update.  A share of each labeled class is held out for evaluation.  The update policy may start an update,
-    unless ``defer_update`` says that more samples follow."""
-    body = await parse_json(request, schemas.SamplesRequest)
+    """Accept samples (label absent or null = unlabeled) as JSON, an .npz file, an image or a form of images
+    (`service.media`).  New labels are new classes: the head grows at the next update.  A share of each labeled
+    class is held out for evaluation.  The update policy may start an update, unless ``defer_update`` says that
+    more samples follow."""
+    body = await read_samples(request, label)
     return await run_in_threadpool(ingest, name, body, runtime, caller, idempotency_key, defer_update)
 
 
 def ingest(
     name: str,
-    body: schemas.SamplesRequest,
+    body: schemas.SamplesRequest | Upload,
     runtime: Runtime,
     caller: Principal,
     idempotency_key: str | None,
@@ -71,17 +73,16 @@ def ingest(
     """Store the samples (blocking I/O: runs in the thread pool); the update policy looks at everything pending
     once they are stored, unless ``defer_update``."""
     store, settings = runtime.store, runtime.settings
-    if body.relabel and not caller.allows("admin"):
+    relabel = isinstance(body, schemas.SamplesRequest) and body.relabel  # a JSON flag (binary forms never relabel)
+    if relabel and not caller.allows("admin"):
         raise ApiError(403, f"this key has the {caller.scope!r} scope; \"relabel\" needs 'admin'", field="relabel")
     record = store.get_model(name)
+    batch = decode_samples(body, record, settings)
     # the flag is part of the request: the same key with and without it are different requests
-    request_digest = digest(f"{body.model_dump_json()}\0defer_update={defer_update}") if idempotency_key else ""
+    request_digest = digest(f"{batch.digest()}\0defer_update={defer_update}") if idempotency_key else ""
     if idempotency_key and (first := replay(store, name, "samples", idempotency_key, request_digest)) is not None:
         return schemas.SamplesResponse(**first)
-    if len(body.samples) > settings.max_samples_per_request:
-        raise ApiError(413, f"at most {settings.max_samples_per_request} samples per request", field="samples")
-    inputs = to_tensor([s.input for s in body.samples], record.input_shape, "input", "samples[{index}].input")
-    labels = labels_of([s.label for s in body.samples])
+    inputs, labels = batch.inputs, batch.labels
     before = store.pending_counts(name)
     waiting = before.total
     if waiting + len(labels) > settings.max_pending_samples:
@@ -95,7 +96,7 @@ def ingest(
     known = list(store.get_version(name, live).spec.get("classes", [])) if live is not None else list(record.classes)
     check_class_growth(labels, known, before.per_class, settings.max_classes, settings.max_new_classes_per_request)
     ids, held = store.append_samples(
-        name, inputs, labels, settings.holdout_fraction, request_key=idempotency_key, relabel=body.relabel
+        name, inputs, labels, settings.holdout_fraction, request_key=idempotency_key, relabel=relabel
     )
     labeled = sum(label is not None for label in labels)
     held_out = sum(held)
@@ -111,7 +112,7 @@ def ingest(
         labeled=labeled,
         held_out=held_out,
         new_classes=new_classes,
-        relabel=body.relabel,
+        relabel=relabel,
         first_id=ids[0],
         last_id=ids[-1],
     )

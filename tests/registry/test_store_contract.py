@@ -51,6 +51,15 @@ def test_models_are_created_listed_and_deleted(store: Store) -> None:
     assert [m.name for m in store.list_models()] == ["b"]
 
 
+def test_a_models_preprocessing_spec_is_kept(store: Store) -> None:
+    spec = {"mode": "L", "size": [28, 28], "scale": [0.0, 1.0], "mean": [0.0], "std": [1.0]}
+    store.create_model(ModelRecord(name="img", architecture="mlp", input_shape=[784], classes=[], preprocessing=spec))
+    store.create_model(model("plain"))
+    assert store.get_model("img").preprocessing == spec
+    assert store.get_model("plain").preprocessing is None
+    assert {m.name: m.preprocessing for m in store.list_models()} == {"img": spec, "plain": None}
+
+
 def test_versions_are_numbered_and_read_back_exactly(store: Store) -> None:
     store.create_model(model())
     weights = st.dumps({"w": torch.arange(6.0).reshape(2, 3)}, {"note": "x"})

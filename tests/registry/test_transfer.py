@@ -1,6 +1,7 @@
 """Export → import moves a model exactly (versions, method state, experiences, live pointer, pending samples)."""
 
 import io
+import json
 import zipfile
 
 import pytest
@@ -58,6 +59,39 @@ def test_bad_archives_are_rejected_and_leave_nothing(store: Store) -> None:
     with pytest.raises(ValueError, match="safetensors"):
         import_model(store, data.getvalue(), name="other")
     assert [m.name for m in store.list_models()] == ["m"]
+
+
+def test_the_preprocessing_spec_travels_and_a_hostile_one_is_refused(store: Store) -> None:
+    spec = {"mode": "RGB", "size": [4, 4], "scale": [-1.0, 1.0], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[48], classes=[], preprocessing=spec))
+    archive = export_model(store, "m")
+    assert import_model(store, archive, name="copy").preprocessing == spec
+    assert store.get_model("copy").preprocessing == spec
+
+    def with_spec(bad: object) -> bytes:
+        data = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(data, "w") as target:
+            for info in source.infolist():
+                content = source.read(info)
+                if info.filename == "manifest.json":
+                    manifest = json.loads(content)
+                    manifest["model"]["preprocessing"] = bad
+                    content = json.dumps(manifest).encode()
+                target.writestr(info, content)
+        return data.getvalue()
+
+    hostile = [
+        {**spec, "size": [100_000, 100_000]},  # every image would be resized to 10^10 pixels
+        {**spec, "size": [4, 5]},  # no longer fills the input shape
+        {**spec, "std": [0.0, 1.0, 1.0]},
+        {**spec, "mode": "CMYK"},
+        {**spec, "extra": 1},
+        "L",
+    ]
+    for bad in hostile:
+        with pytest.raises(ValueError, match="preprocessing"):
+            import_model(store, with_spec(bad), name="other")
+    assert sorted(m.name for m in store.list_models()) == ["copy", "m"]
 
 
 def test_a_model_moves_between_local_and_redis_stores(tmp_path, redis_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,25 @@ def test_an_unreachable_service_is_one_line_naming_the_address(tmp_path: Path) -
     assert result.returncode == 1 and result.stdout == "", result
     assert one_line_error(result.stderr), result.stderr
     assert f"cannot reach the service at {url}" in result.stderr and "CL_URL" in result.stderr
+
+
+def test_the_client_sends_numpy_files_and_json_only_when_it_must(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(policy_min_samples_per_new_class=10**6)  # one update, started below
+    sent: list[str] = []
+    client.event_hooks["request"].append(lambda request: sent.append(request.headers.get("content-type", "")))
+    binary, plain = Client(http=client), Client(http=client, binary=False)
+    plain.create_model("m", "mlp", [8], options={"hidden": [16]})
+    x, y = blobs(["a", "b"], 30)
+    answer = binary.post_samples("m", np.asarray(x), [7 if label == "a" else None for label in y])
+    assert sent[-1] == "application/x-npz" and (answer["labeled"], answer["unlabeled"]) == (30, 30)
+    answer = binary.post_samples("m", x, y)
+    assert sent[-1] == "application/x-npz" and answer["new_classes"] == ["a", "b"]
+    assert binary.wait_update("m", binary.start_update("m")["update_id"])["status"] == "succeeded"
+    assert binary.predict("m", x[:5], top_k=2) == plain.predict("m", x[:5], top_k=2)
+    assert sent[-2:] == ["application/x-npy", "application/json"]
+    with pytest.raises(ServiceError) as ragged:  # no array: sent as JSON, so that the service names the item
+        binary.predict("m", [x[0], x[1][:3]])
+    assert sent[-1] == "application/json" and (ragged.value.field, ragged.value.index) == ("inputs", 1)
+    with pytest.raises(ServiceError) as boolean:
+        binary.post_samples("m", x[:2], ["a", True])
+    assert sent[-1] == "application/json" and (boolean.value.field, boolean.value.index) == ("label", 1)
