@@ -193,7 +193,7 @@ def test_samples_in_every_form_store_the_same_tensors(client: TestClient) -> Non
     assert client.post("/v1/models/j/samples", json={"samples": samples}).status_code == 202
     answer = client.post("/v1/models/z/samples", content=npz(inputs=x, labels=np.asarray(labels)), headers=NPZ)
     assert answer.status_code == 202, answer.text
-    assert answer.json()["accepted"] == 10 and answer.json()["new_classes"] == ["top", "bottom"]
+    assert answer.json()["accepted"] == 10 and answer.json()["new_classes"] == ["bottom", "top"]  # natural order
     form = [("files", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(pixels)]
     answer = client.post("/v1/models/f/samples", files=form, data={"labels": labels})
     assert answer.status_code == 202, answer.text
