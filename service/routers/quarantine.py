@@ -11,8 +11,8 @@ from fastapi import APIRouter
 
 from service import schemas
 from service.deps import AdminCaller, ModelName, RuntimeDep, TrainCaller
+from service.policy_updates import known_classes, start_policy_update
 from worker.audit import audit
-from worker.scheduling import request_update
 
 router = APIRouter(prefix="/v1/models", tags=["samples"])
 
@@ -54,18 +54,8 @@ def release_quarantine(
     audit("samples.released", actor=caller.name, model=name, requested=len(body.ids), released=len(released))
     update_id = None
     if released:
-        live = store.live_version(name)
-        known = list(store.get_version(name, live).spec.get("classes", [])) if live is not None else []
-        reason = runtime.policy.reason(store.pending_counts(name), known)
-        if reason is not None:
-            update = request_update(
-                store,
-                runtime.executor,
-                name,
-                runtime.policy.method,
-                triggered_by=caller.name,
-                reason=reason,
-                merge=True,
-            )
-            update_id = update.update_id
+        record = store.get_model(name)
+        update_id = start_policy_update(
+            runtime, record, store.pending_counts(name), known_classes(runtime, record), caller.name
+        )
     return schemas.QuarantineReleased(released=released, update_id=update_id)

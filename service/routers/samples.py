@@ -16,11 +16,11 @@ from service.deps import ModelName, RuntimeDep, TrainCaller
 from service.errors import ApiError
 from service.idempotency import IdempotencyKey, digest, keep, replay
 from service.media import SAMPLES_MEDIA, Upload, decode_samples, openapi_media, read_samples
+from service.policy_updates import known_classes, start_policy_update
 from service.runtime import Runtime
 from worker.audit import audit
 from worker.deletion import forget_samples
 from worker.locking import LockLost
-from worker.scheduling import request_update
 
 router = APIRouter(prefix="/v1/models", tags=["samples"])
 
@@ -92,8 +92,7 @@ def ingest(
             "retry once an update has consumed them",
             headers={"Retry-After": "30"},
         )
-    live = store.live_version(name)
-    known = list(store.get_version(name, live).spec.get("classes", [])) if live is not None else list(record.classes)
+    known = known_classes(runtime, record)
     check_class_growth(labels, known, before.per_class, settings.max_classes, settings.max_new_classes_per_request)
     ids, held = store.append_samples(
         name, inputs, labels, settings.holdout_fraction, request_key=idempotency_key, relabel=relabel
@@ -116,21 +115,10 @@ def ingest(
         first_id=ids[0],
         last_id=ids[-1],
     )
-    update_id = None
     # before + this request saves reading the store again
-    reason = None if defer_update else runtime.policy.reason(before.plus(labels, held), known)
-    if reason is not None:
-        update = request_update(
-            store,
-            runtime.executor,
-            name,
-            runtime.policy.method,
-            triggered_by=caller.name,
-            reason=reason,
-            merge=True,  # joins a queued update, so the queue limit never refuses it
-            max_queued=settings.max_queued_updates,
-        )
-        update_id = update.update_id
+    update_id = (
+        None if defer_update else start_policy_update(runtime, record, before.plus(labels, held), known, caller.name)
+    )
     answer = schemas.SamplesResponse(
         accepted=len(labels),
         labeled=labeled,
