@@ -18,9 +18,11 @@ from registry.records import (
     LivePointer,
     LockHolder,
     ModelRecord,
+    Page,
     Promotion,
     QuarantineRecord,
     UpdateRecord,
+    VersionCounts,
     VersionRecord,
 )
 from registry.samples import Claim, PendingCounts, SampleSet, holdout_flags
@@ -65,6 +67,7 @@ __all__ = [
     "LockHolder",
     "ModelRecord",
     "NotFound",
+    "Page",
     "PendingCounts",
     "Promotion",
     "QuarantineRecord",
@@ -76,6 +79,7 @@ __all__ = [
     "StoreUnavailable",
     "Subscription",
     "UpdateRecord",
+    "VersionCounts",
     "VersionRecord",
     "holdout_flags",
     "open_store",

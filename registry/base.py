@@ -30,8 +30,10 @@ from registry.records import (
     LivePointer,
     LockHolder,
     ModelRecord,
+    Page,
     QuarantineRecord,
     UpdateRecord,
+    VersionCounts,
     VersionRecord,
 )
 from registry.samples import Claim, PendingCounts, SampleSet
@@ -102,7 +104,27 @@ class Store(ABC):
 
     @abstractmethod
     def list_versions(self, name: str) -> list[VersionRecord]:
-        """All versions, oldest first."""
+        """All versions, oldest first (reads every record: for callers that need them all, e.g. export)."""
+
+    @abstractmethod
+    def versions_page(self, name: str, *, limit: int, before: int | None = None) -> Page[VersionRecord]:
+        """At most ``limit`` (≥ 1) versions numbered below ``before`` (None: from the newest), newest first, reading
+        only those records; ``Page.next`` is the ``before`` of the next page."""
+
+    @abstractmethod
+    def version_counts(self, name: str) -> VersionCounts:
+        """How many versions are stored and the newest number, from stored counters (no listing)."""
+
+    @abstractmethod
+    def pin_version(self, name: str, version: int, pinned: bool) -> VersionRecord:
+        """Pin (or unpin) a version: retention never deletes a pinned one.  Atomic with `prune_version`: a pin
+        either lands on the stored version (which then stays) or, the version being gone, raises NotFound."""
+
+    @abstractmethod
+    def prune_version(self, name: str, version: int, *, promotions: int) -> bool:
+        """Delete a version for retention, with its weights and state, unless (checked atomically with the
+        deletion) it is live, pinned, or was promoted more than ``promotions`` times (promoted since retention
+        looked).  Returns whether it was deleted (False also when it is gone already)."""
 
     @abstractmethod
     def read_weights(self, name: str, version: int) -> bytes: ...
@@ -278,7 +300,22 @@ class Store(ABC):
 
     @abstractmethod
     def list_updates(self, name: str) -> list[UpdateRecord]:
-        """Oldest first."""
+        """Every stored update, oldest first by (created_at, update_id) (reads every record)."""
+
+    @abstractmethod
+    def updates_page(self, name: str, *, limit: int, before: int | None = None) -> Page[UpdateRecord]:
+        """At most ``limit`` (≥ 1) updates stored before position ``before`` (None: from the newest), newest first
+        in the order the store created them; reads only those records."""
+
+    @abstractmethod
+    def active_updates(self, name: str) -> list[UpdateRecord]:
+        """The queued and running updates, in the order they were created, from a per-model index (as many
+        reads as there are such updates, whatever the history)."""
+
+    @abstractmethod
+    def trim_updates(self, name: str, keep_finished: int) -> int:
+        """Delete the records (and cancellation flags) of finished updates beyond the newest ``keep_finished``;
+        queued and running ones are never deleted.  Returns how many were deleted."""
 
     @abstractmethod
     def request_cancel(self, name: str, update_id: str) -> None:

@@ -7,6 +7,8 @@ Layout (format 1, recorded in ``FORMAT``)::
     models/<name>/versions/<v>/meta.json        VersionRecord        ┐ written in a temporary directory,
     models/<name>/versions/<v>/model.safetensors                     │ then renamed into place: a version is
     models/<name>/versions/<v>/state.safetensors                     ┘ visible only once complete
+    models/<name>/versions/index.json           {"versions": [v, …]}: the stored numbers (counts and pages read
+                                                this, not the directory; rewritten by every commit and deletion)
     models/<name>/samples/<seq>.safetensors     one ingestion batch: inputs, with labels, ids, held-out flags,
                                                 arrival time and request key in its JSON metadata
     models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed, and
@@ -15,6 +17,8 @@ Layout (format 1, recorded in ``FORMAT``)::
     models/<name>/counters.json                 next batch and sample numbers, labeled samples per class
     models/<name>/deleted.json                  ids of samples deleted on request (tombstones)
     models/<name>/updates/<id>.json             UpdateRecord
+    models/<name>/update-order/<seq>.<id>       empty: the order updates were created in (pages list the names)
+    models/<name>/update-index.json             {"next": seq, "active": [id, …]}: queued and running updates
     models/<name>/answers/<digest>.json         idempotent answers with their expiry
 
 Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file; a crash
@@ -32,6 +36,7 @@ store's own (a real directory inside the folder holding the file the store wrote
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -53,11 +58,13 @@ from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
 from registry.names import (
     check_model_name,
+    check_page,
     check_request_key,
     check_sample_ids,
     check_update_id,
     check_version,
     is_model_name,
+    is_update_id,
     tombstones,
 )
 from registry.records import (
@@ -65,9 +72,11 @@ from registry.records import (
     LivePointer,
     LockHolder,
     ModelRecord,
+    Page,
     Promotion,
     QuarantineRecord,
     UpdateRecord,
+    VersionCounts,
     VersionRecord,
 )
 from registry.samples import (
@@ -154,6 +163,8 @@ class LocalStore(Store):
         self._fences: dict[str, int] = {}
         self._request_index: dict[str, dict[str, int]] = {}  # name → request key → batch seq (rebuilt on open)
         self._pruned: dict[str, float] = {}  # name → when expired answers were last removed
+        self._indexed: set[str] = set()  # models whose version index this process checked against the directory
+        self._update_indexed: set[str] = set()  # …and whose update index it checked
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _lock(self, name: str) -> threading.RLock:
@@ -242,10 +253,34 @@ class LocalStore(Store):
 
     # -- versions -------------------------------------------------------------------------------------------------
     def _versions(self, name: str) -> list[int]:
+        """The stored version numbers, ascending, from the directory itself (what the index is rebuilt from)."""
         vdir = self._dir(name) / "versions"
         if not vdir.exists():
             return []
         return sorted(int(p.name) for p in vdir.iterdir() if p.name.isdigit() and (p / "meta.json").exists())
+
+    def _reindex_versions(self, name: str) -> list[int]:
+        """Write versions/index.json from the directory (under the model's lock: after every commit and deletion,
+        and once per process per model, which repairs an index a crash left behind a rename)."""
+        numbers = self._versions(name)
+        path = self._dir(name) / "versions" / "index.json"
+        if not path.exists() or _read_json(path).get("versions") != numbers:
+            _write_json(path, {"versions": numbers})
+        self._indexed.add(name)
+        return numbers
+
+    def _version_index(self, name: str) -> list[int]:
+        """The stored version numbers, ascending, read from the index (one small file, no listing)."""
+        path = self._dir(name) / "versions" / "index.json"
+        if name not in self._indexed:
+            with self._lock(name):
+                return self._reindex_versions(name)
+        try:
+            numbers: list[int] = _read_json(path)["versions"]
+        except FileNotFoundError:  # the model was deleted (and maybe created again) since
+            with self._lock(name):
+                return self._reindex_versions(name)
+        return numbers
 
     def _check_fence(self, name: str, fence: int | None) -> None:
         if fence is not None and fence != self._fences.get(name):
@@ -267,7 +302,7 @@ class LocalStore(Store):
             self._check_fence(name, fence)
             vdir = self._dir(name) / "versions"
             vdir.mkdir(exist_ok=True)
-            last = max(self._versions(name), default=self._counters(name).get("last_version", 0))
+            last = max([*self._versions(name), int(self._counters(name).get("last_version", 0))])
             if number is not None and number <= last:
                 raise Conflict(f"version {number} of {name!r} is not after the newest ({last})")
             record.version = number if number is not None else last + 1
@@ -284,6 +319,7 @@ class LocalStore(Store):
             counters = self._counters(name)
             counters["last_version"] = record.version  # numbers are never reused, even after retention
             self._write_counters(name, counters)
+            self._reindex_versions(name)
         return record
 
     def get_version(self, name: str, version: int) -> VersionRecord:
@@ -292,6 +328,24 @@ class LocalStore(Store):
     def list_versions(self, name: str) -> list[VersionRecord]:
         with self._lock(name):
             return [self.get_version(name, v) for v in self._versions(name)]
+
+    def versions_page(self, name: str, *, limit: int, before: int | None = None) -> Page[VersionRecord]:
+        limit, before = check_page(limit, before)
+        numbers = self._version_index(name)
+        below = numbers[: bisect.bisect_left(numbers, before)] if before is not None else numbers
+        chosen = below[::-1][:limit]
+        records = []
+        for v in chosen:
+            try:
+                records.append(self.get_version(name, v))
+            except NotFound:  # deleted since the index was read
+                continue
+        more = len(below) > len(chosen)
+        return Page(records, chosen[-1] if more else None)
+
+    def version_counts(self, name: str) -> VersionCounts:
+        numbers = self._version_index(name)
+        return VersionCounts(len(numbers), numbers[-1] if numbers else None)
 
     def read_weights(self, name: str, version: int) -> bytes:
         return (self._version_dir(name, version) / "model.safetensors").read_bytes()
@@ -303,14 +357,40 @@ class LocalStore(Store):
         with self._lock(name):
             write_atomic(self._version_dir(name, version) / "state.safetensors", state)
 
+    def _remove_version(self, name: str, path: Path, version: int) -> None:
+        graveyard = path.parent / f".deleted-{version}-{uuid.uuid4().hex}"
+        os.rename(path, graveyard)  # atomic: the version vanishes at once, then its files go
+        self._reindex_versions(name)
+        self._remove_own(graveyard, "meta.json")
+
     def delete_version(self, name: str, version: int) -> None:
         with self._lock(name):
             path = self._version_dir(name, version)
             if self.live_version(name) == version:
                 raise Conflict(f"version {version} of {name!r} is live; promote another one first")
-            graveyard = path.parent / f".deleted-{version}-{uuid.uuid4().hex}"
-            os.rename(path, graveyard)
-            self._remove_own(graveyard, "meta.json")
+            self._remove_version(name, path, version)
+
+    def pin_version(self, name: str, version: int, pinned: bool) -> VersionRecord:
+        with self._lock(name):  # the lock `prune_version` holds: a pin lands before its check or finds it gone
+            meta_path = self._version_dir(name, version) / "meta.json"
+            meta = _read_json(meta_path)
+            if bool(meta.get("pinned")) != pinned:
+                meta["pinned"] = pinned
+                _write_json(meta_path, meta)
+            return VersionRecord.from_json(meta)
+
+    def prune_version(self, name: str, version: int, *, promotions: int) -> bool:
+        with self._lock(name):
+            try:
+                path = self._version_dir(name, version)
+            except NotFound:
+                return False
+            meta = _read_json(path / "meta.json")
+            promoted_since = len(meta.get("promotions") or []) > promotions
+            if meta.get("pinned") or promoted_since or self.live_version(name) == version:
+                return False
+            self._remove_version(name, path, version)
+            return True
 
     # -- live pointer ---------------------------------------------------------------------------------------------
     def live_version(self, name: str) -> int | None:
@@ -666,9 +746,61 @@ class LocalStore(Store):
             return tally_pending(aside.pending(self._metas(name, aside.carried_batches), unconsumed))
 
     # -- updates --------------------------------------------------------------------------------------------------
+    def _update_order(self, name: str) -> Path:
+        return self._dir(name) / "update-order"
+
+    def _order_entries(self, name: str) -> list[tuple[int, str]]:
+        """(sequence number, update id) of every stored update, ascending: the names in update-order/ (a listing
+        of names, no record is read)."""
+        odir = self._update_order(name)
+        entries = []
+        for entry in os.scandir(odir) if odir.exists() else ():
+            seq, _, update_id = entry.name.partition(".")
+            if seq.isdigit() and is_update_id(update_id):
+                entries.append((int(seq), update_id))
+        return sorted(entries)
+
+    def _update_index(self, name: str) -> dict[str, Any]:
+        """{"next": the next sequence number, "active": ids of queued and running updates}, from
+        update-index.json; a store written before the index existed gets one built from its records, once."""
+        path = self._dir(name) / "update-index.json"
+        if path.exists():
+            index: dict[str, Any] = _read_json(path)
+            return index
+        records = [UpdateRecord.from_json(_read_json(p)) for p in (self._dir(name) / "updates").glob("*.json")]
+        records.sort(key=lambda r: (r.created_at, r.update_id))
+        odir = self._update_order(name)
+        for old in os.scandir(odir) if odir.exists() else ():  # a rebuild a crash interrupted
+            Path(old.path).unlink(missing_ok=True)
+        for seq, record in enumerate(records, 1):
+            write_atomic(odir / f"{seq:012d}.{record.update_id}", b"")
+        index = {"next": len(records) + 1, "active": [r.update_id for r in records if not r.finished]}
+        _write_json(path, index)
+        return index
+
+    def _write_update_index(self, name: str, index: dict[str, Any]) -> None:
+        _write_json(self._dir(name) / "update-index.json", index)
+
     def put_update(self, record: UpdateRecord) -> None:
-        with self._lock(record.model):
-            _write_json(self._update_path(record.model, record.update_id, ".json"), record.to_json())
+        name = record.model
+        with self._lock(name):
+            path = self._update_path(name, record.update_id, ".json")
+            index = self._update_index(name)
+            active = record.update_id in index["active"]
+            if not path.exists():  # a new record: its place in the order, then the index, then the record
+                seq = int(index["next"])
+                write_atomic(self._update_order(name) / f"{seq:012d}.{record.update_id}", b"")
+                index["next"] = seq + 1
+                if not record.finished:
+                    index["active"].append(record.update_id)
+                self._write_update_index(name, index)
+            elif not record.finished and not active:
+                index["active"].append(record.update_id)
+                self._write_update_index(name, index)
+            _write_json(path, record.to_json())
+            if record.finished and active:  # after the record: a crash leaves an entry readers filter out
+                index["active"].remove(record.update_id)
+                self._write_update_index(name, index)
 
     def get_update(self, name: str, update_id: str) -> UpdateRecord:
         path = self._update_path(name, update_id, ".json")
@@ -683,6 +815,20 @@ class LocalStore(Store):
     def cancel_requested(self, name: str, update_id: str) -> bool:
         return self._update_path(name, update_id, ".cancel").exists()
 
+    def _records(self, name: str, ids: Sequence[str]) -> list[UpdateRecord]:
+        """The stored records among ``ids`` (gone ones skipped), in that order."""
+        out = []
+        for update_id in ids:
+            path = self._update_path(name, update_id, ".json")
+            if path.exists():
+                out.append(UpdateRecord.from_json(_read_json(path)))
+        return out
+
+    def active_updates(self, name: str) -> list[UpdateRecord]:
+        with self._lock(name):
+            records = self._records(name, self._update_index(name)["active"])
+        return sorted((r for r in records if not r.finished), key=lambda r: (r.created_at, r.update_id))
+
     def create_update(
         self, record: UpdateRecord, *, max_queued: int | None = None, join_queued: bool = False
     ) -> UpdateRecord:
@@ -693,7 +839,7 @@ class LocalStore(Store):
                 return self.get_update(record.model, record.update_id)
             except NotFound:
                 pass
-            queued = [u for u in self.list_updates(record.model) if u.status == "queued"]  # oldest first
+            queued = [u for u in self.active_updates(record.model) if u.status == "queued"]  # oldest first
             if join_queued and queued:
                 return queued[-1]
             if max_queued is not None and len(queued) >= max_queued:
@@ -705,6 +851,34 @@ class LocalStore(Store):
         udir = self._dir(name) / "updates"
         records = [UpdateRecord.from_json(_read_json(p)) for p in udir.glob("*.json")] if udir.exists() else []
         return sorted(records, key=lambda r: (r.created_at, r.update_id))
+
+    def updates_page(self, name: str, *, limit: int, before: int | None = None) -> Page[UpdateRecord]:
+        limit, before = check_page(limit, before)
+        with self._lock(name):
+            self._update_index(name)  # built for a store that predates it
+        entries = [e for e in self._order_entries(name) if before is None or e[0] < before]
+        chosen = entries[::-1][:limit]
+        records = self._records(name, [update_id for _, update_id in chosen])  # deleted since: skipped
+        return Page(records, chosen[-1][0] if len(entries) > len(chosen) else None)
+
+    def trim_updates(self, name: str, keep_finished: int) -> int:
+        if keep_finished < 0:
+            raise ValueError(f"keep_finished must be at least 0, got {keep_finished}")
+        with self._lock(name):
+            index = self._update_index(name)
+            still = {r.update_id for r in self._records(name, index["active"]) if not r.finished}
+            if still != set(index["active"]):  # drop entries a crash left behind
+                index["active"] = [i for i in index["active"] if i in still]
+                self._write_update_index(name, index)
+            entries = self._order_entries(name)
+            finished = [(seq, i) for seq, i in entries if i not in still]
+            deleted = 0
+            for seq, update_id in finished[: max(0, len(finished) - keep_finished)]:  # oldest first
+                self._update_path(name, update_id, ".json").unlink(missing_ok=True)
+                self._update_path(name, update_id, ".cancel").unlink(missing_ok=True)
+                (self._update_order(name) / f"{seq:012d}.{update_id}").unlink(missing_ok=True)
+                deleted += 1
+            return deleted
 
     # -- idempotent answers ----------------------------------------------------------------------------------------
     def _answer_path(self, name: str, key: str) -> Path:

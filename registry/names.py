@@ -12,7 +12,8 @@ imported archive or a broker message, is refused there too).  Every refusal is a
 * an update id becomes a file name: 1-64 ASCII letters, digits, ``-`` and ``_``;
 * a version number and a sample id are integers of the store's range, 1 to 2⁶³−1 (exemplar memories keep sample
   ids as int64); a sample id travels as its canonical decimal string (ASCII digits, no sign, no leading zero);
-* a request key is 1-200 printable ASCII characters without spaces.
+* a request key is 1-200 printable ASCII characters without spaces;
+* a page of a listing has a size of at least 1 and a position (a version or sequence number) in 1 to 2⁶³−1.
 """
 
 from __future__ import annotations
@@ -58,8 +59,12 @@ def check_model_name(name: object) -> str:
     return str(name)
 
 
+def is_update_id(update_id: object) -> bool:
+    return _matches(_UPDATE_ID, update_id)
+
+
 def check_update_id(update_id: object) -> str:
-    if not _matches(_UPDATE_ID, update_id):
+    if not is_update_id(update_id):
         raise InvalidIdentifier(f"invalid update id {shown(update_id)}: 1-64 letters, digits, '-' and '_'")
     return str(update_id)
 
@@ -70,6 +75,15 @@ def check_version(version: object, *, allow_zero: bool = False) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or not low <= version <= MAX_ID:
         raise InvalidIdentifier(f"invalid version {shown(version)}: an integer from {low} to {MAX_ID}")
     return version
+
+
+def check_page(limit: object, before: object) -> tuple[int, int | None]:
+    """A listing's page size (an integer ≥ 1) and position (None, or an integer from 1 to 2⁶³−1)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidIdentifier(f"invalid page size {shown(limit)}: an integer of at least 1")
+    if before is not None and (isinstance(before, bool) or not isinstance(before, int) or not 1 <= before <= MAX_ID):
+        raise InvalidIdentifier(f"invalid page position {shown(before)}: an integer from 1 to {MAX_ID}")
+    return limit, before
 
 
 def is_sample_id(value: object) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, Self
+from typing import Any, Generic, Literal, Self, TypeVar
 
 UpdateStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled", "skipped"]
 FINISHED: tuple[UpdateStatus, ...] = ("succeeded", "failed", "rejected", "cancelled", "skipped")
@@ -72,6 +72,33 @@ class VersionRecord(_JSON):
     triggered_by: str | None = None
     promotions: list[dict[str, Any]] = field(default_factory=list)  # Promotion JSON, oldest first
     created_at: float = field(default_factory=now)
+    pinned: bool = False  # an operator pinned it: version retention keeps it whatever its age
+
+    @property
+    def last_promoted(self) -> float | None:
+        """When it last went live (None: it never did)."""
+        return max((float(p.get("at") or 0.0) for p in self.promotions), default=None)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing, newest first; ``next`` is the position to pass as ``before`` for the next page (None:
+    this was the last).  Positions are version numbers for versions and the store's creation sequence numbers for
+    updates, so records created while a client pages are never returned twice and never shift a page."""
+
+    items: list[T]
+    next: int | None
+
+
+@dataclass(frozen=True)
+class VersionCounts:
+    """What a model summary says of its versions, read from stored counters (not by listing them)."""
+
+    count: int  # versions stored now (retention deletes old ones)
+    newest: int | None  # the highest version number stored
 
 
 @dataclass

@@ -63,7 +63,7 @@ COMMIT_VERSION = (
     CHUNKS
     + """
 -- KEYS: model, fence, vseq, versions, op
--- ARGV: fence|'', number|'', meta, weights mode, weights, state mode, state, prefix, quoted name, op ttl
+-- ARGV: fence|'', number|'', meta, weights mode, weights, state mode, state, prefix, quoted name, op ttl, pinned
 local done = redis.call('GET', KEYS[5])
 if done then return tonumber(done) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -91,6 +91,7 @@ local key = ARGV[8] .. 'v:' .. v
 put_payload(ARGV[8], key, 'weights', ARGV[4], ARGV[5])
 put_payload(ARGV[8], key, 'state', ARGV[6], ARGV[7])
 redis.call('HSET', key, 'meta', ARGV[3])
+if ARGV[11] == '1' then redis.call('HSET', key, 'pinned', '1') end
 redis.call('ZADD', KEYS[4], v, v)
 redis.call('SET', KEYS[3], v)
 redis.call('SET', KEYS[5], v, 'PX', ARGV[10])
@@ -119,6 +120,32 @@ DELETE_VERSION = (
 -- KEYS: version, live, versions, promotions   ARGV: version, prefix, message if absent, message if live
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[3]) end
 if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.error_reply('CONFLICT ' .. ARGV[4]) end
+drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'weights@'))
+drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'state@'))
+redis.call('UNLINK', KEYS[1], KEYS[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+)
+
+PIN_VERSION = """
+-- KEYS: version   ARGV: '1' pin / '0' unpin, message if absent
+-- The version's own hash holds the flag, so deleting the version deletes it, and `PRUNE_VERSION` reads it in the
+-- same step as it deletes: a pin lands on a stored version (which then stays) or finds it gone.
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND ' .. ARGV[2]) end
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'pinned', '1') else redis.call('HDEL', KEYS[1], 'pinned') end
+return 1
+"""
+
+PRUNE_VERSION = (
+    CHUNKS
+    + """
+-- KEYS: version, live, versions, promotions   ARGV: version, prefix, promotions retention saw
+-- Returns 1 deleted, 0 kept: gone already, live, pinned, or promoted since retention looked.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'pinned') == 1 then return 0 end
+if redis.call('LLEN', KEYS[4]) > tonumber(ARGV[3]) then return 0 end
 drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'weights@'))
 drop_chunks(ARGV[2], redis.call('HGET', KEYS[1], 'state@'))
 redis.call('UNLINK', KEYS[1], KEYS[4])
@@ -245,35 +272,85 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
-CREATE_UPDATE = """
--- KEYS: model, updates   ARGV: update id, record JSON, quoted name, max queued ('' none), join ('1' / '0')
+UPDATES = """
+local function put_update(keys, id, record, active)
+  -- keys: updates, useq, uorder, active.  A new id gets the next sequence number (its place in the order pages
+  -- follow); a queued or running one is in the active index, a finished one is not.
+  local seq = redis.call('ZSCORE', keys[3], id)
+  if not seq then
+    seq = redis.call('INCR', keys[2])
+    redis.call('ZADD', keys[3], seq, id)
+  end
+  redis.call('HSET', keys[1], id, record)
+  if active == '1' then redis.call('ZADD', keys[4], seq, id) else redis.call('ZREM', keys[4], id) end
+end
+"""
+
+PUT_UPDATE = (
+    UPDATES
+    + """
+-- KEYS: model, updates, useq, uorder, active   ARGV: update id, record JSON, quoted name, active ('1' / '0')
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
+end
+put_update({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV[1], ARGV[2], ARGV[4])
+return 1
+"""
+)
+
+CREATE_UPDATE = (
+    UPDATES
+    + """
+-- KEYS: model, updates, useq, uorder, active
+-- ARGV: update id, record JSON, quoted name, max queued ('' none), join ('1' / '0')
 -- Returns {'stored' | 'joined' | 'created', record JSON} or {'full', number queued}: the count and the write are
--- one step, so concurrent requests never queue more than the limit.
+-- one step, so concurrent requests never queue more than the limit.  Only the active index is read (queued and
+-- running updates), never the history.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
 end
 local stored = redis.call('HGET', KEYS[2], ARGV[1])
 if stored then return {'stored', stored} end
 local queued, newest, newest_at, newest_id = 0, nil, 0, ''
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  local raw = all[i + 1]
-  -- only a record containing the string "queued" can be queued: decode just those
-  if string.find(raw, '"queued"', 1, true) then
+local ids = redis.call('ZRANGE', KEYS[5], 0, -1)
+for _, id in ipairs(ids) do
+  local raw = redis.call('HGET', KEYS[2], id)
+  if raw then
     local update = cjson.decode(raw)
     if update.status == 'queued' then
       queued = queued + 1
       local at = tonumber(update.created_at) or 0
-      if not newest or at > newest_at or (at == newest_at and all[i] > newest_id) then
-        newest, newest_at, newest_id = raw, at, all[i]
+      if not newest or at > newest_at or (at == newest_at and id > newest_id) then
+        newest, newest_at, newest_id = raw, at, id
       end
     end
   end
 end
 if ARGV[5] == '1' and newest then return {'joined', newest} end
 if ARGV[4] ~= '' and queued >= tonumber(ARGV[4]) then return {'full', tostring(queued)} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+put_update({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV[1], ARGV[2], '1')
 return {'created', ARGV[2]}
+"""
+)
+
+TRIM_UPDATES = """
+-- KEYS: updates, uorder, active, cancel   ARGV: finished updates to keep
+-- Deletes the oldest finished updates beyond the newest ARGV[1]: among the oldest (excess + active) entries of the
+-- order at least `excess` are finished, so the work is bounded by what is deleted plus the active ones.
+local active = redis.call('ZCARD', KEYS[3])
+local excess = redis.call('ZCARD', KEYS[2]) - active - tonumber(ARGV[1])
+if excess <= 0 then return 0 end
+local deleted = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess + active - 1)) do
+  if deleted >= excess then break end
+  if not redis.call('ZSCORE', KEYS[3], id) then
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('SREM', KEYS[4], id)
+    redis.call('ZREM', KEYS[2], id)
+    deleted = deleted + 1
+  end
+end
+return deleted
 """
 
 REQUEST_CANCEL = """

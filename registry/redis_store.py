@@ -11,7 +11,8 @@ keeps a model's keys in one slot)::
                                        unsigned), changed by the same script as the pointer
     P versions / P vseq        ZSET    committed version numbers / STRING the last number ever given (never reused)
     P v:<n>                    HASH    meta (VersionRecord JSON), weights / state (safetensors bytes) or, above the
-                                       chunk size, weights@ / state@ = "<blob> <count>" naming P blob:<blob>:<i>
+                                       chunk size, weights@ / state@ = "<blob> <count>" naming P blob:<blob>:<i>;
+                                       pinned = "1" while an operator pins it (retention keeps it)
     P v:<n>:promotions         LIST    Promotion JSON, oldest first
     P blob:<blob>:<i>          STRING  one chunk of a large value (written with an expiry, made permanent by the
                                        commit that references it, so an interrupted commit leaves nothing behind)
@@ -32,6 +33,9 @@ keeps a model's keys in one slot)::
                                        (canonical decimals; `repair_deleted_ids` drops anything else)
     P updates / P cancel               update id → UpdateRecord JSON / ids flagged for cancellation (a new update
                                        is stored by a script that counts the queued ones: the queue limit)
+    P useq / P uorder / P active       the last update sequence number / ZSET every update id by its sequence
+                                       number (pages, trimming) / ZSET the queued and running ones (the queue
+                                       limit reads only these), all changed with the record by one script
     P answer:<sha256>          STRING  remembered answers (with their expiry)
     P lock / P fence           STRING  the update lock "<token> <owner>" (with expiry) / the newest fencing token
     P op:<id>                  STRING  result of a finished script call, so a call retried after a lost reply
@@ -77,6 +81,7 @@ from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.names import (
     check_model_name,
+    check_page,
     check_request_key,
     check_sample_ids,
     check_update_id,
@@ -89,8 +94,10 @@ from registry.records import (
     LivePointer,
     LockHolder,
     ModelRecord,
+    Page,
     QuarantineRecord,
     UpdateRecord,
+    VersionCounts,
     VersionRecord,
 )
 from registry.redis_notify import Notifier
@@ -201,6 +208,7 @@ class RedisStore(Store):
         db = self._redis.connection_pool.connection_kwargs.get("db", 0)
         self.channel = f"{prefix}:db{db}:live"  # pub/sub ignores database numbers: the channel names one
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._update_indexed: set[str] = set()  # models whose update indexes this process found complete
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
@@ -209,6 +217,10 @@ class RedisStore(Store):
                 "commit_version": scripts.COMMIT_VERSION,
                 "rewrite_state": scripts.REWRITE_STATE,
                 "delete_version": scripts.DELETE_VERSION,
+                "pin_version": scripts.PIN_VERSION,
+                "prune_version": scripts.PRUNE_VERSION,
+                "put_update": scripts.PUT_UPDATE,
+                "trim_updates": scripts.TRIM_UPDATES,
                 "promote": scripts.PROMOTE,
                 "ack": scripts.ACK,
                 "quarantine": scripts.QUARANTINE,
@@ -409,7 +421,7 @@ class RedisStore(Store):
         keys.append(self._k(name, "op", uuid.uuid4().hex))
         meta = json.dumps(record.to_json())
         args: list[Any] = ["" if fence is None else str(fence), "" if number is None else str(number), meta]
-        args += [w_mode, w_value, s_mode, s_value, self._p(name), repr(name), OP_TTL_MS]
+        args += [w_mode, w_value, s_mode, s_value, self._p(name), repr(name), OP_TTL_MS, "1" if record.pinned else "0"]
         try:
             record.version = int(self._run("commit_version", keys, args))
         except BaseException:
@@ -428,38 +440,69 @@ class RedisStore(Store):
     @_translated
     def get_version(self, name: str, version: int) -> VersionRecord:
         check_version(version, allow_zero=True)
+        [found] = self._records_of(name, [version], self._read)
+        if found is None:
+            raise NotFound(f"model {name!r} has no version {version}")
+        return found
+
+    def _records_of(
+        self, name: str, versions: Sequence[int], read: Callable[[str, Callable[[Pipeline], object]], list[Any]]
+    ) -> list[VersionRecord | None]:
+        """The records of ``versions`` (None for one that is gone), read in one transaction by ``read``."""
 
         def queue(pipe: Pipeline) -> None:
-            pipe.hget(self._k(name, "v", version), "meta")
-            pipe.lrange(self._k(name, "v", version, "promotions"), 0, -1)
+            for v in versions:
+                pipe.hmget(self._k(name, "v", v), ["meta", "pinned"])
+                pipe.lrange(self._k(name, "v", v, "promotions"), 0, -1)
 
-        meta, promotions = self._read(name, queue)
-        if meta is None:
-            raise NotFound(f"model {name!r} has no version {version}")
-        return self._version_record(version, meta, promotions)
+        replies = read(name, queue) if versions else []
+        out: list[VersionRecord | None] = []
+        for i, v in enumerate(versions):
+            (meta, pinned), promotions = replies[2 * i], replies[2 * i + 1]
+            out.append(None if meta is None else self._version_record(v, meta, promotions, pinned is not None))
+        return out
 
     @staticmethod
-    def _version_record(version: int, meta: bytes, promotions: list[bytes]) -> VersionRecord:
+    def _version_record(version: int, meta: bytes, promotions: list[bytes], pinned: bool) -> VersionRecord:
         record = VersionRecord.from_json(json.loads(meta))
         record.version = version
         record.promotions = [json.loads(p) for p in promotions]
+        record.pinned = pinned  # the flag lives beside the metadata (pinning does not rewrite it)
         return record
+
+    def _unchecked(self, name: str, queue: Callable[[Pipeline], object]) -> list[Any]:
+        """Replies of the commands ``queue`` adds, in one transaction (the model's existence checked before)."""
+        pipe = self._redis.pipeline(transaction=True)
+        queue(pipe)
+        replies: list[Any] = pipe.execute()
+        return replies
 
     @_translated
     def list_versions(self, name: str) -> list[VersionRecord]:
         [numbers] = self._read(name, lambda pipe: pipe.zrange(self._k(name, "versions"), 0, -1))
-        versions = [int(n) for n in numbers]
-        pipe = self._redis.pipeline(transaction=True)
-        for v in versions:
-            pipe.hget(self._k(name, "v", v), "meta")
-            pipe.lrange(self._k(name, "v", v, "promotions"), 0, -1)
-        replies = pipe.execute() if versions else []
-        out = []
-        for i, v in enumerate(versions):
-            meta, promotions = replies[2 * i], replies[2 * i + 1]
-            if meta is not None:  # deleted since the listing
-                out.append(self._version_record(v, meta, promotions))
-        return out
+        records = self._records_of(name, [int(n) for n in numbers], self._unchecked)
+        return [r for r in records if r is not None]  # None: deleted since the listing
+
+    @_translated
+    def versions_page(self, name: str, *, limit: int, before: int | None = None) -> Page[VersionRecord]:
+        limit, before = check_page(limit, before)
+        top = "+inf" if before is None else f"({before}"
+        key = self._k(name, "versions")
+        [numbers] = self._read(
+            name, lambda pipe: pipe.zrange(key, top, "-inf", desc=True, byscore=True, offset=0, num=limit + 1)
+        )
+        chosen = [int(n) for n in numbers[:limit]]
+        records = self._records_of(name, chosen, self._unchecked)
+        return Page([r for r in records if r is not None], chosen[-1] if len(numbers) > limit else None)
+
+    @_translated
+    def version_counts(self, name: str) -> VersionCounts:
+        def queue(pipe: Pipeline) -> None:
+            pipe.zcard(self._k(name, "versions"))
+            pipe.zrange(self._k(name, "versions"), -1, -1)
+
+        count, newest = self._read(name, queue)
+        return VersionCounts(int(count), int(newest[0]) if newest else None)
 
     def _version_payload(self, name: str, version: int, field: str) -> bytes:
         for _ in range(10):
@@ -505,6 +548,21 @@ class RedisStore(Store):
         args = [str(version), self._p(name), f"model {name!r} has no version {version}"]
         args.append(f"version {version} of {name!r} is live; promote another one first")
         self._run("delete_version", keys, args)
+
+    @_translated
+    def pin_version(self, name: str, version: int, pinned: bool) -> VersionRecord:
+        check_version(version, allow_zero=True)
+        self.get_model(name)
+        absent = f"model {name!r} has no version {version}"
+        self._run("pin_version", [self._k(name, "v", version)], ["1" if pinned else "0", absent])
+        return self.get_version(name, version)
+
+    @_translated
+    def prune_version(self, name: str, version: int, *, promotions: int) -> bool:
+        check_version(version, allow_zero=True)
+        keys = [self._k(name, "v", version), self._k(name, "live"), self._k(name, "versions")]
+        keys.append(self._k(name, "v", version, "promotions"))
+        return bool(self._run("prune_version", keys, [str(version), self._p(name), str(int(promotions))]))
 
     # -- the live pointer -----------------------------------------------------------------------------------------
     @_translated
@@ -930,11 +988,43 @@ class RedisStore(Store):
         return tally_pending(aside.pending(self._metas(name, aside.carried_batches), unconsumed))
 
     # -- updates --------------------------------------------------------------------------------------------------
+    def _update_keys(self, name: str) -> list[str]:
+        return [self._k(name, k) for k in ("model", "updates", "useq", "uorder", "active")]
+
+    def _indexed_updates(self, name: str) -> None:
+        """Build the order and active indexes of a store written before they existed (once per process and model:
+        a model whose records are all in the order needs nothing)."""
+        if name in self._update_indexed:
+            return
+        k = functools.partial(self._k, name)
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+            pipe.watch(k("updates"), k("uorder"), k("active"), k("useq"))
+            if pipe.hlen(k("updates")) == pipe.zcard(k("uorder")):
+                return
+            raws = pipe.hgetall(k("updates"))
+            records = sorted(
+                (UpdateRecord.from_json(json.loads(raw)) for raw in raws.values()),
+                key=lambda r: (r.created_at, r.update_id),
+            )
+            pipe.multi()
+            pipe.delete(k("uorder"), k("active"))
+            for seq, record in enumerate(records, 1):
+                pipe.zadd(k("uorder"), {record.update_id: seq})
+                if not record.finished:
+                    pipe.zadd(k("active"), {record.update_id: seq})
+            pipe.set(k("useq"), len(records))
+            pipe.execute()
+
+        self._optimistic(name, f"the update index of {name!r} could not be built", attempt)
+        self._update_indexed.add(name)
+
     @_translated
     def put_update(self, record: UpdateRecord) -> None:
         check_update_id(record.update_id)
-        keys = [self._k(record.model, "model"), self._k(record.model, "updates")]
-        self._run("hset", keys, [record.update_id, json.dumps(record.to_json()), repr(record.model)])
+        self._indexed_updates(record.model)
+        args = [record.update_id, json.dumps(record.to_json()), repr(record.model), "0" if record.finished else "1"]
+        self._run("put_update", self._update_keys(record.model), args)
 
     @_translated
     def create_update(
@@ -944,9 +1034,9 @@ class RedisStore(Store):
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
         check_update_id(record.update_id)
         name = record.model
-        keys = [self._k(name, "model"), self._k(name, "updates")]
+        self._indexed_updates(name)
         args = [record.update_id, json.dumps(record.to_json()), repr(name), "" if max_queued is None else max_queued]
-        kind, value = self._run("create_update", keys, [*args, "1" if join_queued else "0"])
+        kind, value = self._run("create_update", self._update_keys(name), [*args, "1" if join_queued else "0"])
         if _text(kind) == "full":
             raise QueueFull(name, int(value), int(max_queued or 0))
         return UpdateRecord.from_json(json.loads(value))
@@ -964,6 +1054,42 @@ class RedisStore(Store):
         [raws] = self._read(name, lambda pipe: pipe.hvals(self._k(name, "updates")))
         records = [UpdateRecord.from_json(json.loads(raw)) for raw in raws]
         return sorted(records, key=lambda r: (r.created_at, r.update_id))
+
+    def _update_records(self, name: str, ids: Sequence[bytes | str]) -> list[UpdateRecord]:
+        raws = self._redis.hmget(self._k(name, "updates"), list(ids)) if ids else []
+        return [UpdateRecord.from_json(json.loads(raw)) for raw in raws if raw is not None]
+
+    @_translated
+    def updates_page(self, name: str, *, limit: int, before: int | None = None) -> Page[UpdateRecord]:
+        limit, before = check_page(limit, before)
+        self._indexed_updates(name)
+        top = "+inf" if before is None else f"({before}"
+        key, updates = self._k(name, "uorder"), self._k(name, "updates")
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.zrange(key, top, "-inf", desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
+
+        [entries] = self._read(name, queue)
+        chosen = entries[:limit]
+        raws = self._redis.hmget(updates, [i for i, _ in chosen]) if chosen else []
+        records = [UpdateRecord.from_json(json.loads(raw)) for raw in raws if raw is not None]
+        return Page(records, int(chosen[-1][1]) if len(entries) > limit else None)
+
+    @_translated
+    def active_updates(self, name: str) -> list[UpdateRecord]:
+        self._indexed_updates(name)
+        [ids] = self._read(name, lambda pipe: pipe.zrange(self._k(name, "active"), 0, -1))
+        records = [r for r in self._update_records(name, ids) if not r.finished]
+        return sorted(records, key=lambda r: (r.created_at, r.update_id))
+
+    @_translated
+    def trim_updates(self, name: str, keep_finished: int) -> int:
+        if keep_finished < 0:
+            raise ValueError(f"keep_finished must be at least 0, got {keep_finished}")
+        self.get_model(name)
+        self._indexed_updates(name)
+        keys = [self._k(name, k) for k in ("updates", "uorder", "active", "cancel")]
+        return int(self._run("trim_updates", keys, [keep_finished]))
 
     @_translated
     def request_cancel(self, name: str, update_id: str) -> None:

@@ -270,9 +270,19 @@ def cancel(name: str, update_id: str) -> None:
 
 
 @app.command()
-def versions(name: str) -> None:
-    """Versions with lineage and held-out accuracy."""
-    rows = client().versions(name)
+def versions(
+    name: str,
+    limit: int = typer.Option(None, min=1, max=500, help="versions per page, newest first (default: the service's)"),
+    cursor: str = typer.Option(None, help="start after the page that printed this cursor"),
+    all_pages: bool = typer.Option(False, "--all", help="every stored version (follows every page)"),
+) -> None:
+    """Versions with lineage and held-out accuracy, newest first, one page (older ones: --cursor, or --all)."""
+    c = client()
+    if all_pages:
+        rows, next_cursor = c.versions(name)[::-1], None
+    else:
+        page = c.versions_page(name, limit=limit, cursor=cursor)
+        rows, next_cursor = page["versions"], page["next_cursor"]
     table = Table(
         "version", "parent", "status", "method", "classes", "held-out acc", "BWT", "forgetting", "promoted by"
     )
@@ -281,7 +291,7 @@ def versions(name: str) -> None:
         table.add_row(
             str(v["version"]),
             str(v["parent"]),
-            v["status"],
+            v["status"] + (", pinned" if v.get("pinned") else ""),
             v["method"],
             str(len(v["classes"])),
             _fmt(m.get("accuracy")),
@@ -290,6 +300,53 @@ def versions(name: str) -> None:
             ", ".join(str(p["by"]) for p in v["promotions"]),
         )
     console.print(table)
+    _more(next_cursor, f"clctl versions {name}", "older versions")
+
+
+@app.command()
+def updates(
+    name: str,
+    limit: int = typer.Option(None, min=1, max=500, help="updates per page, newest first (default: the service's)"),
+    cursor: str = typer.Option(None, help="start after the page that printed this cursor"),
+    all_pages: bool = typer.Option(False, "--all", help="every stored update (follows every page)"),
+) -> None:
+    """Updates newest first, one page (older ones: --cursor, or --all)."""
+    c = client()
+    if all_pages:
+        rows, next_cursor = c.updates(name)[::-1], None
+    else:
+        page = c.updates_page(name, limit=limit, cursor=cursor)
+        rows, next_cursor = page["updates"], page["next_cursor"]
+    table = Table("update", "status", "method", "version", "progress", "reason", "error")
+    for u in rows:
+        table.add_row(
+            u["update_id"],
+            u["status"],
+            u["method"],
+            str(u["version"]),
+            f"{100 * u['progress']:.0f} %",
+            str(u["reason"]),
+            str(u["error"] or ""),
+        )
+    console.print(table)
+    _more(next_cursor, f"clctl updates {name}", "older updates")
+
+
+def _more(next_cursor: str | None, command: str, what: str) -> None:
+    """The hint to the next page, when there is one."""
+    if next_cursor is not None:
+        console.print(f"{what}: {command} --cursor {next_cursor} (or --all)")
+
+
+@app.command()
+def pin(
+    name: str,
+    version: int,
+    unpin: bool = typer.Option(False, "--unpin", help="remove the pin: retention may delete it again"),
+) -> None:
+    """Pin a version (admin): version retention keeps it whatever its age."""
+    answer = client().pin(name, version, pinned=not unpin)
+    console.print(f"{name}: version {answer['version']} is {'pinned' if answer['pinned'] else 'not pinned'}")
 
 
 @app.command()

@@ -189,7 +189,31 @@ class Client:
         return self._call("GET", f"/v1/models/{name}/updates/{update_id}")
 
     def updates(self, name: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/v1/models/{name}/updates")["updates"]
+        """Every stored update, oldest first (all pages followed; `updates_page` reads one)."""
+        return self._all(f"/v1/models/{name}/updates", "updates")
+
+    def updates_page(self, name: str, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """One page, newest first: ``{"updates": [...], "next_cursor": str | None}``."""
+        return self._page(f"/v1/models/{name}/updates", limit, cursor)
+
+    def _page(self, path: str, limit: int | None, cursor: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if cursor is not None:
+            params["cursor"] = cursor
+        return self._call("GET", path, params=params or None)
+
+    def _all(self, path: str, key: str, page_size: int = 500) -> list[dict[str, Any]]:
+        """Every record of a paginated listing, oldest first (the pages come newest first)."""
+        records: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self._page(path, page_size, cursor)
+            records += page[key]
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                return records[::-1]
 
     def cancel_update(self, name: str, update_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/models/{name}/updates/{update_id}")
@@ -216,7 +240,16 @@ class Client:
             time.sleep(poll)
 
     def versions(self, name: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/v1/models/{name}/versions")["versions"]
+        """Every stored version, oldest first (all pages followed; `versions_page` reads one)."""
+        return self._all(f"/v1/models/{name}/versions", "versions")
+
+    def versions_page(self, name: str, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """One page, newest first: ``{"versions": [...], "next_cursor": str | None}``."""
+        return self._page(f"/v1/models/{name}/versions", limit, cursor)
+
+    def pin(self, name: str, version: int, *, pinned: bool = True) -> dict[str, Any]:
+        """Pin (or, with ``pinned=False``, unpin) a version: version retention keeps a pinned one."""
+        return self._call("POST" if pinned else "DELETE", f"/v1/models/{name}/versions/{version}/pin")
 
     def promote(self, name: str, version: int, *, force: bool = False) -> dict[str, Any]:
         body = {"force": True} if force else None

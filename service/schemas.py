@@ -95,7 +95,7 @@ class ModelInfo(BaseModel):
     preprocessing: Preprocessing | None = None
     classes: list[str]
     live_version: int | None
-    versions: int
+    versions: int = Field(description="versions stored now (version retention deletes old ones)")
     pending: PendingCounts
     pending_new_classes: list[str]
     waiting_classes: list[WaitingClass] = Field(
@@ -231,7 +231,10 @@ class UpdateStatus(BaseModel):
 
 
 class UpdateList(BaseModel):
-    updates: list[UpdateStatus]
+    updates: list[UpdateStatus] = Field(description="newest first")
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next (older) page; null: this was the last page"
+    )
 
 
 # -- versions ----------------------------------------------------------------------------------------------------
@@ -250,10 +253,14 @@ class VersionInfo(BaseModel):
     triggered_by: str | None
     promotions: list[dict[str, Any]]
     created_at: float
+    pinned: bool = Field(False, description="an operator pinned it: version retention never deletes it")
 
 
 class VersionList(BaseModel):
-    versions: list[VersionInfo]
+    versions: list[VersionInfo] = Field(description="newest first")
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next (older) page; null: this was the last page"
+    )
 
 
 class PromoteRequest(Strict):

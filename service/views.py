@@ -18,7 +18,7 @@ def model_info(
     else:
         classes = list(record.classes)
     pending = store.pending_counts(record.name)
-    versions = len(store.list_versions(record.name))
+    versions = store.version_counts(record.name).count
     state = "updating" if updating else ("serving" if live is not None else "no live version")
     return schemas.ModelInfo(
         name=record.name,
@@ -79,4 +79,5 @@ def version_info(record: VersionRecord, live: int | None) -> schemas.VersionInfo
         triggered_by=record.triggered_by,
         promotions=record.promotions,
         created_at=record.created_at,
+        pinned=record.pinned,
     )

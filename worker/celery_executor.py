@@ -39,7 +39,7 @@ class CeleryExecutor(Executor):
 
     def queue_depth(self) -> int:
         """Updates stored as queued, over all models (the same number on every replica)."""
-        return sum(u.status == "queued" for m in self.store.list_models() for u in self.store.list_updates(m.name))
+        return sum(u.status == "queued" for m in self.store.list_models() for u in self.store.active_updates(m.name))
 
     def recover(self, store: Store) -> list[str]:
         """Send again the tasks of updates queued for a while (their task may have been lost; a duplicate finds
@@ -48,7 +48,7 @@ class CeleryExecutor(Executor):
         resent = []
         now = time.time()
         for model in store.list_models():
-            for record in store.list_updates(model.name):
+            for record in store.active_updates(model.name):
                 if record.status == "queued" and now - record.created_at > RESEND_AFTER_S:
                     self.submit(model.name, record.update_id)
                     resent.append(record.update_id)

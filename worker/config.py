@@ -5,6 +5,7 @@ Distributed workers read the same variables as the API replicas, so one environm
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Self
 
@@ -15,7 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cl_core.trainer import TrainConfig
 from registry.signing import MIN_KEY_CHARS, Signer
 from worker.evaluation import GateRules
+from worker.retention import VersionRetention
 from worker.screening import ScreeningRules
+
+log = logging.getLogger(__name__)
 
 VISIBILITY_MARGIN_S = 600.0
 """How much longer than the longest allowed update an unacknowledged task stays invisible."""
@@ -68,8 +72,28 @@ class WorkerSettings(BaseSettings):
     )
     screening_min_count: int = Field(10, ge=1, description="…and this many samples")
 
-    # retention
-    keep_versions: int | None = Field(20, ge=0, description="keep the newest N versions plus every promoted one")
+    # version retention (worker/retention.py): disk ≈ (keep_promoted + keep_candidates + pinned + 1) versions
+    keep_promoted: int | None = Field(
+        24,
+        ge=0,
+        description="the rollback window: keep the N versions most recently live (besides the live and the pinned "
+        "ones); None (in code) keeps every version that was ever live",
+    )
+    keep_candidates: int | None = Field(
+        10,
+        ge=0,
+        description="keep the newest M versions that were never live (rejected ones, imports, candidates waiting "
+        "for a manual promotion); None (in code) keeps every one",
+    )
+    keep_versions: int | None = Field(
+        None,
+        ge=0,
+        description="deprecated (CL_KEEP_VERSIONS): sets keep_promoted and keep_candidates to this where they are "
+        "not set themselves",
+    )
+    keep_finished_updates: int = Field(
+        1000, ge=1, le=1_000_000, description="keep the records of the newest N finished updates; older ones go"
+    )
 
     # one update at a time per model
     update_lock_ttl_s: float = Field(120.0, gt=0, description="the lock expires unless refreshed this often")
@@ -126,6 +150,22 @@ class WorkerSettings(BaseSettings):
         if self.signing_keys_old and self.signing_key is None:
             raise ValueError("CL_SIGNING_KEYS_OLD is set without CL_SIGNING_KEY")
         return self
+
+    @model_validator(mode="after")
+    def _keep_versions_sets_both_windows(self) -> Self:
+        if self.keep_versions is not None:
+            log.warning(
+                "CL_KEEP_VERSIONS is deprecated: it now sets CL_KEEP_PROMOTED and CL_KEEP_CANDIDATES where they are "
+                "not set (promoted versions beyond the window are deleted too)"
+            )
+            if "keep_promoted" not in self.model_fields_set:
+                self.keep_promoted = self.keep_versions
+            if "keep_candidates" not in self.model_fields_set:
+                self.keep_candidates = self.keep_versions
+        return self
+
+    def version_retention(self) -> VersionRetention:
+        return VersionRetention(self.keep_promoted, self.keep_candidates)
 
     def signer(self) -> Signer | None:
         """The promotion signer of this deployment, or None when no key is set."""

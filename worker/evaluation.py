@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from cl_core.labels import natural_order
 from cl_core.metrics import summarize
-from registry import SampleSet, Store, VersionRecord
+from registry import NotFound, SampleSet, Store, VersionRecord
 
 
 def predict_labels(model: nn.Module, classes: Sequence[str], inputs: Tensor, batch_size: int = 1024) -> list[str]:
@@ -71,12 +71,18 @@ def per_class_accuracy(predicted: Sequence[str], labels: Sequence[str | None]) -
 
 
 def lineage(store: Store, name: str, version: int | None) -> list[VersionRecord]:
-    """The version and its ancestors, root first."""
+    """The version and its ancestors, root first; it starts after an ancestor that version retention deleted
+    (NotFound only when ``version`` itself does not exist)."""
     chain: list[VersionRecord] = []
     seen: set[int] = set()
     while version is not None and version not in seen:
         seen.add(version)
-        record = store.get_version(name, version)
+        try:
+            record = store.get_version(name, version)
+        except NotFound:
+            if not chain:
+                raise
+            break
         chain.append(record)
         version = record.parent
     return chain[::-1]

@@ -59,7 +59,7 @@ class Executor(ABC):
         that nobody runs any more; returns their ids."""
         resumed = []
         for model in store.list_models():
-            for record in store.list_updates(model.name):
+            for record in store.active_updates(model.name):
                 if record.status == "queued":
                     self.submit(model.name, record.update_id)
                     resumed.append(record.update_id)

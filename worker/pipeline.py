@@ -141,6 +141,7 @@ def run_update(
         if record.status == "running" and record.attempts >= settings.update_max_attempts:
             return lifecycle.fail(store, record, _gave_up(record))
         lifecycle.start(store, record)
+        _trim_history(store, name, settings)
         stop = _Stopper(store, name, update_id, preempted, lock)
         try:
             outcome = _committed_earlier(store, name, record, settings)
@@ -343,13 +344,24 @@ def _update(
 
 
 def _prune(store: Store, name: str, settings: WorkerSettings) -> None:
-    """Retention after a commit: housekeeping, whose failure must not fail an update that has committed."""
+    """Version retention after a commit, under the update lock: housekeeping, whose failure must not fail an update
+    that has committed."""
     try:
-        prune_versions(store, name, settings.keep_versions)
+        prune_versions(store, name, settings.version_retention())
     except StoreUnavailable:
         log.warning("could not prune the versions of %s; the next update does", name)
     except Exception:
         log.exception("could not prune the versions of %s; the next update tries again", name)
+
+
+def _trim_history(store: Store, name: str, settings: WorkerSettings) -> None:
+    """Delete the records of finished updates beyond ``keep_finished_updates`` (housekeeping, as `_prune`)."""
+    try:
+        store.trim_updates(name, settings.keep_finished_updates)
+    except StoreUnavailable:
+        log.warning("could not trim the update history of %s; the next update does", name)
+    except Exception:
+        log.exception("could not trim the update history of %s; the next update tries again", name)
 
 
 def import_weights(

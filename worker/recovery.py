@@ -38,9 +38,10 @@ class SweepReport:
 
 
 def abandoned(store: Store, name: str, updates: list[UpdateRecord] | None = None) -> list[UpdateRecord]:
-    """The running updates of ``name`` whose runner is gone: the lock is free, expired, or held for something
-    else (only the holder of the lock can be running an update)."""
-    running = [u for u in (store.list_updates(name) if updates is None else updates) if u.status == "running"]
+    """The running updates of ``name`` (among ``updates``, default its queued and running ones) whose runner is
+    gone: the lock is free, expired, or held for something else (only the holder of the lock can be running an
+    update)."""
+    running = [u for u in (store.active_updates(name) if updates is None else updates) if u.status == "running"]
     if not running:
         return []
     holder = store.update_lock_holder(name)

@@ -37,7 +37,7 @@ def metrics(runtime: RuntimeDep) -> Response:
     try:
         for model in runtime.store.list_models():
             try:
-                updates = runtime.store.list_updates(model.name)
+                updates = runtime.store.active_updates(model.name)  # queued and running: not the history
                 stuck[model.name] = len(abandoned(runtime.store, model.name, updates))
             except NotFound:  # deleted meanwhile
                 continue

@@ -28,7 +28,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def _updating(runtime: RuntimeDep, name: str) -> bool:
-    return any(u.status == "running" for u in runtime.store.list_updates(name))
+    return any(u.status == "running" for u in runtime.store.active_updates(name))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.ModelInfo)
@@ -153,9 +153,8 @@ async def import_model_weights(
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_model(name: ModelName, runtime: RuntimeDep, caller: AdminCaller) -> None:
     """Remove the model with its versions, samples, held-out data, exemplar memory and updates."""
-    for update in runtime.store.list_updates(name):
-        if not update.finished:
-            runtime.executor.cancel(name, update.update_id)
+    for update in runtime.store.active_updates(name):
+        runtime.executor.cancel(name, update.update_id)
     runtime.store.delete_model(name)
     runtime.server.refresh(name)
     runtime.api_metrics.forget_model(name)

@@ -6,7 +6,17 @@ from fastapi import APIRouter, status
 
 from registry import NotFound
 from service import schemas
-from service.deps import ModelName, PredictCaller, RuntimeDep, TrainCaller, UpdateId
+from service.deps import (
+    DEFAULT_PAGE,
+    ModelName,
+    PageCursor,
+    PageLimit,
+    PredictCaller,
+    RuntimeDep,
+    TrainCaller,
+    UpdateId,
+    page_position,
+)
 from service.errors import ApiError
 from service.idempotency import IdempotencyKey, derived_id
 from service.views import update_status
@@ -66,9 +76,19 @@ def start_update(
 
 
 @router.get("/{name}/updates", response_model=schemas.UpdateList)
-def list_updates(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> schemas.UpdateList:
-    runtime.store.get_model(name)
-    return schemas.UpdateList(updates=[update_status(u) for u in runtime.store.list_updates(name)])
+def list_updates(
+    name: ModelName,
+    runtime: RuntimeDep,
+    _: PredictCaller,
+    limit: PageLimit = DEFAULT_PAGE,
+    cursor: PageCursor = None,
+) -> schemas.UpdateList:
+    """Updates newest first (in the order they were requested), one page at a time (``next_cursor`` leads to the
+    older ones; the records of finished updates beyond ``CL_KEEP_FINISHED_UPDATES`` are deleted)."""
+    page = runtime.store.updates_page(name, limit=limit, before=page_position(cursor))
+    return schemas.UpdateList(
+        updates=[update_status(u) for u in page.items], next_cursor=None if page.next is None else str(page.next)
+    )
 
 
 @router.get(

@@ -5,9 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service import schemas
-from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep, VersionNumber
+from service.deps import (
+    DEFAULT_PAGE,
+    AdminCaller,
+    ModelName,
+    PageCursor,
+    PageLimit,
+    PredictCaller,
+    RuntimeDep,
+    VersionNumber,
+    page_position,
+)
 from service.errors import ApiError
 from service.views import version_info
+from worker.audit import audit
 from worker.promotion import RejectedByGate
 from worker.promotion import promote as promote_version
 
@@ -15,9 +26,21 @@ router = APIRouter(prefix="/v1/models", tags=["versions"])
 
 
 @router.get("/{name}/versions", response_model=schemas.VersionList)
-def list_versions(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> schemas.VersionList:
+def list_versions(
+    name: ModelName,
+    runtime: RuntimeDep,
+    _: PredictCaller,
+    limit: PageLimit = DEFAULT_PAGE,
+    cursor: PageCursor = None,
+) -> schemas.VersionList:
+    """Versions with lineage, metrics and promotions, newest first, one page at a time (``next_cursor`` leads to
+    the older ones)."""
+    page = runtime.store.versions_page(name, limit=limit, before=page_position(cursor))
     live = runtime.store.live_version(name)
-    return schemas.VersionList(versions=[version_info(v, live) for v in runtime.store.list_versions(name)])
+    return schemas.VersionList(
+        versions=[version_info(v, live) for v in page.items],
+        next_cursor=None if page.next is None else str(page.next),
+    )
 
 
 @router.get(
@@ -53,3 +76,25 @@ def promote(
     return schemas.Promoted(
         model=name, live_version=version, previous=result.previous, forced=result.forced, gate=result.gate
     )
+
+
+@router.post(
+    "/{name}/versions/{version}/pin", response_model=schemas.VersionInfo, responses={404: {"model": schemas.ErrorBody}}
+)
+def pin(name: ModelName, version: VersionNumber, runtime: RuntimeDep, caller: AdminCaller) -> schemas.VersionInfo:
+    """Pin a version: version retention keeps it whatever its age (idempotent)."""
+    return _pinned(name, version, True, runtime, caller.name)
+
+
+@router.delete(
+    "/{name}/versions/{version}/pin", response_model=schemas.VersionInfo, responses={404: {"model": schemas.ErrorBody}}
+)
+def unpin(name: ModelName, version: VersionNumber, runtime: RuntimeDep, caller: AdminCaller) -> schemas.VersionInfo:
+    """Unpin a version: retention treats it like any other from the next update on (idempotent)."""
+    return _pinned(name, version, False, runtime, caller.name)
+
+
+def _pinned(name: str, version: int, pinned: bool, runtime: RuntimeDep, actor: str | None) -> schemas.VersionInfo:
+    record = runtime.store.pin_version(name, version, pinned)
+    audit("version.pinned" if pinned else "version.unpinned", actor=actor, model=name, version=version)
+    return version_info(record, runtime.store.live_version(name))

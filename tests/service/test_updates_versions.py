@@ -35,7 +35,7 @@ def test_lineage_promotion_rollback_and_report(client: TestClient) -> None:
     answer = post_samples(client, "m", x, y)
     second = wait_update(client, "m", answer["update_id"])
     assert second["status"] in ("succeeded", "rejected"), second
-    versions = client.get("/v1/models/m/versions").json()["versions"]
+    versions = client.get("/v1/models/m/versions").json()["versions"][::-1]  # newest first
     assert [v["version"] for v in versions] == [1, 2] and versions[1]["parent"] == 1
     assert versions[1]["samples"]["new_classes"] == ["d", "e"] and versions[1]["classes"] == ["a", "b", "c", "d", "e"]
     assert versions[0]["promotions"][0]["by"].startswith("auto-promote")

@@ -255,20 +255,15 @@ def test_preempted_update_goes_back_to_the_queue_and_cancelled_one_commits_nothi
     assert store.pending_counts("digits").labeled == 64
 
 
-def test_retention_keeps_newest_and_promoted_versions(tmp_path: Path) -> None:
-    from registry import VersionRecord
-    from worker.retention import prune_versions
-
+def test_updates_prune_versions_beyond_the_windows(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
     store = make_store(tmp_path)
-    for _ in range(6):
-        store.commit_version(
-            VersionRecord(model="digits", version=0, parent=None, spec={}, learner={}, method="x"), b"", b""
-        )
-    store.promote("digits", 2, by="a")
-    store.promote("digits", 3, by="a")
-    assert prune_versions(store, "digits", keep_last=2) == [1, 4]
-    assert [v.version for v in store.list_versions("digits")] == [2, 3, 5, 6]
-    assert prune_versions(store, "digits", keep_last=None) == []
+    settings = WorkerSettings(epochs=1, device="cpu", keep_promoted=1, keep_candidates=0, keep_finished_updates=1)
+    for step in range(3):
+        post(store, digits, [step % 2], n=30)
+        assert update(store, settings=settings).status == "succeeded"
+    assert [v.version for v in store.list_versions("digits")] == [3] and store.live_version("digits") == 3
+    assert [u.status for u in store.updates_page("digits", limit=10).items] == ["succeeded", "succeeded"]
+    assert [r.version for r in lineage(store, "digits", 3)] == [3]  # its ancestors are gone: the walk stops
 
 
 def test_deleted_samples_leave_every_exemplar_memory(tmp_path: Path, digits: dict[int, torch.Tensor]) -> None:
