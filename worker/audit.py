@@ -1,7 +1,8 @@
 """The audit trail: every state change as one structured JSON line on the ``cl.audit`` logger.
 
 Events: model created or deleted, samples accepted or deleted, update started/finished/rejected/cancelled,
-promotion, rollback.  The actor is a key's name (a digest, see service.auth), never the key itself.
+promotion, rollback, a version pinned or unpinned, versions deleted by retention.  The actor is a key's name (a
+digest, see service.auth), never the key itself.
 """
 
 from __future__ import annotations

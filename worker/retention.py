@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from registry import Store, VersionRecord
+from worker.audit import audit
 from worker.evaluation import lineage
 
 
@@ -46,11 +47,14 @@ def prune_versions(store: Store, name: str, rules: VersionRetention) -> list[int
         return []
     versions = store.list_versions(name)
     keep = retained(versions, store.live_version(name), rules)
-    return [
+    deleted = [
         v.version
         for v in versions
         if v.version not in keep and store.prune_version(name, v.version, promotions=len(v.promotions))
     ]
+    if deleted:
+        audit("versions.pruned", actor="retention", model=name, versions=deleted)
+    return deleted
 
 
 def trusted_reserve(store: Store, name: str, per_class: int) -> set[str]:

@@ -363,3 +363,23 @@ def _url(store: Store) -> str:
     kwargs = store._redis.connection_pool.connection_kwargs  # type: ignore[attr-defined]
     auth = f"{kwargs['username']}:{kwargs['password']}@" if kwargs.get("password") else ""
     return f"redis://{auth}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_creating_an_update_reads_no_finished_record(store: Store) -> None:
+    """The queue limit reads the index of queued and running updates only: an old finished record that cannot even
+    be decoded (standing for a long history) is never read by `create_update`."""
+    store.create_model(model())
+    store.create_update(update("done"))
+    set_status(store, "done", "succeeded")
+    garbage = b'{"status": "queued", broken'
+    if isinstance(store, LocalStore):
+        (store.root / "models" / "digits" / "updates" / "done.json").write_bytes(garbage)
+    else:
+        from registry.redis_store import RedisStore
+
+        assert isinstance(store, RedisStore)
+        store._redis.hset(store._k("digits", "updates"), "done", garbage)
+    assert store.create_update(update("next"), max_queued=1).update_id == "next"
+    with pytest.raises(QueueFull):
+        store.create_update(update("more"), max_queued=1)
+    assert [u.update_id for u in store.active_updates("digits")] == ["next"]

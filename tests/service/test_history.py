@@ -3,6 +3,8 @@ model summary's count from the store's counters."""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -102,7 +104,10 @@ def test_hostile_page_parameters_are_refused(client: TestClient, path: str, quer
     assert answer.json()["field"] == field and field in answer.json()["detail"]
 
 
-def test_pins_need_admin_and_survive_retention(make_client: Callable[..., TestClient]) -> None:
+def test_pins_need_admin_and_survive_retention(
+    make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cl.audit")
     client = make_client(api_keys=KEYS)
     assert client.post("/v1/models", json={"name": "m", "architecture": "mlp", "input_shape": [8]}, headers=ADMIN)
     store = store_of(client)
@@ -127,6 +132,16 @@ def test_pins_need_admin_and_survive_retention(make_client: Callable[..., TestCl
     assert unpinned.status_code == 200 and not unpinned.json()["pinned"]
     assert prune_versions(store, "m", VersionRetention(0, 1)) == [2]
     assert client.get("/v1/models/m", headers=train).json()["versions"] == 1
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cl.audit"]
+    changes = [(e["event"], e.get("version"), e.get("versions")) for e in events if "version" in e["event"]]
+    assert changes == [
+        ("version.pinned", 2, None),
+        ("version.pinned", 2, None),
+        ("versions.pruned", None, [1, 3]),
+        ("version.unpinned", 2, None),
+        ("versions.pruned", None, [2]),
+    ]
+    assert all(e["actor"] != "a" * 20 for e in events)  # the key's name, never the key
 
 
 def test_updates_keep_the_rollback_window_and_roll_back_within_it(make_client: Callable[..., TestClient]) -> None:
