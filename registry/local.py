@@ -164,7 +164,6 @@ class LocalStore(Store):
         self._request_index: dict[str, dict[str, int]] = {}  # name → request key → batch seq (rebuilt on open)
         self._pruned: dict[str, float] = {}  # name → when expired answers were last removed
         self._indexed: set[str] = set()  # models whose version index this process checked against the directory
-        self._update_indexed: set[str] = set()  # …and whose update index it checked
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _lock(self, name: str) -> threading.RLock:
@@ -751,14 +750,15 @@ class LocalStore(Store):
 
     def _order_entries(self, name: str) -> list[tuple[int, str]]:
         """(sequence number, update id) of every stored update, ascending: the names in update-order/ (a listing
-        of names, no record is read)."""
+        of names, no record is read).  An id listed twice (a crash between its place and its record, then a retry)
+        is in its newest place."""
         odir = self._update_order(name)
-        entries = []
+        newest: dict[str, int] = {}
         for entry in os.scandir(odir) if odir.exists() else ():
             seq, _, update_id = entry.name.partition(".")
             if seq.isdigit() and is_update_id(update_id):
-                entries.append((int(seq), update_id))
-        return sorted(entries)
+                newest[update_id] = max(int(seq), newest.get(update_id, 0))
+        return sorted((seq, update_id) for update_id, seq in newest.items())
 
     def _update_index(self, name: str) -> dict[str, Any]:
         """{"next": the next sequence number, "active": ids of queued and running updates}, from
@@ -873,10 +873,11 @@ class LocalStore(Store):
             entries = self._order_entries(name)
             finished = [(seq, i) for seq, i in entries if i not in still]
             deleted = 0
-            for seq, update_id in finished[: max(0, len(finished) - keep_finished)]:  # oldest first
+            for _, update_id in finished[: max(0, len(finished) - keep_finished)]:  # oldest first
                 self._update_path(name, update_id, ".json").unlink(missing_ok=True)
                 self._update_path(name, update_id, ".cancel").unlink(missing_ok=True)
-                (self._update_order(name) / f"{seq:012d}.{update_id}").unlink(missing_ok=True)
+                for marker in self._update_order(name).glob(f"*.{update_id}"):  # ids hold no glob characters
+                    marker.unlink(missing_ok=True)
                 deleted += 1
             return deleted
 

@@ -263,15 +263,6 @@ end
 return released
 """
 
-GUARDED_HSET = """
--- KEYS: model, hash   ARGV: field, value, quoted name
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOTFOUND model ' .. ARGV[3] .. ' does not exist')
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
-
 UPDATES = """
 local function put_update(keys, id, record, active)
   -- keys: updates, useq, uorder, active.  A new id gets the next sequence number (its place in the order pages

@@ -225,7 +225,6 @@ class RedisStore(Store):
                 "ack": scripts.ACK,
                 "quarantine": scripts.QUARANTINE,
                 "release": scripts.RELEASE,
-                "hset": scripts.GUARDED_HSET,
                 "create_update": scripts.CREATE_UPDATE,
                 "request_cancel": scripts.REQUEST_CANCEL,
                 "set": scripts.GUARDED_SET,

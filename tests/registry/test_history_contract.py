@@ -383,3 +383,16 @@ def test_creating_an_update_reads_no_finished_record(store: Store) -> None:
     with pytest.raises(QueueFull):
         store.create_update(update("more"), max_queued=1)
     assert [u.update_id for u in store.active_updates("digits")] == ["next"]
+
+
+def test_a_place_left_by_a_crash_before_its_record_is_listed_once(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.create_model(model())
+    store.create_update(update("a"))
+    order = tmp_path / "store" / "models" / "digits" / "update-order"
+    (order / f"{0:012d}.x").write_bytes(b"")  # its place was written, then the process died before the record
+    store.create_update(update("x"))  # the retry
+    assert [u.update_id for u in store.updates_page("digits", limit=10).items] == ["x", "a"]
+    set_status(store, "x", "succeeded")
+    assert store.trim_updates("digits", 0) == 1
+    assert sorted(p.name for p in order.iterdir()) == [f"{1:012d}.a"]
