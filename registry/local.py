@@ -772,11 +772,18 @@ class LocalStore(Store):
         odir = self._update_order(name)
         for old in os.scandir(odir) if odir.exists() else ():  # a rebuild a crash interrupted
             Path(old.path).unlink(missing_ok=True)
-        for seq, record in enumerate(records, 1):
-            write_atomic(odir / f"{seq:012d}.{record.update_id}", b"")
+        self._place(name, [(seq, r.update_id) for seq, r in enumerate(records, 1)])
         index = {"next": len(records) + 1, "active": [r.update_id for r in records if not r.finished]}
         _write_json(path, index)
         return index
+
+    def _place(self, name: str, entries: Sequence[tuple[int, str]]) -> None:
+        """Create the (empty) order entries of updates: nothing to flush but the directory."""
+        odir = self._update_order(name)
+        odir.mkdir(exist_ok=True)
+        for seq, update_id in entries:
+            os.close(os.open(odir / f"{seq:012d}.{update_id}", os.O_CREAT | os.O_WRONLY, 0o644))
+        _fsync_dir(odir)
 
     def _write_update_index(self, name: str, index: dict[str, Any]) -> None:
         _write_json(self._dir(name) / "update-index.json", index)
@@ -789,7 +796,7 @@ class LocalStore(Store):
             active = record.update_id in index["active"]
             if not path.exists():  # a new record: its place in the order, then the index, then the record
                 seq = int(index["next"])
-                write_atomic(self._update_order(name) / f"{seq:012d}.{record.update_id}", b"")
+                self._place(name, [(seq, record.update_id)])
                 index["next"] = seq + 1
                 if not record.finished:
                     index["active"].append(record.update_id)
