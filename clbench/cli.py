@@ -553,5 +553,77 @@ def poison(
         report.console.print(f"wrote {out / 'poison.jsonl'} and {out / 'poison.md'}")
 
 
+@app.command()
+def soak(
+    updates: int = typer.Option(1000, min=1, help="successive updates per store"),
+    samples: int = typer.Option(150, min=1, help="labeled samples posted before each update"),
+    posts: int = typer.Option(100_000, min=0, help="one-sample posts of the backlog phase"),
+    store: str = typer.Option("local,redis", help="stores to soak, comma-separated: local, redis"),
+    epochs: int = typer.Option(1, min=1, help="epochs per update (the service's CL_EPOCHS)"),
+    hidden: int = typer.Option(64, min=1, help="hidden units of the soaked MLP"),
+    clients: int = typer.Option(4, min=1, help="client threads that build the backlog"),
+    probe_every: int = typer.Option(25, min=1, help="updates between probes of the read endpoints"),
+    probe_posts: int = typer.Option(100, min=1, help="sequential one-sample posts per backlog checkpoint (median)"),
+    warmup: float = typer.Option(0.1, min=0, max=0.9, help="share of the points left out of each fit (warm-up)"),
+    budget: float | None = typer.Option(None, min=1, help="seconds each store's updates phase may take at most"),
+    setting: list[str] = typer.Option([], help="a CL_NAME=value setting for the service, repeatable"),
+    out: Path | None = typer.Option(None, help="write soak.json and soak.png into this folder"),
+) -> None:
+    """A long run on each store: thousands of updates, then a backlog of one-sample posts; every figure's growth
+    law (disk, update time, POST /updates, read endpoints' latency and size, post cost)."""
+    from clbench.soak import STORES, SoakConfig, measure
+    from clbench.soak_plot import soak_plot
+
+    chosen = [s.strip() for s in store.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in STORES]
+    if unknown or not chosen:
+        raise _fail(f"--store takes local and/or redis, got {store!r}")
+    pairs = [s.split("=", 1) for s in setting]
+    if any(len(p) != 2 or not p[0].startswith("CL_") for p in pairs):
+        raise _fail("--setting takes CL_NAME=value")
+    config = SoakConfig(
+        updates=updates,
+        samples=samples,
+        posts=posts,
+        clients=clients,
+        probe_every=probe_every,
+        probe_posts=probe_posts,
+        hidden=hidden,
+        epochs=epochs,
+        env=tuple((k, v) for k, v in pairs),
+    )
+    with report.progress_bar() as bar:
+        task = bar.add_task("starting", total=None)
+        result = measure(config, chosen, on_step=lambda s: bar.update(task, description=s), budget_s=budget)  # type: ignore[arg-type]
+        bar.update(task, description="done", total=1, completed=1)
+    for soaked in result.stores:
+        laws = soaked.growth(warmup)
+        report.table(
+            f"{soaked.store} store: {len(soaked.updates)} updates, then {soaked.posted:,} one-sample posts "
+            f"({soaked.seconds:.0f} s)",
+            ["figure", "over", "from", "first", "last", "last/first", "slope", "R²", "exponent", "law"],
+            [
+                (
+                    name,
+                    "backlog" if name.startswith("one-sample") else "versions",
+                    f"{g.x_first:.0f}–{g.x_last:.0f}",
+                    f"{g.first:.4g}",
+                    f"{g.last:.4g}",
+                    report.fmt(g.ratio, 2),
+                    f"{g.slope:.3g}",
+                    report.fmt(g.r2, 3),
+                    report.fmt(g.exponent, 2),
+                    g.law,
+                )
+                for name, g in laws.items()
+            ],
+        )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "soak.json").write_text(json.dumps(result.to_json(warmup), indent=2))
+        soak_plot(result, out / "soak.png")
+        report.console.print(f"wrote {out / 'soak.json'} and {out / 'soak.png'}")
+
+
 if __name__ == "__main__":
     app()
