@@ -1,11 +1,10 @@
 """Retention: keep the newest K versions and every version that was ever promoted (so the live lineage, its
-metrics and any rollback target survive), and, when raw samples are dropped, a reserve of trusted held-out samples
-per class (the forgetting gate judges on them)."""
+metrics and any rollback target survive).  Held-out samples need no reserve here: they live in the store's held-out
+store (`registry.heldout`), which raw-sample retention never touches."""
 
 from __future__ import annotations
 
 from registry import Store
-from worker.evaluation import lineage
 
 
 def prune_versions(store: Store, name: str, keep_last: int | None) -> list[int]:
@@ -19,17 +18,3 @@ def prune_versions(store: Store, name: str, keep_last: int | None) -> list[int]:
     for version in doomed:
         store.delete_version(name, version)
     return doomed
-
-
-def trusted_reserve(store: Store, name: str, per_class: int) -> set[str]:
-    """Ids of the newest ``per_class`` trusted held-out samples of every class (those of the live lineage's
-    experiences), which sample retention must keep so that the gate can still judge every class."""
-    reserve: set[str] = set()
-    counts: dict[str, int] = {}
-    for record in reversed(lineage(store, name, store.live_version(name))):
-        held = store.experience_samples(name, record.version)
-        for sample_id, label in reversed(list(zip(held.ids, held.labels, strict=True))):
-            if label is not None and counts.get(label, 0) < per_class:
-                counts[label] = counts.get(label, 0) + 1
-                reserve.add(sample_id)
-    return reserve

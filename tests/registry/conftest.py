@@ -50,3 +50,24 @@ def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
 @pytest.fixture
 def signed_store(open_backend: Callable[[Signer | None], Store]) -> Store:
     return open_backend(SIGNER)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Store]]:
+    """Opens a store of one backend with the options given (``heldout_capacity``, say); each call a fresh one."""
+    opened: list[Store] = []
+    url = request.getfixturevalue(_URL_FIXTURES[request.param]) if request.param != "local" else ""
+
+    def open_one(**options: int) -> Store:
+        if request.param == "local":
+            s: Store = LocalStore(tmp_path / f"store{len(opened)}", **options)
+        else:
+            from registry.redis_store import RedisStore
+
+            s = RedisStore(url, **options)
+        opened.append(s)
+        return s
+
+    yield open_one
+    for s in opened:
+        s.close()
