@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from registry import LocalStore, Store
+from registry.heldout import DEFAULT_CAPACITY
 from registry.signing import Signer
 
 BACKENDS = ["local", "redis", "redis-acl"]  # redis-acl: as docker-compose.yml's application user
@@ -54,17 +55,17 @@ def signed_store(open_backend: Callable[[Signer | None], Store]) -> Store:
 
 @pytest.fixture(params=BACKENDS)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Store]]:
-    """Opens a store of one backend with the options given (``heldout_capacity``, say); each call a fresh one."""
+    """Opens a store of one backend with the held-out capacity given."""
     opened: list[Store] = []
     url = request.getfixturevalue(_URL_FIXTURES[request.param]) if request.param != "local" else ""
 
-    def open_one(**options: int) -> Store:
+    def open_one(heldout_capacity: int = DEFAULT_CAPACITY) -> Store:
         if request.param == "local":
-            s: Store = LocalStore(tmp_path / f"store{len(opened)}", **options)
+            s: Store = LocalStore(tmp_path / f"store{len(opened)}", heldout_capacity=heldout_capacity)
         else:
             from registry.redis_store import RedisStore
 
-            s = RedisStore(url, **options)
+            s = RedisStore(url, heldout_capacity=heldout_capacity)
         opened.append(s)
         return s
 

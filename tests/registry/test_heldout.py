@@ -35,7 +35,8 @@ def test_the_reservoir_keeps_at_most_its_capacity_and_at_least_what_it_saw(
 ) -> None:
     index = HeldOutIndex(seed=7)
     ids = _offer_all(index, experiences, capacity)
-    label_of = {i: label for batch, labels in zip(ids, experiences, strict=True) for i, label in zip(batch, labels)}
+    pairs = zip(ids, experiences, strict=True)
+    label_of = {i: label for batch, labels in pairs for i, label in zip(batch, labels, strict=True)}
     seen = Counter(label for labels in experiences for label in labels)
     for label, reservoir in index.classes.items():
         assert reservoir.seen == seen[label]
