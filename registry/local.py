@@ -1,6 +1,6 @@
 """The embedded default store: a directory on local disk, for one process.
 
-Layout (format 1, recorded in ``FORMAT``)::
+Layout (format 2, recorded in ``FORMAT``; a store of format 1 is migrated when opened)::
 
     models/<name>/model.json                    ModelRecord
     models/<name>/live.json                     {"version": int | null, "promotion": signed record JSON | null}
@@ -8,11 +8,17 @@ Layout (format 1, recorded in ``FORMAT``)::
     models/<name>/versions/<v>/model.safetensors                     │ then renamed into place: a version is
     models/<name>/versions/<v>/state.safetensors                     ┘ visible only once complete
     models/<name>/samples/<seq>.safetensors     one ingestion batch: inputs, with labels, ids, held-out flags,
-                                                arrival time and request key in its JSON metadata
+                                                arrival time and request key in its JSON metadata (once
+                                                consumed, only the rows still pending or kept for retention)
+    models/<name>/ingest.json                   next batch and sample numbers, labeled samples per class (the
+                                                hold-out policy), the pending tally (the ledger)
+    models/<name>/requests.log                  "<seq> <request key>" lines, appended (idempotent ingestion)
     models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed, and
                                                 which of their samples it left out (deferred, quarantined)
+    models/<name>/heldout/index.json            the held-out store (registry.heldout): reservoir slots per
+    models/<name>/heldout/<part>.safetensors    class, the parts and the rows each stores
     models/<name>/quarantine.json               id → QuarantineRecord JSON (+ "released"): samples set aside
-    models/<name>/counters.json                 next batch and sample numbers, labeled samples per class
+    models/<name>/counters.json                 the last version number given
     models/<name>/deleted.json                  ids of samples deleted on request (tombstones)
     models/<name>/updates/<id>.json             UpdateRecord
     models/<name>/answers/<digest>.json         idempotent answers with their expiry

@@ -20,6 +20,12 @@ keeps a model's keys in one slot)::
                                        enters a training payload)
     P batches                  ZSET    stored batch numbers
     P stream                   STREAM  one entry per pending batch (id <seq>-0), read by consumer group "updates"
+                                       (an acknowledgement trims what it consumed)
+    P held                     HASH    the held-out store (registry.heldout): index JSON, its gen, and the parts
+                                       p:<part> (or p:<part>@ "<blob> <count>" when chunked)
+    P tally / P sgen           STRING  the pending counts, valid for the batch and sample-state generation they
+                                       name / that generation (changed by every change of what is pending other
+                                       than a post: a post's cost does not grow with the backlog)
     P acked                    STRING  the newest batch consumed by a committed version
     P experiences              LIST    ExperienceRecord JSON: which batches each version consumed (and which of
                                        their samples it left out)

@@ -290,7 +290,7 @@ def test_a_signed_promotion_over_a_garbage_record_replaces_it(store: RedisStore,
 
 
 def _commands(client: redis.Redis) -> int:
-    stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
     return sum(s["calls"] for name, s in stats.items() if name not in ("cmdstat_info", "cmdstat_config|resetstat"))
 
 
@@ -366,7 +366,7 @@ def test_large_held_out_parts_are_chunked_and_rewritten_on_deletion(store: Redis
     store.ack(NAME, claim, 1, None)
     client = redis.Redis.from_url(redis_url)
     ref = client.hget("cl:{digits}:held", "p:0@")  # 100 rows: above the 1 kB chunk size
-    assert ref is not None
+    assert isinstance(ref, bytes)
     chunks = keys(redis_url, f"cl:{{digits}}:blob:{ref.decode().split()[0]}:*")
     assert chunks and all(client.pttl(k) == -1 for k in chunks)
     assert torch.equal(store.held_out(NAME)[1].inputs, claim.held_out.inputs)
