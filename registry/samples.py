@@ -343,7 +343,7 @@ class RetentionPass:
     """One retention pass over the consumed batches, visited newest first: a batch older than ``max_age_s`` loses
     every row; otherwise rows survive while fewer than ``max_samples`` rows of newer batches have survived.
     Pending batches are never visited (their samples stay until trained), and the ids in ``protect`` always survive
-    without counting against ``max_samples`` (quarantined and carried samples, the trusted held-out reserve)."""
+    without counting against ``max_samples`` (quarantined and carried samples, and what the caller protects)."""
 
     now: float
     max_age_s: float | None
