@@ -11,6 +11,7 @@ from pathlib import Path
 
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreError, StoreUnavailable
+from registry.heldout import DEFAULT_CAPACITY
 from registry.local import LocalStore
 from registry.records import (
     FINISHED,
@@ -37,9 +38,11 @@ def open_store(
     *,
     redis_chunk_bytes: int | None = None,
     signer: Signer | None = None,
+    heldout_capacity: int = DEFAULT_CAPACITY,
 ) -> Store:
     """Redis when a URL is given (values above ``redis_chunk_bytes`` stored in chunks), else the local directory;
-    promotions signed with ``signer`` when given (and said so when not: at every process's start)."""
+    promotions signed with ``signer`` when given (and said so when not: at every process's start); at most
+    ``heldout_capacity`` held-out samples kept per class (`registry.heldout`)."""
     if redis_url:
         from registry.redis_store import DEFAULT_CHUNK_BYTES, RedisStore  # imported only in distributed mode
 
@@ -48,10 +51,15 @@ def open_store(
                 "CL_SIGNING_KEY is not set: promotions are not signed, and anyone who can write to Redis can change "
                 "which version the replicas serve (see README, 'Redis against a hostile network')"
             )
-        return RedisStore(redis_url, chunk_bytes=redis_chunk_bytes or DEFAULT_CHUNK_BYTES, signer=signer)
+        return RedisStore(
+            redis_url,
+            chunk_bytes=redis_chunk_bytes or DEFAULT_CHUNK_BYTES,
+            signer=signer,
+            heldout_capacity=heldout_capacity,
+        )
     if signer is None:
         log.info("CL_SIGNING_KEY is not set: promotions are not signed (the store directory is trusted)")
-    return LocalStore(data_dir, signer=signer)
+    return LocalStore(data_dir, signer=signer, heldout_capacity=heldout_capacity)
 
 
 __all__ = [

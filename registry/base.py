@@ -217,7 +217,8 @@ class Store(ABC):
         quarantined: Collection[str] = (),
         deferred: Collection[str] = (),
     ) -> None:
-        """Mark a claim consumed by ``version``; its held-out samples become that version's experience.  Claimed
+        """Mark a claim consumed by ``version``; its held-out samples become that version's experience, offered to
+        the held-out store, and leave the batches (which keep their training rows for raw-sample retention).  Claimed
         samples named in ``quarantined`` (already recorded by `quarantine`) or ``deferred`` are not consumed and
         stay out of the experience; the deferred ones stay pending for a later update."""
 
@@ -241,11 +242,19 @@ class Store(ABC):
 
     @abstractmethod
     def experience_samples(self, name: str, version: int) -> SampleSet:
-        """The held-out samples of the experience that ``version`` consumed (empty if none)."""
+        """The held-out samples of the experience that ``version`` consumed that the held-out store still keeps
+        (`registry.heldout`: at most its capacity per class over all experiences; empty if none)."""
+
+    @abstractmethod
+    def held_out(self, name: str) -> dict[int, SampleSet]:
+        """The whole held-out store in one read: experience (the version that consumed it) → its held-out samples
+        still kept, versions ascending, experiences without a kept sample left out.  Raw-sample retention never
+        changes it; deletion by id does."""
 
     @abstractmethod
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
-        """Forget samples by id: pending ones are never trained, stored ones are dropped, and the ids are kept as
+        """Forget samples by id: pending ones are never trained, stored ones (batches and the held-out store alike)
+        are dropped, and the ids are kept as
         tombstones (`deleted_ids`) so exemplar memories can drop them too.  Returns how many were found.  One
         invalid id (`registry.names.check_sample_ids`) is an InvalidIdentifier, and nothing is deleted."""
 
@@ -263,13 +272,15 @@ class Store(ABC):
     def apply_retention(
         self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
     ) -> dict[str, int]:
-        """Drop consumed training samples and held-out samples older than ``max_age_s`` or beyond the newest
-        ``max_samples`` (pending and quarantined samples are kept, and so are the ids in ``protect``: the trusted
-        held-out reserve).  Returns {"training": n, "held_out": n}."""
+        """Drop consumed raw samples older than ``max_age_s`` or beyond the newest ``max_samples`` (pending and
+        quarantined samples are kept, and so are the ids in ``protect``).  The held-out store is never touched: the
+        experiences' evaluation data stays whatever raw samples go.  Returns {"training": n, "held_out": n} (a held-out
+        row is dropped only where a batch still held one the held-out store has: after a crash, say)."""
 
     @abstractmethod
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
-        """Record held-out samples as ``version``'s experience directly (importing a model from another store)."""
+        """Record held-out samples as ``version``'s experience directly (importing a model from another store): they
+        get new ids and go through the held-out store's reservoir like any experience."""
 
     @abstractmethod
     def pending_counts(self, name: str) -> PendingCounts:

@@ -1,6 +1,6 @@
 """The embedded default store: a directory on local disk, for one process.
 
-Layout (format 1, recorded in ``FORMAT``)::
+Layout (format 2, recorded in ``FORMAT``; a store of format 1 is migrated when opened)::
 
     models/<name>/model.json                    ModelRecord
     models/<name>/live.json                     {"version": int | null, "promotion": signed record JSON | null}
@@ -10,11 +10,17 @@ Layout (format 1, recorded in ``FORMAT``)::
     models/<name>/versions/index.json           {"versions": [v, …]}: the stored numbers (counts and pages read
                                                 this, not the directory; rewritten by every commit and deletion)
     models/<name>/samples/<seq>.safetensors     one ingestion batch: inputs, with labels, ids, held-out flags,
-                                                arrival time and request key in its JSON metadata
+                                                arrival time and request key in its JSON metadata (once
+                                                consumed, only the rows still pending or kept for retention)
+    models/<name>/ingest.json                   next batch and sample numbers, labeled samples per class (the
+                                                hold-out policy), the pending tally (the ledger)
+    models/<name>/requests.log                  "<seq> <request key>" lines, appended (idempotent ingestion)
     models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed, and
                                                 which of their samples it left out (deferred, quarantined)
+    models/<name>/heldout/index.json            the held-out store (registry.heldout): reservoir slots per
+    models/<name>/heldout/<part>.safetensors    class, the parts and the rows each stores
     models/<name>/quarantine.json               id → QuarantineRecord JSON (+ "released"): samples set aside
-    models/<name>/counters.json                 next batch and sample numbers, labeled samples per class
+    models/<name>/counters.json                 the last version number given
     models/<name>/deleted.json                  ids of samples deleted on request (tombstones)
     models/<name>/updates/<id>.json             UpdateRecord
     models/<name>/update-order/<seq>.<id>       empty: the order updates were created in (pages list the names)
@@ -48,6 +54,7 @@ import threading
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +63,7 @@ from torch import Tensor
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
+from registry.heldout import DEFAULT_CAPACITY, HeldOutIndex, Part, by_experience, consolidate, empty, new_part
 from registry.names import (
     check_model_name,
     check_page,
@@ -88,6 +96,9 @@ from registry.samples import (
     SampleSet,
     SetAside,
     consumed_experience,
+    consumed_held_out,
+    experience_batches,
+    experience_mask,
     experience_parts,
     holdout_flags,
     plan_claim,
@@ -97,7 +108,7 @@ from registry.signing import Signer, sign_promotion
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _fsync_dir(path: Path) -> None:
@@ -132,6 +143,46 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+@dataclass
+class _Ledger:
+    """ingest.json: the next batch and sample numbers, labeled samples per class so far (the hold-out policy) and
+    the pending tally (None: stale, counted again before it is used)."""
+
+    next_batch: int = 1
+    next_sample: int = 1
+    per_class: dict[str, int] = field(default_factory=dict)
+    pending: PendingCounts | None = field(default_factory=PendingCounts)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Ledger:
+        pending = data.get("pending")
+        return cls(
+            int(data["next_batch"]),
+            int(data["next_sample"]),
+            {str(c): int(n) for c, n in dict(data["per_class"]).items()},
+            None if pending is None else PendingCounts.from_json(pending),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        pending = None if self.pending is None else self.pending.to_json()
+        return {
+            "next_batch": self.next_batch,
+            "next_sample": self.next_sample,
+            "per_class": self.per_class,
+            "pending": pending,
+        }
+
+    def add(self, meta: BatchMeta) -> None:
+        """Account for a batch just stored (numbered ``next_batch``)."""
+        self.next_batch = meta.seq + 1
+        self.next_sample = max([self.next_sample, *(int(i) + 1 for i in meta.ids)])
+        for label in meta.labels:
+            if label is not None:
+                self.per_class[label] = self.per_class.get(label, 0) + 1
+        if self.pending is not None:
+            self.pending = self.pending.plus(meta.labels, meta.held_out)
+
+
 class _LocalSubscription(Subscription):
     def __init__(self, store: LocalStore, listener: LiveListener) -> None:
         self._store, self._listener = store, listener
@@ -143,17 +194,19 @@ class _LocalSubscription(Subscription):
 class LocalStore(Store):
     """A directory store for the embedded mode (one process; threads are serialised per model)."""
 
-    def __init__(self, root: str | Path, *, signer: Signer | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *, signer: Signer | None = None, heldout_capacity: int = DEFAULT_CAPACITY
+    ) -> None:
+        if heldout_capacity < 1:
+            raise ValueError(f"heldout_capacity must be at least 1, got {heldout_capacity}")
         self.root = Path(root)
         self._signer = signer
+        self.heldout_capacity = heldout_capacity
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / "FORMAT"
-        if marker.exists():
-            found = _read_json(marker).get("format")
-            if found != FORMAT_VERSION:
-                raise StoreUnavailable(f"{self.root} holds store format {found}; this version reads {FORMAT_VERSION}")
-        else:
-            _write_json(marker, {"format": FORMAT_VERSION})
+        found = _read_json(marker).get("format") if marker.exists() else None
+        if found not in (None, 1, FORMAT_VERSION):
+            raise StoreUnavailable(f"{self.root} holds store format {found}; this version reads {FORMAT_VERSION}")
         (self.root / "models").mkdir(exist_ok=True)
         self._real_root = self.root.resolve()
         self._locks: dict[str, threading.RLock] = {}
@@ -161,9 +214,14 @@ class LocalStore(Store):
         self._listeners: set[LiveListener] = set()
         self._update_locks: dict[str, tuple[int, float, str]] = {}  # name → (token, expires at, owner)
         self._fences: dict[str, int] = {}
-        self._request_index: dict[str, dict[str, int]] = {}  # name → request key → batch seq (rebuilt on open)
+        # name → (inode, bytes read, request key → batch seq) of requests.log
+        self._request_index: dict[str, tuple[int, int, dict[str, int]]] = {}
         self._pruned: dict[str, float] = {}  # name → when expired answers were last removed
         self._indexed: set[str] = set()  # models whose version index this process checked against the directory
+        if found == 1:
+            self._migrate_from_1()
+        if found != FORMAT_VERSION:
+            _write_json(marker, {"format": FORMAT_VERSION})
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _lock(self, name: str) -> threading.RLock:
@@ -429,7 +487,14 @@ class LocalStore(Store):
         self.deliver(list(self._listeners), name, version)
 
     # -- samples --------------------------------------------------------------------------------------------------
+    # Ingestion never lists the batches: the ledger (ingest.json) holds the next numbers, the hold-out counters and
+    # the pending tally; requests.log maps request keys to batches.  A batch file is written first and is the
+    # commit point: a batch numbered at the ledger's next number means a crash came before the ledger was written,
+    # and it is rolled forward (one file-existence check per call).  An operation that changes what is pending other
+    # than by appending (ack, quarantine, release, deletion) marks the tally stale before it starts and counts it
+    # again when it is done, so a crash in between leaves a tally that is counted again, never a wrong one.
     def _batches(self, name: str) -> list[Path]:
+        """Every stored batch (a directory listing: only whole-store passes use it: retention, deletion, migration)."""
         sdir = self._dir(name) / "samples"
         return sorted(sdir.glob("*.safetensors")) if sdir.exists() else []
 
@@ -448,33 +513,88 @@ class LocalStore(Store):
     def _write_counters(self, name: str, counters: dict[str, Any]) -> None:
         _write_json(self._dir(name) / "counters.json", counters)
 
-    def _next_numbers(self, name: str, counters: dict[str, Any]) -> tuple[int, int]:
-        """The next batch and sample numbers, never below what the newest batch used (counters are written after
-        the batch, so a crash in between must not let a number be used twice)."""
-        seq, first = int(counters["next_batch"]), int(counters["next_sample"])
-        batches = self._batches(name)
-        if batches:
-            last = batches[-1]
-            seq = max(seq, self._seq(last) + 1)
-            ids = tensors.metadata(last.read_bytes())["ids"]
-            first = max(first, max((int(i) for i in ids), default=0) + 1)
-        return seq, first
-
-    def _requests(self, name: str) -> dict[str, int]:
-        """Request key → batch, rebuilt from the batches' metadata once per process (so a crash between writing a
-        batch and any index cannot let a retry store it twice)."""
-        index = self._request_index.get(name)
-        if index is None:
-            index = {}
-            for path in self._batches(name):
-                key = tensors.metadata(path.read_bytes()).get("request_key")
-                if key:
-                    index[key] = self._seq(path)
-            self._request_index[name] = index
-        return index
-
     def _batch_path(self, name: str, seq: int) -> Path:
         return self._dir(name) / "samples" / f"{seq:012d}.safetensors"
+
+    def _write_ledger(self, name: str, ledger: _Ledger) -> None:
+        _write_json(self._dir(name) / "ingest.json", ledger.to_json())
+
+    def _ledger(self, name: str) -> _Ledger:
+        """The ledger, rolled forward over batches written after it and with its pending tally counted."""
+        path = self._dir(name) / "ingest.json"
+        ledger = _Ledger.from_json(_read_json(path)) if path.exists() else _Ledger()
+        changed = False
+        while (batch := self._batch_path(name, ledger.next_batch)).exists():
+            meta = self._read_meta(batch)
+            if meta.request_key:
+                self._log_request(name, meta.request_key, meta.seq)
+            ledger.add(meta)
+            changed = True
+        if ledger.pending is None:
+            ledger.pending = self._count_pending(name, ledger.next_batch)
+            changed = True
+        if changed:
+            self._write_ledger(name, ledger)
+        return ledger
+
+    def _mark_stale(self, name: str) -> None:
+        """Mark the pending tally stale before changing what is pending (see the section's comment)."""
+        ledger = self._ledger(name)
+        ledger.pending = None
+        self._write_ledger(name, ledger)
+
+    def _count_pending(self, name: str, next_batch: int) -> PendingCounts:
+        aside = self._set_aside(name)
+        unconsumed = self._pending_metas(name, self._consumed_upto(name), next_batch)
+        return tally_pending(aside.pending(self._metas(name, aside.carried_batches), unconsumed))
+
+    def _requests(self, name: str) -> dict[str, int]:
+        """Request key → batch, from requests.log: read once per process, then only what other writers appended."""
+        path = self._dir(name) / "requests.log"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return {}
+        inode, offset, index = self._request_index.get(name, (-1, 0, {}))
+        if inode != stat.st_ino or stat.st_size < offset:  # rewritten (compacted) or a new model of that name
+            offset, index = 0, {}
+        if stat.st_size > offset:
+            with path.open("rb") as f:
+                f.seek(offset)
+                tail = f.read()
+            complete = tail[: tail.rfind(b"\n") + 1]  # a torn last line (a crash) is not a key yet
+            for line in complete.decode(errors="replace").splitlines():
+                seq, _, key = line.partition(" ")
+                if seq.isdigit() and key:
+                    index[key] = int(seq)
+            offset += len(complete)
+        self._request_index[name] = (stat.st_ino, offset, index)
+        return index
+
+    def _log_request(self, name: str, key: str, seq: int) -> None:
+        path = self._dir(name) / "requests.log"
+        created = not path.exists()
+        with path.open("a+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            torn = False
+            if end:
+                f.seek(end - 1)
+                torn = f.read(1) != b"\n"
+            f.write((b"\n" if torn else b"") + f"{seq} {key}\n".encode())
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            _fsync_dir(path.parent)
+
+    def _compact_requests(self, name: str) -> None:
+        """Rewrite requests.log with the keys whose batch is still stored (retention and deletion drop batches)."""
+        path = self._dir(name) / "requests.log"
+        if not path.exists():
+            return
+        index = self._requests(name)
+        alive = {k: seq for k, seq in index.items() if self._batch_path(name, seq).exists()}
+        if len(alive) < len(index):
+            write_atomic(path, "".join(f"{seq} {key}\n" for key, seq in alive.items()).encode())
 
     def append_samples(
         self,
@@ -489,14 +609,14 @@ class LocalStore(Store):
         if request_key is not None:
             check_request_key(request_key)
         with self._lock(name):
+            ledger = self._ledger(name)
             if request_key is not None:
                 seq = self._requests(name).get(request_key)
-                if seq is not None and self._batch_path(name, seq).exists():
-                    first_answer = tensors.metadata(self._batch_path(name, seq).read_bytes())
-                    return list(first_answer["original_ids"]), list(first_answer["original_held_out"])
-            counters = self._counters(name)
-            held = holdout_flags(labels, counters["per_class"], holdout_fraction)
-            seq, first = self._next_numbers(name, counters)
+                if seq is not None and (path := self._batch_path(name, seq)).exists():
+                    first_answer = self._read_meta(path)
+                    return list(first_answer.original_ids or []), list(first_answer.original_held_out or [])
+            held = holdout_flags(labels, dict(ledger.per_class), holdout_fraction)
+            seq, first = ledger.next_batch, ledger.next_sample
             ids = [str(first + i) for i in range(len(labels))]
             meta = BatchMeta(
                 seq,
@@ -510,10 +630,10 @@ class LocalStore(Store):
                 relabel=relabel,
             )
             write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta.to_json()))
-            counters["next_batch"], counters["next_sample"] = seq + 1, first + len(labels)
-            self._write_counters(name, counters)
             if request_key is not None:
-                self._requests(name)[request_key] = seq
+                self._log_request(name, request_key, seq)
+            ledger.add(meta)
+            self._write_ledger(name, ledger)
         return ids, held
 
     def _read_meta(self, path: Path) -> BatchMeta:
@@ -523,9 +643,11 @@ class LocalStore(Store):
             size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
             return BatchMeta.from_json(self._seq(path), tensors.metadata(head + f.read(size)))
 
-    def _pending_metas(self, name: str, after: int) -> list[BatchMeta]:
-        """The metadata of the batches numbered above ``after`` (the pending ones), in arrival order."""
-        return [self._read_meta(path) for path in self._batches(name) if self._seq(path) > after]
+    def _pending_metas(self, name: str, after: int, before: int) -> list[BatchMeta]:
+        """The metadata of the stored batches numbered above ``after`` and below ``before`` (the pending ones, when
+        ``before`` is the ledger's next number), in arrival order."""
+        paths = (self._batch_path(name, seq) for seq in range(after + 1, before))
+        return [self._read_meta(path) for path in paths if path.exists()]
 
     def _read_batch(self, path: Path) -> tuple[SampleSet, BatchMeta]:
         data = path.read_bytes()
@@ -534,11 +656,11 @@ class LocalStore(Store):
 
     def _rewrite_batch(self, path: Path, keep: list[bool]) -> int:
         """Keep only some rows of a batch (deleting the file when none remain); returns how many were dropped."""
+        if all(keep):
+            return 0
         data = path.read_bytes()
         meta = BatchMeta.from_json(self._seq(path), tensors.metadata(data))
         dropped = keep.count(False)
-        if dropped == 0:
-            return 0
         if not any(keep):
             path.unlink()
             _fsync_dir(path.parent)
@@ -587,10 +709,11 @@ class LocalStore(Store):
 
     def claim(self, name: str, *, limit: int | None = None) -> Claim:
         with self._lock(name):
+            ledger = self._ledger(name)
             start = self._consumed_upto(name)
             aside = self._set_aside(name)
             shape = self.get_model(name).input_shape
-            unconsumed = self._pending_metas(name, start)
+            unconsumed = self._pending_metas(name, start, ledger.next_batch)
             plan = plan_claim(aside, self._metas(name, aside.carried_batches), unconsumed, start, limit)
             parts = [self._read_batch(self._batch_path(name, meta.seq))[0] for meta in plan.batches]
             return plan.claim(parts, shape)
@@ -614,7 +737,21 @@ class LocalStore(Store):
             self._check_fence(name, fence)
             if claim.token.after != self._consumed_upto(name):
                 raise Conflict(f"samples of {name!r} were consumed by another update since this claim")
-            self._append_experience(name, consumed_experience(claim, version, update_id, quarantined, deferred))
+            experience = consumed_experience(claim, version, update_id, quarantined, deferred)
+            held = consumed_held_out(claim, quarantined, deferred)
+            self._mark_stale(name)
+            self._commit_experience(name, experience, held)
+            self._compact(name, experience, set(held.ids))
+            self._ledger(name)  # the tally counted again here, not by the next post
+
+    def _compact(self, name: str, experience: ExperienceRecord, moved: set[str]) -> None:
+        """Drop from the batches an experience consumed the held-out rows that moved to the held-out store (a batch
+        left without rows is removed); pending, deferred and quarantined rows stay where they are."""
+        token, _, consumed = experience_parts(experience.claim)
+        for seq in sorted({*range(token.after + 1, token.upto + 1), *consumed.values()}):
+            path = self._batch_path(name, seq)
+            if path.exists():
+                self._rewrite_batch(path, [i not in moved for i in self._read_meta(path).ids])
 
     def quarantine(self, name: str, records: Sequence[QuarantineRecord], *, fence: int | None = None) -> None:
         with self._lock(name):
@@ -622,7 +759,9 @@ class LocalStore(Store):
             entries = self._quarantine(name)
             for record in records:
                 entries[record.id] = {**record.to_json(), "released": False}
+            self._mark_stale(name)
             _write_json(self._dir(name) / "quarantine.json", entries)
+            self._ledger(name)
 
     def quarantined(self, name: str) -> list[QuarantineRecord]:
         with self._lock(name):
@@ -638,73 +777,160 @@ class LocalStore(Store):
             for i in released:
                 entries[i]["released"] = True
             if released:
+                self._mark_stale(name)
                 _write_json(self._dir(name) / "quarantine.json", entries)
+                self._ledger(name)
             return released
 
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
         with self._lock(name):
+            ledger = self._ledger(name)
             start = self._consumed_upto(name)
-            if any(self._seq(p) > start for p in self._batches(name)):
+            if any(self._batch_path(name, seq).exists() for seq in range(start + 1, ledger.next_batch)):
                 raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
-            seq = start
-            if len(held_out):
-                counters = self._counters(name)
-                seq, first = self._next_numbers(name, counters)
-                ids = [str(first + i) for i in range(len(held_out))]
-                meta = BatchMeta(seq, list(held_out.labels), [True] * len(held_out), ids, at=time.time())
-                write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": held_out.inputs}, meta.to_json()))
-                counters["next_batch"], counters["next_sample"] = seq + 1, first + len(held_out)
-                self._write_counters(name, counters)
-            self._append_experience(
-                name,
-                ExperienceRecord(version, update_id, ClaimToken(start, seq).to_json(), held_out=len(held_out)),
-            )
+            first = ledger.next_sample
+            ledger.next_sample += len(held_out)
+            self._write_ledger(name, ledger)  # the ids are taken before anything holds them: never given twice
+            samples = SampleSet(held_out.inputs, list(held_out.labels), [str(first + i) for i in range(len(held_out))])
+            record = ExperienceRecord(version, update_id, ClaimToken(start, start).to_json(), held_out=len(held_out))
+            self._commit_experience(name, record, samples)
 
     def experiences(self, name: str) -> list[ExperienceRecord]:
         with self._lock(name):
             return self._experiences(name)
 
-    def experience_samples(self, name: str, version: int) -> SampleSet:
+    # -- the held-out store (registry.heldout) ---------------------------------------------------------------------
+    # heldout/index.json is the index; heldout/<part>.safetensors the parts.  An acknowledgement writes the
+    # experience's held-out rows as the next part first, then experiences.json (the commit point), then folds them
+    # into the index; an experience committed but not folded (a crash, or a store of format 1) is folded in by the
+    # next call that reads or changes the held-out store, from that part or, failing it, from its batches.
+    def _part_path(self, name: str, part: str) -> Path:
+        return self._dir(name) / "heldout" / f"{int(part)}.safetensors"
+
+    def _held_index(self, name: str) -> HeldOutIndex:
+        path = self._dir(name) / "heldout" / "index.json"
+        return HeldOutIndex.from_json(_read_json(path)) if path.exists() else HeldOutIndex()
+
+    def _write_held_index(self, name: str, index: HeldOutIndex) -> None:
+        _write_json(self._dir(name) / "heldout" / "index.json", index.to_json())
+
+    def _commit_experience(self, name: str, experience: ExperienceRecord, held: SampleSet) -> None:
+        index = self._held_catch_up(name)
+        if len(held):
+            part = new_part(held, experience.version)
+            write_atomic(
+                self._part_path(name, str(index.next_part)), part.to_bytes(version=experience.version, at=experience.at)
+            )
+        self._append_experience(name, experience)
+        self._fold(name, index, experience, held)
+
+    def _fold(self, name: str, index: HeldOutIndex, experience: ExperienceRecord, held: SampleSet) -> None:
+        """Offer an experience's held-out rows (already written as the next part) to the reservoirs; the part keeps
+        the rows that got a slot."""
+        staged = self._part_path(name, str(index.next_part))
+        kept = index.offer(held.labels, held.ids, self.heldout_capacity)
+        part, dead = index.fold(experience, [i for i, k in zip(held.ids, kept, strict=True) if k])
+        self._write_held_index(name, index)
+        if part is None:
+            staged.unlink(missing_ok=True)
+        elif not all(kept):
+            write_atomic(staged, new_part(held, experience.version).select(kept).to_bytes())
+        for p in dead:
+            self._part_path(name, p).unlink(missing_ok=True)
+        if index.crowded:
+            self._consolidate(name, index)
+
+    def _consolidate(self, name: str, index: HeldOutIndex) -> None:
+        parts = {p: Part.from_bytes(self._part_path(name, p).read_bytes()) for p in index.parts}
+        part, merged, replaced = consolidate(index, parts, self.get_model(name).input_shape)
+        if len(merged.samples):
+            write_atomic(self._part_path(name, part), merged.to_bytes())
+        self._write_held_index(name, index)
+        for p in replaced:
+            if p != part:
+                self._part_path(name, p).unlink(missing_ok=True)
+
+    def _held_catch_up(self, name: str) -> HeldOutIndex:
+        """The held-out index with every committed experience folded in."""
+        index = self._held_index(name)
+        experiences = self._experiences(name)
+        for position in index.pending(experiences):
+            experience = experiences[position]
+            staged = self._part_path(name, str(index.next_part))
+            header = Part.header(staged.read_bytes()) if staged.exists() else {}
+            if (header.get("version"), header.get("at")) == (experience.version, experience.at):
+                held = Part.from_bytes(staged.read_bytes()).samples
+            else:  # not written by this experience's acknowledgement: its rows are still in its batches
+                held = self._held_in_batches(name, experience)
+                if len(held):
+                    write_atomic(staged, new_part(held, experience.version).to_bytes())
+            self._fold(name, index, experience, held)
+        return index
+
+    def _held_in_batches(self, name: str, experience: ExperienceRecord) -> SampleSet:
+        """An experience's held-out rows as format 1 kept them: inside the batches it consumed."""
+        shape = self.get_model(name).input_shape
+        parts = []
+        for seq in experience_batches(experience.claim, [self._seq(p) for p in self._batches(name)]):
+            batch, meta = self._read_batch(self._batch_path(name, seq))
+            parts.append(batch.select(experience_mask(experience.claim, meta)))
+        return SampleSet.concat(parts, shape)
+
+    def held_out(self, name: str) -> dict[int, SampleSet]:
         with self._lock(name):
             shape = self.get_model(name).input_shape
-            for e in self._experiences(name):
-                if e.version == version:
-                    token, excluded, consumed = experience_parts(e.claim)
-                    parts = []
-                    for path in self._batches(name):
-                        if token.covers(self._seq(path)):
-                            batch, meta = self._read_batch(path)
-                            parts.append(
-                                batch.select(
-                                    [f and i not in excluded for i, f in zip(meta.ids, meta.held_out, strict=True)]
-                                )
-                            )
-                    for meta in self._metas(name, sorted(set(consumed.values()))):
-                        batch, _ = self._read_batch(self._batch_path(name, meta.seq))
-                        parts.append(
-                            batch.select(
-                                [
-                                    f and consumed.get(i) == meta.seq
-                                    for i, f in zip(meta.ids, meta.held_out, strict=True)
-                                ]
-                            )
-                        )
-                    return SampleSet.concat(parts, shape)
-            return SampleSet.concat([], shape)
+            index = self._held_catch_up(name)
+            parts = {p: Part.from_bytes(self._part_path(name, p).read_bytes()) for p in index.parts}
+            return by_experience(index, parts, shape)
+
+    def experience_samples(self, name: str, version: int) -> SampleSet:
+        with self._lock(name):
+            found = self.held_out(name).get(version)
+            return found if found is not None else empty(self.get_model(name).input_shape)
+
+    def _forget_held(self, name: str, wanted: set[str]) -> set[str]:
+        """Remove samples from the held-out store, index first, then every part file that stores any of them
+        (the headers of all parts are read: a crash may have left a row the index no longer lists)."""
+        index = self._held_catch_up(name)
+        index.remove(wanted)
+        dead = index.drop_dead_parts()
+        self._write_held_index(name, index)
+        found: set[str] = set()
+        hdir = self._dir(name) / "heldout"
+        for path in sorted(hdir.glob("*.safetensors")) if hdir.exists() else []:
+            stored = [str(i) for i in Part.header(path.read_bytes())["ids"]]
+            hit = wanted.intersection(stored)
+            if not hit:
+                continue
+            found |= hit
+            part = Part.from_bytes(path.read_bytes()).without(hit)
+            if len(part.samples) and path.stem not in dead:
+                write_atomic(path, part.to_bytes())
+            else:
+                path.unlink()
+        for p in dead:
+            self._part_path(name, p).unlink(missing_ok=True)
+        return found
 
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
         wanted = set(check_sample_ids(ids))  # all or nothing: one bad id and nothing is deleted
         with self._lock(name):
-            found = 0
-            for path in self._batches(name):
-                meta = tensors.metadata(path.read_bytes())
-                keep = [i not in wanted for i in meta["ids"]]
-                found += self._rewrite_batch(path, keep)
+            self._mark_stale(name)
             _write_json(self._dir(name) / "deleted.json", sorted(self.deleted_ids(name) | {int(i) for i in wanted}))
+            found: set[str] = set()
+            if wanted:
+                for path in self._batches(name):
+                    hit = wanted.intersection(self._read_meta(path).ids)
+                    if hit:
+                        self._rewrite_batch(path, [i not in hit for i in self._read_meta(path).ids])
+                        found |= hit
+                found |= self._forget_held(name, wanted)
             entries = self._quarantine(name)
             if wanted & set(entries):
                 _write_json(self._dir(name) / "quarantine.json", {i: e for i, e in entries.items() if i not in wanted})
-            return found
+            self._compact_requests(name)
+            self._ledger(name)
+            return len(found)
 
     def _deletion_record(self, name: str) -> tuple[set[int], list[object]]:
         path = self._dir(name) / "deleted.json"
@@ -726,6 +952,8 @@ class LocalStore(Store):
         self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
     ) -> dict[str, int]:
         with self._lock(name):
+            self._ledger(name)
+            self._held_catch_up(name)  # every experience's held-out rows are in the held-out store before this
             consumed = self._consumed_upto(name)
             aside = self._set_aside(name)
             retention = RetentionPass(time.time(), max_age_s, max_samples, frozenset(protect) | aside.kept_by_retention)
@@ -736,13 +964,49 @@ class LocalStore(Store):
                 keep = retention.mask(meta)
                 self._rewrite_batch(path, keep)
                 retention.record(meta, keep)
+            self._compact_requests(name)
         return retention.dropped
 
     def pending_counts(self, name: str) -> PendingCounts:
         with self._lock(name):
-            aside = self._set_aside(name)
-            unconsumed = self._pending_metas(name, self._consumed_upto(name))
-            return tally_pending(aside.pending(self._metas(name, aside.carried_batches), unconsumed))
+            pending = self._ledger(name).pending
+            assert pending is not None  # counted by _ledger
+            return pending
+
+    # -- migration from format 1 ------------------------------------------------------------------------------------
+    def _migrate_from_1(self) -> None:
+        """Format 1 kept held-out rows inside the batches, the numbers in counters.json and no request log: build
+        the ledger, the request log and the held-out store of every model, then drop the held-out rows the store
+        now holds from the consumed batches.  Every step can run again (a crash during the migration leaves
+        format 1 in FORMAT, and the next start runs it again)."""
+        for model in self.list_models():
+            name = model.name
+            with self._lock(name):
+                batches = self._batches(name)
+                if not (self._dir(name) / "ingest.json").exists():
+                    counters = self._counters(name)
+                    ledger = _Ledger(
+                        int(counters["next_batch"]), int(counters["next_sample"]), dict(counters["per_class"])
+                    )
+                    if batches:
+                        newest = self._read_meta(batches[-1])
+                        ledger.next_batch = max(ledger.next_batch, newest.seq + 1)
+                        ledger.next_sample = max([ledger.next_sample, *(int(i) + 1 for i in newest.ids)])
+                    self._write_ledger(name, ledger)
+                if not (self._dir(name) / "requests.log").exists():
+                    keys = [(self._seq(p), self._read_meta(p).request_key) for p in batches]
+                    write_atomic(self._dir(name) / "requests.log", "".join(f"{s} {k}\n" for s, k in keys if k).encode())
+                self._held_catch_up(name)
+                consumed, keep = self._consumed_upto(name), self._set_aside(name).kept_by_retention
+                for path in batches:
+                    if self._seq(path) <= consumed and path.exists():
+                        meta = self._read_meta(path)
+                        self._rewrite_batch(
+                            path, [not h or i in keep for i, h in zip(meta.ids, meta.held_out, strict=True)]
+                        )
+                self._mark_stale(name)
+                self._ledger(name)
+        log.info("migrated the store at %s from format 1 to %d", self.root, FORMAT_VERSION)
 
     # -- updates --------------------------------------------------------------------------------------------------
     def _update_order(self, name: str) -> Path:

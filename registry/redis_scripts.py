@@ -189,10 +189,15 @@ redis.call('SET', KEYS[5], 1, 'PX', ARGV[8])
 return 1
 """
 
-ACK = """
--- KEYS: model, fence, acked, experiences, stream, carried, op
+ACK = (
+    CHUNKS
+    + """
+-- KEYS: model, fence, acked, experiences, stream, carried, op, held, sgen
 -- ARGV: fence|'', from, upto, experience JSON, group, quoted name, op ttl,
---       carried ids consumed (JSON list), samples deferred (JSON object id -> batch; the key "" is ignored)
+--       carried ids consumed (JSON list), samples deferred (JSON object id -> batch; the key "" is ignored),
+--       held-out generation read, held-out index JSON, new part ('' none), its mode, its value,
+--       parts left without a live row (JSON list), key prefix
+-- Returns 1, or 'RETRY' when the held-out store changed since its index was read (nothing is written then).
 if redis.call('GET', KEYS[7]) then return 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[6] .. ' does not exist')
@@ -204,6 +209,10 @@ end
 local acked = tonumber(redis.call('GET', KEYS[3]) or '0')
 if acked ~= tonumber(ARGV[2]) then
   return redis.error_reply('CONFLICT samples of ' .. ARGV[6] .. ' were consumed by another update since this claim')
+end
+if (redis.call('HGET', KEYS[8], 'gen') or '0') ~= ARGV[10] then return 'RETRY' end
+if ARGV[12] ~= '' and not staged(ARGV[16], ARGV[13], ARGV[14]) then
+  return redis.error_reply('CONFLICT the chunks of this held-out part expired before it; acknowledge again')
 end
 local upto = tonumber(ARGV[3])
 if upto > acked then
@@ -219,18 +228,30 @@ if upto > acked then
     if #rows < 1000 then break end
     cursor = '(' .. rows[#rows][1]
   end
+  -- every entry up to here is consumed (samples pending again are tracked in P carried): the stream keeps only
+  -- what waits
+  redis.call('XTRIM', KEYS[5], 'MINID', string.format('%d-0', upto + 1))
 end
 for _, id in ipairs(cjson.decode(ARGV[8])) do redis.call('HDEL', KEYS[6], id) end
 for id, seq in pairs(cjson.decode(ARGV[9])) do
   if id ~= '' then redis.call('HSET', KEYS[6], id, seq) end
 end
+if ARGV[12] ~= '' then put_payload(ARGV[16], KEYS[8], 'p:' .. ARGV[12], ARGV[13], ARGV[14]) end
+for _, part in ipairs(cjson.decode(ARGV[15])) do
+  drop_chunks(ARGV[16], redis.call('HGET', KEYS[8], 'p:' .. part .. '@'))
+  redis.call('HDEL', KEYS[8], 'p:' .. part, 'p:' .. part .. '@')
+end
+redis.call('HSET', KEYS[8], 'index', ARGV[11], 'gen', tostring(tonumber(ARGV[10]) + 1))
 redis.call('RPUSH', KEYS[4], ARGV[4])
+redis.call('INCR', KEYS[9])
 redis.call('SET', KEYS[7], 1, 'PX', ARGV[7])
 return 1
 """
+)
 
 QUARANTINE = """
--- KEYS: model, fence, quarantine, carried   ARGV: fence|'', quoted name, then id, record JSON, id, record JSON, ...
+-- KEYS: model, fence, quarantine, carried, sgen
+-- ARGV: fence|'', quoted name, then id, record JSON, id, record JSON, ...
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[2] .. ' does not exist')
 end
@@ -242,11 +263,12 @@ for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HDEL', KEYS[4], ARGV[i])
 end
+redis.call('INCR', KEYS[5])
 return 1
 """
 
 RELEASE = """
--- KEYS: model, quarantine, carried, exempt   ARGV: quoted name, ids...
+-- KEYS: model, quarantine, carried, exempt, sgen   ARGV: quoted name, ids...
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOTFOUND model ' .. ARGV[1] .. ' does not exist')
 end
@@ -260,6 +282,7 @@ for i = 2, #ARGV do
     released[#released + 1] = ARGV[i]
   end
 end
+if #released > 0 then redis.call('INCR', KEYS[5]) end
 return released
 """
 

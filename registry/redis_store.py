@@ -21,6 +21,12 @@ keeps a model's keys in one slot)::
                                        enters a training payload)
     P batches                  ZSET    stored batch numbers
     P stream                   STREAM  one entry per pending batch (id <seq>-0), read by consumer group "updates"
+                                       (an acknowledgement trims what it consumed)
+    P held                     HASH    the held-out store (registry.heldout): index JSON, its gen, and the parts
+                                       p:<part> (or p:<part>@ "<blob> <count>" when chunked)
+    P tally / P sgen           STRING  the pending counts, valid for the batch and sample-state generation they
+                                       name / that generation (changed by every change of what is pending other
+                                       than a post: a post's cost does not grow with the backlog)
     P acked                    STRING  the newest batch consumed by a committed version
     P experiences              LIST    ExperienceRecord JSON: which batches each version consumed (and which of
                                        their samples it left out)
@@ -60,7 +66,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -79,6 +85,7 @@ from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
 from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
+from registry.heldout import DEFAULT_CAPACITY, HeldOutIndex, Part, by_experience, consolidate, empty, new_part
 from registry.names import (
     check_model_name,
     check_page,
@@ -111,6 +118,9 @@ from registry.samples import (
     SampleSet,
     SetAside,
     consumed_experience,
+    consumed_held_out,
+    experience_batches,
+    experience_mask,
     experience_parts,
     holdout_flags,
     plan_claim,
@@ -171,6 +181,28 @@ def _translated(method: Callable[Concatenate[RedisStore, P], R]) -> Callable[Con
     return wrapper
 
 
+@dataclass(frozen=True)
+class _Tally:
+    """P tally: the pending counts as of the batch numbered ``upto`` and the sample-state generation ``basis``
+    (P sgen, which every change of what is pending other than an append increments)."""
+
+    basis: int
+    upto: int
+    counts: PendingCounts
+
+    @classmethod
+    def read(cls, raw: bytes | str | None, sgen: bytes | str | None, upto: int) -> _Tally | None:
+        """The stored tally if it is current (same generation, up to batch ``upto``), else None."""
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        tally = cls(int(data["basis"]), int(data["upto"]), PendingCounts.from_json(data["counts"]))
+        return tally if (tally.basis, tally.upto) == (int(sgen or 0), upto) else None
+
+    def to_raw(self) -> str:
+        return json.dumps({"basis": self.basis, "upto": self.upto, "counts": self.counts.to_json()})
+
+
 @dataclass
 class _Batch:
     """One ingestion batch as read back: its metadata, training rows and held-out rows."""
@@ -191,9 +223,13 @@ class RedisStore(Store):
         prefix: str = "cl",
         socket_timeout_s: float = 60.0,
         signer: Signer | None = None,
+        heldout_capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
+        if heldout_capacity < 1:
+            raise ValueError(f"heldout_capacity must be at least 1, got {heldout_capacity}")
+        self.heldout_capacity = heldout_capacity
         self._signer = signer
         self.where = redact(url)
         self.chunk_bytes = chunk_bytes
@@ -646,7 +682,7 @@ class RedisStore(Store):
         k = functools.partial(self._k, name)
 
         def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[str], list[bool]]:
-            pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"))
+            pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"), k("tally"), k("sgen"))
             if not pipe.exists(k("model")):
                 raise NotFound(f"model {name!r} does not exist")
             if request_key is not None:
@@ -673,7 +709,10 @@ class RedisStore(Store):
                 relabel=relabel,
             )
             fields = self._batch_fields(name, inputs, held, staged)
+            tally = _Tally.read(pipe.get(k("tally")), pipe.get(k("sgen")), seq - 1)
             pipe.multi()
+            if tally is not None:  # a current tally plus this batch; a stale one is counted again when read
+                pipe.set(k("tally"), _Tally(tally.basis, seq, tally.counts.plus(labels, held)).to_raw())
             changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
             if changed:
                 pipe.hset(k("classes"), mapping=changed)
@@ -803,19 +842,62 @@ class RedisStore(Store):
         deferred: Collection[str] = (),
     ) -> None:
         experience = consumed_experience(claim, version, update_id, quarantined, deferred)
+        held = consumed_held_out(claim, quarantined, deferred)
         keys = [self._k(name, k) for k in ("model", "fence", "acked", "experiences", "stream", "carried")]
-        keys.append(self._k(name, "op", uuid.uuid4().hex))
-        args = ["" if fence is None else str(fence), str(claim.token.after), str(claim.token.upto)]
+        keys += [self._k(name, "op", uuid.uuid4().hex), self._k(name, "held"), self._k(name, "sgen")]
+        args: list[Any] = ["" if fence is None else str(fence), str(claim.token.after), str(claim.token.upto)]
         moves = [
             json.dumps(sorted(experience.claim["consumed"])),
             json.dumps(experience.claim["deferred"] or {"": 0}),  # never an empty object (cjson reads it as a list)
         ]
-        self._run("ack", keys, [*args, json.dumps(experience.to_json()), GROUP, repr(name), OP_TTL_MS, *moves])
+        args += [json.dumps(experience.to_json()), GROUP, repr(name), OP_TTL_MS, *moves]
+        for _ in range(_TRANSACTION_ATTEMPTS):  # again while a deletion changes the held-out store meanwhile
+            index = self._held_index(name)
+            expected = index.gen
+            kept = index.offer(held.labels, held.ids, self.heldout_capacity)
+            part, dead = index.fold(experience, [i for i, k in zip(held.ids, kept, strict=True) if k])
+            staged: list[Staged] = []
+            if part is not None:
+                staged.append(self._stage(name, new_part(held, version).select(kept).to_bytes()))
+            mode, value = staged[0] if staged else ("", "")
+            fold = [
+                str(expected),
+                json.dumps(index.to_json()),
+                part or "",
+                mode,
+                value,
+                json.dumps(dead),
+                self._p(name),
+            ]
+            try:
+                result = self._run("ack", keys, [*args, *fold])
+            except BaseException:
+                self._unstage(name, staged)
+                raise
+            if _text(result) != "RETRY":
+                break
+            self._unstage(name, staged)
+        else:
+            raise StoreUnavailable(f"the held-out store of {name!r} kept changing while an update was acknowledged")
         self._forget_idle_consumers(name)
+        self._compact(name, experience, set(held.ids))
+        if index.crowded:
+            self._consolidate(name)
+        with suppress(StoreError):
+            self.pending_counts(name)  # counted again here, not by the next post
+
+    def _compact(self, name: str, experience: ExperienceRecord, moved: set[str]) -> None:
+        """Drop from the batches an experience consumed the held-out rows that moved to the held-out store (a batch
+        left without rows is removed); pending, deferred and quarantined rows stay where they are."""
+        token, _, consumed = experience_parts(experience.claim)
+        seqs = sorted({*self._stored(name, f"({token.after}", str(token.upto)), *consumed.values()})
+        for meta in self._metas(name, seqs):
+            if moved.intersection(meta.ids):
+                self._rewrite_batch(name, meta.seq, lambda m: [i not in moved for i in m.ids])
 
     @_translated
     def quarantine(self, name: str, records: Sequence[QuarantineRecord], *, fence: int | None = None) -> None:
-        keys = [self._k(name, k) for k in ("model", "fence", "quarantine", "carried")]
+        keys = [self._k(name, k) for k in ("model", "fence", "quarantine", "carried", "sgen")]
         pairs = [value for record in records for value in (record.id, json.dumps(record.to_json()))]
         self._run("quarantine", keys, ["" if fence is None else str(fence), repr(name), *pairs])
 
@@ -828,7 +910,7 @@ class RedisStore(Store):
     @_translated
     def release_quarantine(self, name: str, ids: Sequence[str]) -> list[str]:
         wanted = check_sample_ids(ids)  # all or nothing: one bad id and nothing is released
-        keys = [self._k(name, k) for k in ("model", "quarantine", "carried", "exempt")]
+        keys = [self._k(name, k) for k in ("model", "quarantine", "carried", "exempt", "sgen")]
         released = self._run("release", keys, [repr(name), *dict.fromkeys(wanted)])
         return [_text(i) for i in released]
 
@@ -846,20 +928,179 @@ class RedisStore(Store):
         [raws] = self._read(name, lambda pipe: pipe.lrange(self._k(name, "experiences"), 0, -1))
         return [ExperienceRecord.from_json(json.loads(raw)) for raw in raws]
 
+    # -- the held-out store (registry.heldout) ---------------------------------------------------------------------
+    # P held (HASH): "index" the index JSON, "gen" its generation, "p:<part>" (or "p:<part>@", a chunk reference)
+    # each part.  The acknowledgement script writes the experience, the new part and the index together, provided
+    # the generation did not change since the index was read (a deletion meanwhile: read it again and retry).
+    # An experience committed without being folded in (data written before the held-out store existed) is folded
+    # in from its batches by the first call that reads or changes the store.
+    def _held_index(self, name: str) -> HeldOutIndex:
+        """The index, every committed experience folded in."""
+        k = functools.partial(self._k, name)
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.hmget(k("held"), ["index", "gen"])
+            pipe.lindex(k("experiences"), -1)
+
+        [(raw, gen), newest] = self._read(name, queue)
+        index = _index(raw, gen)
+        if newest is not None:
+            last = ExperienceRecord.from_json(json.loads(newest))
+            if index.last != (last.version, last.at):
+                index = self._held_catch_up(name)
+        return index
+
+    def _held_catch_up(self, name: str) -> HeldOutIndex:
+        k = functools.partial(self._k, name)
+        shape = self.get_model(name).input_shape
+        from_batches: list[ExperienceRecord] = []
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> HeldOutIndex:
+            pipe.watch(k("held"), k("experiences"))
+            raw, gen = pipe.hmget(k("held"), ["index", "gen"])
+            index = _index(raw, gen)
+            experiences = [ExperienceRecord.from_json(json.loads(r)) for r in pipe.lrange(k("experiences"), 0, -1)]
+            todo = [experiences[p] for p in index.pending(experiences)]
+            if not todo:
+                return index
+            parts: dict[str, Part] = {}
+            for experience in todo:
+                held = self._held_in_batches(name, experience, shape)
+                kept = index.offer(held.labels, held.ids, self.heldout_capacity)
+                part, _ = index.fold(experience, [i for i, k_ in zip(held.ids, kept, strict=True) if k_])
+                if part is not None:
+                    parts[part] = new_part(held, experience.version).select(kept)
+            fields: dict[Any, Any] = {"index": json.dumps(index.to_json()), "gen": index.gen}
+            for part, rows in parts.items():
+                if part in index.parts:
+                    mode, value = self._stage(name, rows.to_bytes())
+                    staged.append((mode, value))
+                    fields[f"p:{part}" if mode == "i" else f"p:{part}@"] = value
+            dead = [
+                f for p in _part_names(pipe.hkeys(k("held"))) if p not in index.parts for f in (f"p:{p}", f"p:{p}@")
+            ]
+            pipe.multi()
+            if dead:
+                pipe.hdel(k("held"), *dead)
+            pipe.hset(k("held"), mapping=fields)
+            self._persist(pipe, name, staged)
+            pipe.execute()
+            from_batches.extend(todo)
+            return index
+
+        index = self._optimistic(name, f"the held-out store of {name!r} could not be built", attempt)
+        if from_batches:  # the rows moved: drop them from the consumed batches, as an acknowledgement does now
+            keep = self._set_aside(name).kept_by_retention
+            for meta in self._metas(name, self._stored(name, "-inf", str(self._acked(name)))):
+                if any(h and i not in keep for i, h in zip(meta.ids, meta.held_out, strict=True)):
+                    self._rewrite_batch(
+                        name, meta.seq, lambda m: [not h or i in keep for i, h in zip(m.ids, m.held_out, strict=True)]
+                    )
+        return index
+
+    def _held_in_batches(self, name: str, experience: ExperienceRecord, shape: Sequence[int]) -> SampleSet:
+        """An experience's held-out rows as they were kept before the held-out store: inside its batches."""
+        seqs = experience_batches(experience.claim, self._stored(name))
+        parts = []
+        for batch in self._batches(name, seqs, shape):
+            mask = dict(zip(batch.meta.ids, experience_mask(experience.claim, batch.meta), strict=True))
+            parts.append(batch.held.select([mask[i] for i in batch.held.ids]))
+        return SampleSet.concat(parts, shape)
+
+    def _held_parts(self, name: str, data: dict[Any, Any]) -> dict[str, Part]:
+        """The parts in a HGETALL of P held (raises _Moved when a chunked one changed meanwhile)."""
+        parts = {}
+        for part in _part_names(data):
+            payload = self._payload(name, data.get(f"p:{part}".encode()), data.get(f"p:{part}@".encode()))
+            if payload is not None:
+                parts[part] = Part.from_bytes(payload)
+        return parts
+
+    def _held_store(self, name: str) -> tuple[HeldOutIndex, dict[str, Part]]:
+        self._held_index(name)  # folds in what is not folded yet
+        for _ in range(10):
+            [data] = self._read(name, lambda pipe: pipe.hgetall(self._k(name, "held")))
+            try:
+                return _index(data.get(b"index"), data.get(b"gen")), self._held_parts(name, data)
+            except _Moved:
+                continue
+        raise StoreUnavailable(f"the held-out store of {name!r} kept changing while being read")
+
+    @_translated
+    def held_out(self, name: str) -> dict[int, SampleSet]:
+        shape = self.get_model(name).input_shape
+        index, parts = self._held_store(name)
+        return by_experience(index, parts, shape)
+
     @_translated
     def experience_samples(self, name: str, version: int) -> SampleSet:
+        found = self.held_out(name).get(version)
+        return found if found is not None else empty(self.get_model(name).input_shape)
+
+    def _rewrite_held(self, name: str, change: Callable[[HeldOutIndex, dict[str, Part]], dict[str, Part]]) -> None:
+        """Change the held-out store in one transaction: ``change`` edits the index and returns the parts to write
+        (parts the index no longer lists are removed)."""
+        key = self._k(name, "held")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+            pipe.watch(key)
+            data = pipe.hgetall(key)
+            index = _index(data.get(b"index"), data.get(b"gen"))
+            before = self._held_parts(name, data)
+            gen = index.gen
+            written = change(index, before)
+            if index.gen == gen:
+                return
+            fields: dict[Any, Any] = {"index": json.dumps(index.to_json()), "gen": index.gen}
+            drop = [f"p:{p}" for p in before if p not in index.parts or p in written]
+            drop += [f"p:{p}@" for p in before if p not in index.parts or p in written]
+            old_chunks = [c for p in drop if p.endswith("@") for c in self._chunk_keys(name, data.get(p.encode()))]
+            for part, rows in written.items():
+                mode, value = self._stage(name, rows.to_bytes())
+                staged.append((mode, value))
+                fields[f"p:{part}" if mode == "i" else f"p:{part}@"] = value
+            pipe.multi()
+            if drop:
+                pipe.hdel(key, *drop)
+            pipe.hset(key, mapping=fields)
+            self._persist(pipe, name, staged)
+            if old_chunks:
+                pipe.unlink(*old_chunks)
+            pipe.execute()
+
+        self._optimistic(name, f"the held-out store of {name!r} could not be changed", attempt)
+
+    def _consolidate(self, name: str) -> None:
         shape = self.get_model(name).input_shape
-        for e in self.experiences(name):
-            if e.version == version:
-                token, excluded, consumed = experience_parts(e.claim)
-                seqs = self._stored(name, f"({token.after}", str(token.upto))
-                parts = [
-                    b.held.select([i not in excluded for i in b.held.ids]) for b in self._batches(name, seqs, shape)
-                ]
-                for batch in self._batches(name, sorted(set(consumed.values())), shape):
-                    parts.append(batch.held.select([consumed.get(i) == batch.meta.seq for i in batch.held.ids]))
-                return SampleSet.concat(parts, shape)
-        return SampleSet.concat([], shape)
+
+        def change(index: HeldOutIndex, parts: dict[str, Part]) -> dict[str, Part]:
+            if not index.crowded:
+                return {}
+            part, merged, _ = consolidate(index, parts, shape)
+            return {part: merged} if len(merged.samples) else {}
+
+        self._rewrite_held(name, change)
+
+    def _forget_held(self, name: str, wanted: set[str]) -> set[str]:
+        found: set[str] = set()
+
+        def change(index: HeldOutIndex, parts: dict[str, Part]) -> dict[str, Part]:
+            found.clear()
+            written = {}
+            for part, rows in parts.items():
+                hit = wanted.intersection(rows.samples.ids)
+                if hit:
+                    found.update(hit)
+                    written[part] = rows.without(hit)
+            index.remove(wanted)
+            index.drop_dead_parts()
+            if found:
+                index.gen += 1
+            return {p: rows for p, rows in written.items() if p in index.parts and len(rows.samples)}
+
+        self._held_index(name)
+        self._rewrite_held(name, change)
+        return found
 
     def _rewrite_batch(
         self, name: str, seq: int, keep_of: Callable[[BatchMeta], list[bool]]
@@ -905,20 +1146,20 @@ class RedisStore(Store):
             self._run("sadd", [self._k(name, "model"), self._k(name, "deleted")], [repr(name), *sorted(wanted)])
         else:
             self.get_model(name)
-        found = 0
+        found: set[str] = set()
         for meta in self._metas(name, self._stored(name)):
-            if not any(i in wanted for i in meta.ids):
-                continue
-            result = self._rewrite_batch(name, meta.seq, lambda m: [i not in wanted for i in m.ids])
-            if result is not None:
-                found += result[0].count(False)
+            hit = wanted.intersection(meta.ids)
+            if hit and self._rewrite_batch(name, meta.seq, lambda m: [i not in wanted for i in m.ids]) is not None:
+                found |= hit
         if wanted:
+            found |= self._forget_held(name, wanted)
             pipe = self._redis.pipeline(transaction=True)
             pipe.hdel(self._k(name, "quarantine"), *wanted)
             pipe.hdel(self._k(name, "carried"), *wanted)
             pipe.srem(self._k(name, "exempt"), *wanted)
+            pipe.incr(self._k(name, "sgen"))  # what is pending changed: the tally is counted again
             pipe.execute()
-        return found
+        return len(found)
 
     @_translated
     def deleted_ids(self, name: str) -> set[int]:
@@ -938,6 +1179,7 @@ class RedisStore(Store):
     def apply_retention(
         self, name: str, *, max_age_s: float | None, max_samples: int | None, protect: Collection[str] = ()
     ) -> dict[str, int]:
+        self._held_index(name)  # every experience's held-out rows are in the held-out store before this
         aside = self._set_aside(name)
         retention = RetentionPass(time.time(), max_age_s, max_samples, frozenset(protect) | aside.kept_by_retention)
         for seq in reversed(self._stored(name, "-inf", str(self._acked(name)))):  # newest first; pending ones stay
@@ -949,42 +1191,69 @@ class RedisStore(Store):
     @_translated
     def add_experience(self, name: str, version: int, held_out: SampleSet, update_id: str | None) -> None:
         k = functools.partial(self._k, name)
+        self._held_index(name)
 
         def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
-            pipe.watch(k("model"), k("acked"), k("bseq"), k("sseq"), k("batches"))
+            pipe.watch(k("model"), k("acked"), k("sseq"), k("batches"), k("held"), k("experiences"))
             if not pipe.exists(k("model")):
                 raise NotFound(f"model {name!r} does not exist")
             start = int(pipe.get(k("acked")) or 0)
             if pipe.zrangebyscore(k("batches"), f"({start}", "+inf", start=0, num=1):
                 raise Conflict(f"model {name!r} has pending samples; import experiences before pending samples")
-            seq = start
-            fields: dict[Any, Any] = {}
-            if len(held_out):
-                seq = int(pipe.get(k("bseq")) or 0) + 1
-                first = int(pipe.get(k("sseq")) or 0) + 1
-                ids = [str(first + i) for i in range(len(held_out))]
-                meta = BatchMeta(seq, list(held_out.labels), [True] * len(held_out), ids, at=time.time())
-                fields = self._batch_fields(name, held_out.inputs, meta.held_out, staged)
-                fields["meta"] = json.dumps(meta.to_json())
-            experience = ExperienceRecord(version, update_id, ClaimToken(start, seq).to_json(), held_out=len(held_out))
+            raw, gen = pipe.hmget(k("held"), ["index", "gen"])
+            index = _index(raw, gen)
+            first = int(pipe.get(k("sseq")) or 0) + 1
+            ids = [str(first + i) for i in range(len(held_out))]
+            samples = SampleSet(held_out.inputs, list(held_out.labels), ids)
+            experience = ExperienceRecord(version, update_id, ClaimToken(start, start).to_json(), held_out=len(ids))
+            kept = index.offer(samples.labels, ids, self.heldout_capacity)
+            part, dead = index.fold(experience, [i for i, k_ in zip(ids, kept, strict=True) if k_])
+            fields: dict[Any, Any] = {"index": json.dumps(index.to_json()), "gen": index.gen}
+            if part is not None:
+                mode, value = self._stage(name, new_part(samples, version).select(kept).to_bytes())
+                staged.append((mode, value))
+                fields[f"p:{part}" if mode == "i" else f"p:{part}@"] = value
             pipe.multi()
-            if fields:
-                pipe.set(k("bseq"), seq)
-                pipe.set(k("sseq"), first + len(held_out) - 1)
-                pipe.hset(k("b", seq), mapping=fields)
-                self._persist(pipe, name, staged)
-                pipe.zadd(k("batches"), {str(seq): seq})
-                pipe.set(k("acked"), seq)
+            if ids:
+                pipe.set(k("sseq"), first + len(ids) - 1)
+            if dead:
+                pipe.hdel(k("held"), *[f for p in dead for f in (f"p:{p}", f"p:{p}@")])
+            pipe.hset(k("held"), mapping=fields)
+            self._persist(pipe, name, staged)
             pipe.rpush(k("experiences"), json.dumps(experience.to_json()))
             pipe.execute()
 
         self._optimistic(name, f"the experience of {name!r} could not be stored", attempt)
 
-    @_translated
-    def pending_counts(self, name: str) -> PendingCounts:
+    def _count_pending(self, name: str) -> PendingCounts:
         aside = self._set_aside(name)
         unconsumed = self._metas(name, self._stored(name, f"({self._acked(name)}", "+inf"))
         return tally_pending(aside.pending(self._metas(name, aside.carried_batches), unconsumed))
+
+    @_translated
+    def pending_counts(self, name: str) -> PendingCounts:
+        k = functools.partial(self._k, name)
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.get(k("tally"))
+            pipe.get(k("sgen"))
+            pipe.get(k("bseq"))
+
+        raw, sgen, bseq = self._read(name, queue)
+        tally = _Tally.read(raw, sgen, int(bseq or 0))
+        if tally is not None:
+            return tally.counts
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> PendingCounts:
+            pipe.watch(k("sgen"), k("bseq"), k("model"))
+            basis, upto = int(pipe.get(k("sgen")) or 0), int(pipe.get(k("bseq")) or 0)
+            counts = self._count_pending(name)  # any change meanwhile changes sgen or bseq: this one then fails
+            pipe.multi()
+            pipe.set(k("tally"), _Tally(basis, upto, counts).to_raw())
+            pipe.execute()
+            return counts
+
+        return self._optimistic(name, f"the pending samples of {name!r} could not be counted", attempt)
 
     # -- updates --------------------------------------------------------------------------------------------------
     def _update_keys(self, name: str) -> list[str]:
@@ -1157,3 +1426,16 @@ def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
     if held_rows:
         rows[held_rows] = batch.held.inputs
     return rows[[i for i, k in enumerate(keep) if k]]
+
+
+def _index(raw: bytes | str | None, gen: bytes | str | None) -> HeldOutIndex:
+    """The held-out index as P held stores it (a new one when there is none)."""
+    index = HeldOutIndex() if raw is None else HeldOutIndex.from_json(json.loads(raw))
+    index.gen = int(gen or 0)
+    return index
+
+
+def _part_names(fields: Iterable[bytes | str]) -> list[str]:
+    """The parts named by the fields of P held ("p:<part>" or "p:<part>@"), in order."""
+    names = {_text(f)[2:].rstrip("@") for f in fields if _text(f).startswith("p:")}
+    return sorted(names, key=int)

@@ -205,6 +205,19 @@ class PendingCounts:
         """Every pending sample, held-out ones included (what the ingestion buffer limit counts)."""
         return self.labeled + self.unlabeled + self.held_out
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labeled": self.labeled,
+            "unlabeled": self.unlabeled,
+            "held_out": self.held_out,
+            "per_class": self.per_class,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        per_class = {str(c): int(n) for c, n in dict(data.get("per_class") or {}).items()}
+        return cls(int(data["labeled"]), int(data["unlabeled"]), int(data["held_out"]), per_class)
+
     def plus(self, labels: Sequence[str | None], held_out: Sequence[bool]) -> PendingCounts:
         """These counts with one more batch's rows: the one rule for what a pending row counts as."""
         per_class = dict(self.per_class)
@@ -330,7 +343,7 @@ class RetentionPass:
     """One retention pass over the consumed batches, visited newest first: a batch older than ``max_age_s`` loses
     every row; otherwise rows survive while fewer than ``max_samples`` rows of newer batches have survived.
     Pending batches are never visited (their samples stay until trained), and the ids in ``protect`` always survive
-    without counting against ``max_samples`` (quarantined and carried samples, the trusted held-out reserve)."""
+    without counting against ``max_samples`` (quarantined and carried samples, and what the caller protects)."""
 
     now: float
     max_age_s: float | None
@@ -411,6 +424,31 @@ def consumed_experience(
         unlabeled=train.labels.count(None),
         held_out=held,
     )
+
+
+def consumed_held_out(claim: Claim, quarantined: Collection[str], deferred: Collection[str]) -> SampleSet:
+    """The held-out samples an acknowledgement makes its experience (in claim order): the claim's, less those
+    quarantined or deferred."""
+    left_out = set(quarantined) | set(deferred)
+    return claim.held_out.select([i not in left_out for i in claim.held_out.ids])
+
+
+def experience_mask(claim: dict[str, Any], meta: BatchMeta) -> list[bool]:
+    """Which rows of a batch are held-out samples of the experience whose claim JSON is ``claim`` (how the held-out
+    store folds in experiences that were stored inside their batches: data written before it existed)."""
+    token, excluded, consumed = experience_parts(claim)
+    inside = token.covers(meta.seq)
+    return [
+        flag and ((inside and i not in excluded) or consumed.get(i) == meta.seq)
+        for i, flag in zip(meta.ids, meta.held_out, strict=True)
+    ]
+
+
+def experience_batches(claim: dict[str, Any], stored: Iterable[int]) -> list[int]:
+    """The batches among ``stored`` that may hold held-out samples of the experience (`experience_mask`)."""
+    token, _, consumed = experience_parts(claim)
+    carried = set(consumed.values())
+    return [seq for seq in stored if token.covers(seq) or seq in carried]
 
 
 def experience_parts(claim: dict[str, Any]) -> tuple[ClaimToken, set[str], dict[str, int]]:

@@ -1,5 +1,6 @@
 """Moving a model between stores (local ↔ Redis): every version with its weights and method state, the held-out
-data of every experience, and the samples still waiting for an update, as one zip archive.
+data of every experience (what the held-out store keeps: the importing store's reservoir takes it in again), and
+the samples still waiting for an update, as one zip archive.
 
 Pending samples (not yet trained, deferred ones included) are re-ingested on import, so the importing store splits
 them into training and held-out parts again by its own counters; everything already consumed keeps its role
@@ -50,8 +51,10 @@ def export_model(store: Store, name: str) -> bytes:
         for version in versions:
             archive.writestr(f"versions/{version.version}/model.safetensors", store.read_weights(name, version.version))
             archive.writestr(f"versions/{version.version}/state.safetensors", store.read_state(name, version.version))
+        held_out = store.held_out(name)  # the held-out store in one read
+        empty = SampleSet.concat([], record.input_shape)
         for experience in experiences:
-            held = store.experience_samples(name, experience.version)
+            held = held_out.get(experience.version, empty)
             archive.writestr(f"experiences/{experience.version}.safetensors", _samples_bytes(held))
         waiting = SampleSet.concat([pending.train, pending.held_out], record.input_shape)
         archive.writestr("pending.safetensors", _samples_bytes(waiting))

@@ -22,7 +22,6 @@ from worker.deletion import repair_deletion_records
 from worker.executor import Executor, InProcessExecutor
 from worker.metrics import UpdateMetrics
 from worker.recovery import RecoveryLoop
-from worker.retention import trusted_reserve
 from worker.scheduling import UpdatePolicy
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,11 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
     register_operator_architectures(settings)
     signer = settings.signer()
     store = open_store(
-        settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes, signer=signer
+        settings.data_dir,
+        settings.redis_url,
+        redis_chunk_bytes=settings.redis_chunk_bytes,
+        signer=signer,
+        heldout_capacity=settings.heldout_per_class,
     )
     store.on_listener_error(lambda name, _: api_metrics.listener_errors.labels(name).inc())
     update_metrics: UpdateMetrics | None = None
@@ -121,11 +124,10 @@ def enforce_retention(runtime: Runtime) -> dict[str, int]:
     settings = runtime.settings
     dropped: dict[str, int] = {}
     for model in runtime.store.list_models():
+        # held-out data is not raw data: the held-out store keeps it (CL_HELDOUT_PER_CLASS per class), so the gate
+        # and the forgetting report keep their data whatever retention drops
         result = runtime.store.apply_retention(
-            model.name,
-            max_age_s=settings.retention_max_age_s,
-            max_samples=settings.retention_max_samples,
-            protect=trusted_reserve(runtime.store, model.name, settings.min_class_samples),
+            model.name, max_age_s=settings.retention_max_age_s, max_samples=settings.retention_max_samples
         )
         total = sum(result.values())
         if total:

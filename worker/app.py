@@ -128,6 +128,7 @@ class WorkerProcess:
             settings.redis_url,
             redis_chunk_bytes=settings.redis_chunk_bytes,
             signer=settings.signer(),
+            heldout_capacity=settings.heldout_per_class,
         )
         registry = CollectorRegistry()  # exported by the main process (multiprocess mode), not from here
         progress = Gauge(
@@ -243,7 +244,12 @@ def _on_worker_stop(**_: Any) -> None:
 
 def start_recovery(settings: WorkerSettings) -> RecoveryLoop:
     """A running recovery sweep with its own store connection and Celery app (it re-sends what it re-queues)."""
-    store = open_store(settings.data_dir, settings.redis_url, redis_chunk_bytes=settings.redis_chunk_bytes)
+    store = open_store(
+        settings.data_dir,
+        settings.redis_url,
+        redis_chunk_bytes=settings.redis_chunk_bytes,
+        heldout_capacity=settings.heldout_per_class,
+    )
     sender = create_app(settings)
     loop = RecoveryLoop(store, lambda name, update_id: send_update(sender, name, update_id), settings)
     log.info("recovery sweep every %.1f s (lock TTL %.1f s)", settings.recovery_interval, settings.update_lock_ttl_s)

@@ -57,8 +57,13 @@ class WorkerSettings(BaseSettings):
     max_class_drop: float = Field(
         0.10, ge=0, le=1, description="largest allowed drop of any one old class (its 95 % lower bound)"
     )
-    min_class_samples: int = Field(
-        30, ge=1, description="trusted held-out samples a class needs to be judged (and retention keeps)"
+    min_class_samples: int = Field(30, ge=1, description="trusted held-out samples a class needs to be judged")
+    heldout_per_class: int = Field(
+        500,
+        ge=1,
+        le=1_000_000,
+        description="held-out samples kept per class (a reservoir over every experience; raw-sample retention never "
+        "drops them); at least CL_MIN_CLASS_SAMPLES",
     )
     auto_promote: bool = Field(True, description="promote candidates that pass the gate")
 
@@ -144,6 +149,15 @@ class WorkerSettings(BaseSettings):
             if key is not None and len(key.get_secret_value()) < MIN_KEY_CHARS:
                 raise ValueError(f"a signing key must have at least {MIN_KEY_CHARS} characters")
         return value
+
+    @model_validator(mode="after")
+    def _held_out_store_holds_what_the_gate_needs(self) -> Self:
+        if self.heldout_per_class < self.min_class_samples:
+            raise ValueError(
+                f"CL_HELDOUT_PER_CLASS ({self.heldout_per_class}) is below CL_MIN_CLASS_SAMPLES "
+                f"({self.min_class_samples}): no class could ever be judged"
+            )
+        return self
 
     @model_validator(mode="after")
     def _old_keys_need_a_key(self) -> Self:

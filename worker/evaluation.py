@@ -97,12 +97,10 @@ class EvaluationData:
 
     @classmethod
     def gather(cls, store: Store, name: str, chain: Sequence[VersionRecord], own: SampleSet) -> EvaluationData:
-        experiences = {}
-        for record in chain:
-            samples = store.experience_samples(name, record.version)
-            if len(samples):
-                experiences[record.version] = samples
-        return cls(experiences, own)
+        """The held-out samples of the lineage's experiences, from the held-out store in one read (never from the
+        ingestion batches: the cost does not grow with the history)."""
+        held = store.held_out(name)
+        return cls({r.version: held[r.version] for r in chain if r.version in held and len(held[r.version])}, own)
 
     def all(self, input_shape: Sequence[int]) -> SampleSet:
         return SampleSet.concat([*self.experiences.values(), self.own], input_shape)

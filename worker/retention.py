@@ -1,8 +1,8 @@
 """Retention.  Versions: keep the live version, the last N versions that were live (the rollback window), every
 version an operator pinned and the newest M candidates (never promoted: rejected ones, imports, candidates left
 for a manual promotion); delete every other version with its weights and state, so that disk is bounded by
-(N + M + pinned + 1) versions whatever the history.  When raw samples are dropped, a reserve of trusted held-out
-samples per class (the forgetting gate judges on them)."""
+(N + M + pinned + 1) versions whatever the history.  Held-out samples need no reserve here: they live in the store's
+held-out store (`registry.heldout`), which raw-sample retention never touches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from registry import Store, VersionRecord
 from worker.audit import audit
-from worker.evaluation import lineage
 
 
 @dataclass(frozen=True)
@@ -55,17 +54,3 @@ def prune_versions(store: Store, name: str, rules: VersionRetention) -> list[int
     if deleted:
         audit("versions.pruned", actor="retention", model=name, versions=deleted)
     return deleted
-
-
-def trusted_reserve(store: Store, name: str, per_class: int) -> set[str]:
-    """Ids of the newest ``per_class`` trusted held-out samples of every class (those of the live lineage's
-    experiences), which sample retention must keep so that the gate can still judge every class."""
-    reserve: set[str] = set()
-    counts: dict[str, int] = {}
-    for record in reversed(lineage(store, name, store.live_version(name))):
-        held = store.experience_samples(name, record.version)
-        for sample_id, label in reversed(list(zip(held.ids, held.labels, strict=True))):
-            if label is not None and counts.get(label, 0) < per_class:
-                counts[label] = counts.get(label, 0) + 1
-                reserve.add(sample_id)
-    return reserve

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from registry import LocalStore, Store
+from registry.heldout import DEFAULT_CAPACITY
 from registry.signing import Signer
 
 BACKENDS = ["local", "redis", "redis-acl"]  # redis-acl: as docker-compose.yml's application user
@@ -50,3 +51,24 @@ def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
 @pytest.fixture
 def signed_store(open_backend: Callable[[Signer | None], Store]) -> Store:
     return open_backend(SIGNER)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Store]]:
+    """Opens a store of one backend with the held-out capacity given."""
+    opened: list[Store] = []
+    url = request.getfixturevalue(_URL_FIXTURES[request.param]) if request.param != "local" else ""
+
+    def open_one(heldout_capacity: int = DEFAULT_CAPACITY) -> Store:
+        if request.param == "local":
+            s: Store = LocalStore(tmp_path / f"store{len(opened)}", heldout_capacity=heldout_capacity)
+        else:
+            from registry.redis_store import RedisStore
+
+            s = RedisStore(url, heldout_capacity=heldout_capacity)
+        opened.append(s)
+        return s
+
+    yield open_one
+    for s in opened:
+        s.close()

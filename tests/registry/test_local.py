@@ -1,13 +1,23 @@
 """What only the directory store promises: durability across restarts, atomic files, format marker."""
 
+import builtins
+import io
+import json
+import os
+import time
+import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from registry import LocalStore, ModelRecord, StoreUnavailable, VersionRecord
+from registry import LocalStore, ModelRecord, PendingCounts, StoreUnavailable, VersionRecord, heldout
 from registry import tensors as st
-from registry.local import write_atomic
+from registry.local import _write_json, write_atomic
+from registry.records import ExperienceRecord
+from registry.samples import BatchMeta
 
 
 def test_everything_survives_a_restart(tmp_path: Path) -> None:
@@ -50,3 +60,165 @@ def test_refuses_an_unknown_format(tmp_path: Path) -> None:
     (tmp_path / "FORMAT").write_text('{"format": 99}')
     with pytest.raises(StoreUnavailable, match="format 99"):
         LocalStore(tmp_path)
+
+
+# -- ingestion without listing the batches, crash safety, the held-out store on disk, format 1 -----------------------
+
+
+def _model(store: LocalStore, name: str = "m") -> None:
+    store.create_model(ModelRecord(name=name, architecture="mlp", input_shape=[2], classes=[]))
+
+
+class _FileSystemCalls:
+    """Counts the file-system calls a block makes (listings, opens, stats), by patching the functions every path
+    operation ends in."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: Counter[str] = Counter()
+        for module, attribute in ((os, "scandir"), (os, "listdir"), (os, "stat"), (os, "open"), (io, "open")):
+            original = getattr(module, attribute)
+
+            def counted(*args: Any, _original: Any = original, _name: str = attribute, **kwargs: Any) -> Any:
+                self.calls[_name] += 1
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, attribute, counted)
+        monkeypatch.setattr(builtins, "open", io.open)
+
+
+def _post_cost(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """File-system calls of what the service does for one post: the pending counts, then the append."""
+    with monkeypatch.context() as patch:
+        counter = _FileSystemCalls(patch)
+        store.pending_counts("m")
+        store.append_samples("m", torch.rand(1, 2), ["a"], 0.2, request_key=f"k{uuid.uuid4().hex}")
+    return counter.calls
+
+
+def test_a_post_costs_the_same_file_system_calls_whatever_the_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path)
+    _model(store)
+    with monkeypatch.context() as fast:
+        fast.setattr(os, "fsync", lambda fd: None)  # setting up the backlog only: durability is not measured
+        for i in range(5):
+            store.append_samples("m", torch.rand(1, 2), ["a"], 0.2, request_key=f"a{i}")
+        small = _post_cost(store, monkeypatch)
+        for i in range(600):
+            store.append_samples("m", torch.rand(1, 2), ["a" if i % 3 else None], 0.2, request_key=f"b{i}")
+        store.ack("m", store.claim("m", limit=100), 1, "u")  # some consumed, 450 or so still waiting
+        assert store.pending_counts("m").total > 400
+        large = _post_cost(store, monkeypatch)
+    assert large == small
+    assert small["scandir"] == small["listdir"] == 0  # nothing is listed
+
+
+def test_a_crash_before_the_ledger_neither_reuses_numbers_nor_stores_a_retry_twice(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    _model(store)
+    store.append_samples("m", torch.rand(2, 2), ["a", "b"], 0.5)
+    ledger, log = tmp_path / "models" / "m" / "ingest.json", tmp_path / "models" / "m" / "requests.log"
+    before = ledger.read_bytes()
+    ids, held = store.append_samples("m", torch.rand(3, 2), ["a", "a", "b"], 0.5, request_key="k")
+    ledger.write_bytes(before)  # the crash: the batch was written, the ledger and the request log were not
+    log.write_bytes(b"")
+    restarted = LocalStore(tmp_path)
+    assert restarted.append_samples("m", torch.rand(3, 2), ["a", "a", "b"], 0.5, request_key="k") == (ids, held)
+    more, _ = restarted.append_samples("m", torch.rand(1, 2), ["a"], 0.5)
+    assert int(more[0]) == int(ids[-1]) + 1
+    counts = restarted.pending_counts("m")
+    assert (counts.total, counts.per_class) == (6, {"a": 4, "b": 2})
+    log.write_bytes(log.read_bytes() + b"7 torn-by-a-cr")  # a torn last line is not a key
+    assert restarted.append_samples("m", torch.rand(1, 2), ["b"], 0.5, request_key="k") == (ids, held)
+    other = LocalStore(tmp_path)  # another process reads the log from scratch
+    assert other.append_samples("m", torch.rand(1, 2), ["b"], 0.5, request_key="k") == (ids, held)
+    assert len(restarted.claim("m").ids) == 6
+
+
+def test_a_crash_before_the_held_out_index_is_caught_up_from_the_staged_part(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    _model(store)
+    store.append_samples("m", torch.rand(10, 2), ["a"] * 10, 0.5)
+    index = tmp_path / "models" / "m" / "heldout" / "index.json"
+    claim = store.claim("m")
+    store.ack("m", claim, 1, "u1")
+    before = index.read_bytes()
+    store.append_samples("m", torch.rand(4, 2), ["b"] * 4, 0.5)
+    second = store.claim("m")
+    store.ack("m", second, 2, "u2")
+    index.write_bytes(before)  # the crash: experiences.json written, the index not
+    restarted = LocalStore(tmp_path)
+    held = restarted.held_out("m")
+    assert held[1].ids == claim.held_out.ids and held[2].ids == second.held_out.ids
+    assert torch.equal(held[2].inputs, second.held_out.inputs)
+
+
+def test_acknowledged_batches_keep_only_their_training_rows(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    _model(store)
+    for _ in range(4):
+        store.append_samples("m", torch.rand(1, 2), ["a"], 0.5)  # every second one is held out
+    store.ack("m", store.claim("m"), 1, "u")
+    batches = sorted((tmp_path / "models" / "m" / "samples").glob("*.safetensors"))
+    assert len(batches) == 2  # the two held-out-only batches are gone: their rows are in the held-out store
+    assert all(not any(st.metadata(p.read_bytes())["held_out"]) for p in batches)
+    assert len(store.experience_samples("m", 1)) == 2
+
+
+def test_the_held_out_parts_are_consolidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heldout, "MAX_PARTS", 2)
+    store = LocalStore(tmp_path, heldout_capacity=4)
+    _model(store)
+    offered = {}
+    for version in range(1, 13):
+        store.append_samples("m", torch.rand(4, 2), ["a", "a", "b", "b"], 0.5)
+        claim = store.claim("m")
+        store.ack("m", claim, version, None)
+        offered.update(dict(zip(claim.held_out.ids, claim.held_out.inputs, strict=True)))
+        parts = list((tmp_path / "models" / "m" / "heldout").glob("*.safetensors"))
+        stored = sum(len(st.metadata(p.read_bytes())["ids"]) for p in parts)
+        assert len(parts) <= 3 and stored <= 2 * 8 + 64
+    held = store.held_out("m")
+    assert sum(len(s) for s in held.values()) == 8
+    assert all(torch.equal(offered[i], x) for s in held.values() for i, x in zip(s.ids, s.inputs, strict=True))
+
+
+def _format_1_store(root: Path) -> dict[str, Any]:
+    """A store as format 1 wrote it: held-out rows inside the batches, numbers in counters.json, no ledger, no
+    request log, no held-out store.  Batch 1 (4 rows, 2 held out) was consumed by version 1 except sample 3
+    (deferred); batch 2 (2 rows, 1 held out, request key "k") is pending."""
+    model = root / "models" / "m"
+    (model / "samples").mkdir(parents=True)
+    _write_json(root / "FORMAT", {"format": 1})
+    _write_json(model / "model.json", ModelRecord(name="m", architecture="mlp", input_shape=[2], classes=[]).to_json())
+    _write_json(model / "live.json", {"version": None})
+    rows = torch.arange(12.0).reshape(6, 2)
+    first = BatchMeta(1, ["a", "a", "b", "b"], [False, True, False, True], ["1", "2", "3", "4"], at=time.time())
+    second = BatchMeta(2, ["a", "b"], [True, False], ["5", "6"], at=time.time(), request_key="k")
+    second = BatchMeta(**{**second.__dict__, "original_ids": ["5", "6"], "original_held_out": [True, False]})
+    (model / "samples" / "000000000001.safetensors").write_bytes(st.dumps({"inputs": rows[:4]}, first.to_json()))
+    (model / "samples" / "000000000002.safetensors").write_bytes(st.dumps({"inputs": rows[4:]}, second.to_json()))
+    claim = {"from": 0, "upto": 1, "excluded": ["3"], "consumed": {}, "deferred": {"3": 1}}
+    _write_json(model / "experiences.json", [ExperienceRecord(1, "u1", claim, labeled=1, held_out=2).to_json()])
+    _write_json(model / "counters.json", {"next_batch": 3, "next_sample": 7, "per_class": {"a": 3, "b": 3}})
+    return {"rows": rows}
+
+
+def test_a_format_1_store_is_migrated_when_opened(tmp_path: Path) -> None:
+    rows = _format_1_store(tmp_path)["rows"]
+    store = LocalStore(tmp_path)
+    assert json.loads((tmp_path / "FORMAT").read_text()) == {"format": 2}
+    held = store.held_out("m")
+    assert list(held) == [1] and held[1].ids == ["2", "4"] and torch.equal(held[1].inputs, rows[[1, 3]])
+    batch = st.metadata((tmp_path / "models" / "m" / "samples" / "000000000001.safetensors").read_bytes())
+    assert batch["ids"] == ["1", "3"]  # the held-out rows moved; the deferred sample stays pending in its batch
+    assert store.pending_counts("m") == PendingCounts(labeled=2, unlabeled=0, held_out=1, per_class={"a": 1, "b": 2})
+    assert store.append_samples("m", torch.rand(2, 2), ["a", "b"], 0.5, request_key="k") == (["5", "6"], [True, False])
+    ids, _ = store.append_samples("m", torch.rand(1, 2), ["a"], 0.5)
+    assert ids == ["7"]
+    claim = store.claim("m")
+    assert claim.ids == ["3", "6", "5", "7"]
+    store.ack("m", claim, 2, "u2")
+    assert list(store.held_out("m")) == [1, 2]
+    assert LocalStore(tmp_path).held_out("m")[1].ids == ["2", "4"]  # opened again: nothing migrates twice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,9 @@ from redis.exceptions import WatchError
 
 from registry import Conflict, ModelRecord, StoreUnavailable, UpdateRecord, VersionRecord, redis_store
 from registry import tensors as st
+from registry.records import ExperienceRecord
 from registry.redis_store import RedisStore, Staged
+from registry.samples import BatchMeta
 from registry.signing import PromotionRecord
 from tests.distributed.processes import redis_server
 from tests.registry.conftest import SIGNER
@@ -281,3 +284,92 @@ def test_a_signed_promotion_over_a_garbage_record_replaces_it(store: RedisStore,
     record = PromotionRecord.parse(signed.live_pointer(NAME).promotion or "")
     assert record is not None and record.version == 1 and SIGNER.authentic(record)
     signed.close()
+
+
+# -- the held-out store, compaction and a post's cost in Redis ---------------------------------------------------------
+
+
+def _commands(client: redis.Redis) -> int:
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return sum(s["calls"] for name, s in stats.items() if name not in ("cmdstat_info", "cmdstat_config|resetstat"))
+
+
+def _post_commands(store: RedisStore, client: redis.Redis) -> int:
+    """Commands Redis runs for what the service does for one post: the pending counts, then the append."""
+    store.pending_counts(NAME)  # (a tally left stale by an acknowledgement is counted again here, before measuring)
+    client.config_resetstat()
+    store.pending_counts(NAME)
+    store.append_samples(NAME, torch.rand(1, 3), ["a"], 0.2, request_key=f"k{time.monotonic_ns()}")
+    return _commands(client)
+
+
+def test_a_post_runs_the_same_commands_whatever_the_backlog(store: RedisStore, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    for i in range(5):
+        store.append_samples(NAME, torch.rand(1, 3), ["a"], 0.2, request_key=f"a{i}")
+    small = _post_commands(store, client)
+    for i in range(600):
+        store.append_samples(NAME, torch.rand(1, 3), ["a" if i % 3 else None], 0.2, request_key=f"b{i}")
+    store.ack(NAME, store.claim(NAME, limit=100), 1, "u")  # some consumed, 450 or so still waiting
+    assert store.pending_counts(NAME).total > 400
+    assert _post_commands(store, client) == small
+
+
+def test_acknowledged_batches_leave_the_stream_and_their_held_out_rows(store: RedisStore, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    for version in range(1, 11):
+        for _ in range(2):
+            store.append_samples(NAME, torch.rand(1, 3), ["a"], 0.5)  # every second one is held out
+        store.ack(NAME, store.claim(NAME), version, None)
+        assert client.xlen("cl:{digits}:stream") == 0  # the stream holds what waits, nothing else
+    batches = keys(redis_url, "cl:{digits}:b:*")
+    assert len(batches) == 10  # the ten held-out-only batches are gone: their rows are in the held-out store
+    assert all(not client.hexists(b, "held") for b in batches)
+    assert sum(len(s) for s in store.held_out(NAME).values()) == 10
+    store.append_samples(NAME, torch.rand(1, 3), ["a"], 0.5)
+    assert client.xlen("cl:{digits}:stream") == 1
+
+
+def test_data_from_before_the_held_out_store_is_folded_in_once(store: RedisStore, redis_url: str) -> None:
+    """Held-out rows kept inside their batch, as the store wrote them before: the first read moves them."""
+    client = redis.Redis.from_url(redis_url)
+    rows = torch.arange(12.0).reshape(4, 3)
+    meta = BatchMeta(1, ["a", "a", "b", "b"], [False, True, False, True], ["1", "2", "3", "4"], at=time.time())
+    client.hset(
+        "cl:{digits}:b:1",
+        mapping={
+            "meta": json.dumps(meta.to_json()),
+            "train": st.dumps({"inputs": rows[[0, 2]]}),
+            "held": st.dumps({"inputs": rows[[1, 3]]}),
+        },
+    )
+    client.zadd("cl:{digits}:batches", {"1": 1})
+    client.xadd("cl:{digits}:stream", {"seq": 1}, id="1-0")
+    client.set("cl:{digits}:bseq", 1)
+    client.set("cl:{digits}:sseq", 4)
+    client.set("cl:{digits}:acked", 1)
+    claim = {"from": 0, "upto": 1, "excluded": [], "consumed": {}, "deferred": {}}
+    client.rpush("cl:{digits}:experiences", json.dumps(ExperienceRecord(1, "u1", claim, 2, 0, 2).to_json()))
+    held = store.held_out(NAME)
+    assert list(held) == [1] and held[1].ids == ["2", "4"] and torch.equal(held[1].inputs, rows[[1, 3]])
+    assert not client.hexists("cl:{digits}:b:1", "held")  # moved
+    assert store.held_out(NAME)[1].ids == ["2", "4"]  # folded in once
+    ids, _ = store.append_samples(NAME, torch.rand(2, 3), ["a", "b"], 0.0)
+    store.ack(NAME, store.claim(NAME), 2, "u2")
+    assert ids == ["5", "6"] and list(store.held_out(NAME)) == [1]
+
+
+def test_large_held_out_parts_are_chunked_and_rewritten_on_deletion(store: RedisStore, redis_url: str) -> None:
+    x = torch.rand(200, 3)
+    store.append_samples(NAME, x, ["a"] * 200, 0.5)
+    claim = store.claim(NAME)
+    store.ack(NAME, claim, 1, None)
+    client = redis.Redis.from_url(redis_url)
+    ref = client.hget("cl:{digits}:held", "p:0@")  # 100 rows: above the 1 kB chunk size
+    assert isinstance(ref, bytes)
+    chunks = keys(redis_url, f"cl:{{digits}}:blob:{ref.decode().split()[0]}:*")
+    assert chunks and all(client.pttl(k) == -1 for k in chunks)
+    assert torch.equal(store.held_out(NAME)[1].inputs, claim.held_out.inputs)
+    assert store.delete_samples(NAME, [claim.held_out.ids[0]]) == 1
+    assert store.experience_samples(NAME, 1).ids == claim.held_out.ids[1:]
+    assert not chunks & keys(redis_url, "cl:{digits}:blob:*")  # the old chunks went with the old part

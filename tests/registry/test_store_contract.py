@@ -276,19 +276,20 @@ def test_deleted_samples_are_never_trained_and_leave_tombstones(store: Store) ->
     assert store.deleted_ids("digits") >= {int(ids[0]), int(pending[1])}
 
 
-def test_retention_drops_old_consumed_data_but_keeps_pending(store: Store) -> None:
+def test_retention_drops_old_consumed_data_but_keeps_pending_and_held_out_data(store: Store) -> None:
     store.create_model(model())
     store.append_samples("digits", torch.rand(10, 3), ["a"] * 10, 0.2)  # 8 training + 2 held out
-    store.ack("digits", store.claim("digits"), version=1, update_id="u1")
+    claim = store.claim("digits")
+    store.ack("digits", claim, version=1, update_id="u1")
     store.append_samples("digits", torch.rand(4, 3), ["a"] * 4, 0.0)  # pending
     dropped = store.apply_retention("digits", max_age_s=None, max_samples=3)
-    assert dropped["training"] + dropped["held_out"] == 7
+    assert dropped == {"training": 5, "held_out": 0}  # the held-out samples live in the held-out store
     assert len(store.claim("digits").train) == 4  # pending untouched
-    held_left = len(store.experience_samples("digits", 1))
-    assert held_left == 2 - dropped["held_out"]
+    assert store.experience_samples("digits", 1).ids == claim.held_out.ids
     again = store.apply_retention("digits", max_age_s=0.0, max_samples=None)  # everything consumed is too old now
-    assert again["training"] + again["held_out"] == 3 and again["held_out"] == held_left
-    assert len(store.experience_samples("digits", 1)) == 0
+    assert again == {"training": 3, "held_out": 0}
+    assert store.experience_samples("digits", 1).ids == claim.held_out.ids  # the forgetting report keeps its data
+    assert torch.equal(store.held_out("digits")[1].inputs, claim.held_out.inputs)
     assert len(store.claim("digits").train) == 4
     assert store.apply_retention("digits", max_age_s=0.0, max_samples=0) == {"training": 0, "held_out": 0}
 
@@ -425,9 +426,9 @@ def test_retention_keeps_quarantined_deferred_and_protected_samples(store: Store
     claim = store.claim("digits")
     _quarantine(store, claim, [ids[0]])
     store.ack("digits", claim, version=1, update_id="u", quarantined=[ids[0]], deferred=[ids[1]])
-    dropped = store.apply_retention("digits", max_age_s=0.0, max_samples=None, protect=[ids[4]])
-    assert dropped == {"training": 6, "held_out": 1}  # everything consumed but the protected held-out sample
-    assert store.experience_samples("digits", 1).ids == [ids[4]]
+    dropped = store.apply_retention("digits", max_age_s=0.0, max_samples=None, protect=[ids[2]])
+    assert dropped == {"training": 5, "held_out": 0}  # everything consumed but the protected sample
+    assert store.experience_samples("digits", 1).ids == [ids[4], ids[9]]  # held-out data is not raw data
     assert store.claim("digits").ids == [ids[1]] and [r.id for r in store.quarantined("digits")] == [ids[0]]
 
 

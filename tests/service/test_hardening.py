@@ -78,8 +78,8 @@ def test_retention_bounds_raw_data_and_counts_what_it_drops(make_client) -> None
     trained(client)
     runtime = client.app.state.runtime
     dropped = enforce_retention(runtime)
-    # the 18 held-out samples (6 per class) are the gate's trusted reserve (fewer than CL_MIN_CLASS_SAMPLES per
-    # class: all kept); of the other 72, the newest 10 survive
+    # the 18 held-out samples (6 per class) are in the held-out store, which retention never touches; of the other
+    # 72, the newest 10 survive
     assert dropped == {"m": 90 - 18 - 10}
     assert 'cl_samples_dropped_total{model="m",reason="retention"} 62.0' in client.get("/metrics").text
     assert len(runtime.store.experience_samples("m", 1)) == 18

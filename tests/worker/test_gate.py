@@ -8,11 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from registry import LocalStore, ModelRecord, PendingCounts, UpdateRecord
+from registry import LocalStore, ModelRecord, PendingCounts, SampleSet, UpdateRecord, VersionRecord
 from worker.claims import waiting_classes
 from worker.config import WorkerSettings
-from worker.evaluation import GateRules, binomial_bounds, describe_gate, gate, paired_drop_lower_bound
+from worker.evaluation import (
+    EvaluationData,
+    GateRules,
+    binomial_bounds,
+    describe_gate,
+    gate,
+    paired_drop_lower_bound,
+)
 from worker.pipeline import run_update
 from worker.scheduling import UpdatePolicy, new_update_id
 
@@ -112,3 +120,41 @@ def test_waiting_classes_and_the_policy() -> None:
     after = UpdatePolicy(min_samples_per_new_class=20, after_labeled=10)
     assert after.reason(PendingCounts(labeled=12, per_class={"-5": 5, "a": 7}), ["a"]) is None  # 12 - 5 waiting < 10
     assert after.reason(PendingCounts(labeled=16, per_class={"-5": 5, "a": 11}), ["a"]) is not None
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "29", "1000001", "lots"])
+def test_a_held_out_capacity_the_gate_cannot_live_with_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CL_HELDOUT_PER_CLASS", value)
+    with pytest.raises(ValueError):
+        WorkerSettings()
+    monkeypatch.setenv("CL_MIN_CLASS_SAMPLES", "20")
+    if value == "29":
+        assert WorkerSettings().heldout_per_class == 29  # at least the trusted minimum is enough
+
+
+def test_the_evaluation_data_comes_from_the_held_out_store_in_one_read(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Counting(LocalStore):
+        def held_out(self, name: str) -> dict[int, SampleSet]:
+            calls.append("held_out")
+            return super().held_out(name)
+
+        def experience_samples(self, name: str, version: int) -> SampleSet:
+            calls.append("experience_samples")
+            return super().experience_samples(name, version)
+
+    store = Counting(tmp_path)
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[2], classes=[]))
+    held = {}
+    for v in (1, 2, 3):
+        store.append_samples("m", torch.rand(4, 2), ["a", "a", "b", "b"], 0.5)
+        claim = store.claim("m")
+        store.ack("m", claim, v, None)
+        held[v] = claim.held_out.ids
+    store.apply_retention("m", max_age_s=0.0, max_samples=None)  # raw data gone: the held-out data stays
+    chain = [VersionRecord(model="m", version=v, parent=None, spec={}, learner={}, method="auto") for v in (1, 3)]
+    calls.clear()
+    data = EvaluationData.gather(store, "m", chain, SampleSet(torch.zeros(0, 2), [], []))
+    assert calls == ["held_out"]
+    assert {v: s.ids for v, s in data.experiences.items()} == {1: held[1], 3: held[3]}
