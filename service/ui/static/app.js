@@ -39,16 +39,21 @@ export function describe(error) {
   }
 }
 
-function showError(error) {
+/** Show what went wrong.  `source` "poll": the next good poll clears it; "action": it stays until the operator's next
+ * action, key or view (a refused promotion must not vanish at the next refresh). */
+function showError(error, source = "poll") {
   message.textContent = describe(error);
   message.dataset.status = error instanceof ApiError ? String(error.status) : "error";
+  message.dataset.source = source;
   message.hidden = false;
 }
 
-function clearError() {
+function clearError(source = null) {
+  if (source !== null && message.dataset.source !== source) return;
   message.hidden = true;
   message.textContent = "";
   delete message.dataset.status;
+  delete message.dataset.source;
 }
 
 let noticeTimer = null;
@@ -151,10 +156,11 @@ function route() {
 
 /** Run an operator's action; its error (a 403 for a key without the scope, a 409 from the gate) is shown. */
 async function act(action) {
+  clearError();
   try {
     await action();
   } catch (error) {
-    showError(error);
+    showError(error, "action");
   }
 }
 
@@ -169,7 +175,7 @@ async function poll(mine) {
   try {
     const busy = await current.refresh();
     if (mine !== generation) return;
-    clearError();
+    clearError("poll");
     delay = busy ? BUSY_POLL_MS : IDLE_POLL_MS;
     if (scrollTo) {
       const target = document.getElementById(scrollTo);

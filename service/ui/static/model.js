@@ -408,48 +408,46 @@ export function modelView(root, name, context) {
         },
       },
     });
+    const rows = shownSamples.map((s) => {
+      const box = h("input", {
+        type: "checkbox",
+        value: s.id,
+        "aria-label": `sample ${s.id}`,
+        on: {
+          change: () => {
+            if (box.checked) selected.add(s.id);
+            else selected.delete(s.id);
+            update();
+          },
+        },
+      });
+      boxes.push(box);
+      return h(
+        "tr",
+        { dataset: { sample: s.id } },
+        h("td", {}, box),
+        h("td", {}, h("code", {}, s.id)),
+        h("td", {}, s.label ?? "unlabeled"),
+        h("td", {}, s.predicted ?? DASH),
+        h("td", {}, s.held_out ? "yes" : "no"),
+        h("td", { title: s.update_id ?? "" }, s.update_id ? String(s.update_id).slice(0, 8) : DASH),
+        h("td", {}, s.reason ?? DASH),
+        h("td", {}, when(s.at)),
+      );
+    });
+    const table = h(
+      "table",
+      { class: "quarantine" },
+      h("thead", {}, h("tr", {}, ["", "sample", "posted as", "looks like", "held out", "update", "reason", "when"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows),
+    );
     fill(
       sections.quarantine,
       title,
       h("p", {}, `Label screening set ${plural(listed.length, "sample")} aside: posted with one label, they look like another class. `, "Release them (admin key) when the relabelling is meant, or delete them (train key)."),
       h("ul", { class: "pairs" }, [...pairs].map(([pair, n]) => h("li", {}, `posted as ${pair}: ${n}`))),
       h("div", { class: "toolbar" }, h("label", {}, all, ` select all ${listed.length.toLocaleString()}`), " ", buttons, " ", counter),
-      h(
-        "table",
-        { class: "quarantine" },
-        h("thead", {}, h("tr", {}, ["", "sample", "posted as", "looks like", "held out", "update", "reason", "when"].map((t) => h("th", { scope: "col" }, t)))),
-        h(
-          "tbody",
-          {},
-          shownSamples.map((s) => {
-            const box = h("input", {
-              type: "checkbox",
-              value: s.id,
-              "aria-label": `sample ${s.id}`,
-              on: {
-                change: () => {
-                  if (box.checked) selected.add(s.id);
-                  else selected.delete(s.id);
-                  update();
-                },
-              },
-            });
-            boxes.push(box);
-            return h(
-              "tr",
-              { dataset: { sample: s.id } },
-              h("td", {}, box),
-              h("td", {}, h("code", {}, s.id)),
-              h("td", {}, s.label ?? "unlabeled"),
-              h("td", {}, s.predicted ?? DASH),
-              h("td", {}, s.held_out ? "yes" : "no"),
-              h("td", { title: s.update_id ?? "" }, s.update_id ? String(s.update_id).slice(0, 8) : DASH),
-              h("td", {}, s.reason ?? DASH),
-              h("td", {}, when(s.at)),
-            );
-          }),
-        ),
-      ),
+      h("div", { class: "scroll" }, table),
       left ? h("p", { class: "muted" }, `… and ${left.toLocaleString()} more (select all includes them).`) : null,
     );
     update();
