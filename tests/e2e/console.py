@@ -48,10 +48,12 @@ def launched_browser() -> Iterator[Browser]:
 
 @dataclass
 class Watched:
-    """What a page reported: errors on its console (CSP violations among them) and uncaught exceptions."""
+    """What a page reported: errors on its console (CSP violations among them) and uncaught exceptions, and the URL
+    of every request it made."""
 
     page: Page
     errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
 
     def csp_violations(self) -> list[str]:
         return [e for e in self.errors if "Content Security Policy" in e]
@@ -66,6 +68,7 @@ def watch(page: Page) -> Watched:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: watched.errors.append(f"uncaught: {error}"))
+    page.on("request", lambda request: watched.requests.append(request.url))
     return watched
 
 

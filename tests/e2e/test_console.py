@@ -125,6 +125,8 @@ def test_the_page_lists_the_demo_model_under_a_strict_content_security_policy(de
     row.wait_for()
     assert row.locator(".live-version").inner_text() == "1"
     assert "0, 1, 2, 3, 4" in row.inner_text() and "serving" in row.inner_text()
+    # offline: everything the page loaded and called came from the service itself
+    assert page.requests and all(url.startswith(f"{demo.url}/") for url in page.requests), page.requests
 
     # the policy is enforced: a script injected into the page does not run (and the browser says why)
     with page.page.expect_console_message(lambda m: "Content Security Policy" in m.text):

@@ -108,6 +108,7 @@ def test_a_typed_key_stays_in_this_tab_and_out_of_urls_and_logs(server: Server, 
     other.locator("#message[data-status='401']").wait_for()
     other.close()
     assert PREDICT_KEY not in server.log.read_text() and ADMIN_KEY not in server.log.read_text()
+    assert not [url for url in page.requests if PREDICT_KEY in url]
     # forgetting it: the next call is refused again
     p.locator("#key-forget").click()
     p.locator("#message[data-status='401']").wait_for()
