@@ -11,7 +11,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.continual-serve-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint smoke
+.PHONY: install run test lint smoke screenshots
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: install
 	$(PYTHON) -m ruff check cl_core registry worker service clbench tests
 	$(PYTHON) -m ruff format --check cl_core registry worker service clbench tests
 	$(PYTHON) -m mypy
+
+# The console's screenshots in docs/ (the README shows one): a real `clserve --demo` and the system's Chromium.
+screenshots: install
+	$(PYTHON) -m tests.e2e.screenshots docs
 
 # The deployment for real: build the image, run redis, the API replicas, a worker and Prometheus with Compose, teach
 # the demo model new digits, check health, users and metrics, tear down (tests/deploy/smoke.py). Takes minutes and

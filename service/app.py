@@ -1,4 +1,5 @@
-"""The FastAPI application: routers by resource, one error shape, offline docs, runtime built in the lifespan."""
+"""The FastAPI application: routers by resource, one error shape, offline docs, the operator's console (`service.ui`),
+runtime built in the lifespan."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
-from service import schemas
+from service import schemas, ui
 from service.bodies import add_documented_schemas
 from service.errors import install_error_handlers
 from service.observability import ApiMetrics, RequestGuard
@@ -103,4 +104,5 @@ def create_app(settings: Settings | None = None, *, on_started: Callable[[], Non
         max_upload_bytes=settings.max_upload_bytes,
         metrics=api_metrics,
     )
+    ui.install(app)  # the operator's console at /ui; its headers wrap everything, RequestGuard's refusals included
     return app

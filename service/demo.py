@@ -98,5 +98,5 @@ def walkthrough(url: str, *, with_key: bool = False) -> str:
     rows += WALKTHROUGH_COMMANDS
     width = max(len(command) for command, _ in rows) + 2
     lines += [f"  {command:<{width}}# {comment}" for command, comment in rows]
-    lines += ["", f"Docs (offline): {url}/docs", ""]
+    lines += ["", f"Console: {url}/ui", f"Docs (offline): {url}/docs", ""]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import threading
 
 import httpx
 
+from service.ui import CONTENT_SECURITY_POLICY
 from tests.distributed.conftest import (
     SWAP_BOUND_S,
     Cluster,
@@ -126,3 +127,12 @@ def test_two_replicas_asking_at_once_run_one_update_and_skip_the_other(cluster: 
         what="the skipped update in the worker's metrics",
     )
     assert 'model="race",outcome="failed"' not in worker
+
+
+def test_every_replica_serves_the_console_under_its_policy(cluster: Cluster) -> None:
+    """Distributed mode serves `/ui` like the embedded default: each API replica, the same page and assets."""
+    pages = [httpx.get(f"{replica}/ui", timeout=10) for replica in (cluster.a, cluster.b)]
+    assert [p.status_code for p in pages] == [200, 200] and pages[0].text == pages[1].text
+    for replica in (cluster.a, cluster.b):
+        script = httpx.get(f"{replica}/ui/static/app.js", timeout=10)
+        assert script.status_code == 200 and script.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
