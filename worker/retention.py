@@ -5,7 +5,7 @@ per class (the forgetting gate judges on them)."""
 from __future__ import annotations
 
 from registry import Store
-from worker.evaluation import lineage
+from worker.history import history_of
 
 
 def prune_versions(store: Store, name: str, keep_last: int | None) -> list[int]:
@@ -23,11 +23,11 @@ def prune_versions(store: Store, name: str, keep_last: int | None) -> list[int]:
 
 def trusted_reserve(store: Store, name: str, per_class: int) -> set[str]:
     """Ids of the newest ``per_class`` trusted held-out samples of every class (those of the live lineage's
-    experiences), which sample retention must keep so that the gate can still judge every class."""
+    experiences: its ledger's), which sample retention must keep so that the gate can still judge every class."""
     reserve: set[str] = set()
     counts: dict[str, int] = {}
-    for record in reversed(lineage(store, name, store.live_version(name))):
-        held = store.experience_samples(name, record.version)
+    for experience in reversed(history_of(store, name, store.live_version(name)).experiences):
+        held = store.experience_samples(name, experience)
         for sample_id, label in reversed(list(zip(held.ids, held.labels, strict=True))):
             if label is not None and counts.get(label, 0) < per_class:
                 counts[label] = counts.get(label, 0) + 1
