@@ -391,15 +391,17 @@ def version_metrics(
     input_shape: Sequence[int],
     gate_result: Gate | None = None,
     width: int = DEFAULT_WIDTH,
+    again: tuple[int, StoredHistory] | None = None,
 ) -> VersionMetrics:
     """Everything stored with a version: per-class and overall held-out accuracy, its matrix row, its history
     derived from its ``parent``'s (None: a first version; ``width``: the report window it keeps) and from it
-    ACC/BWT/forgetting along its lineage, the gate."""
+    ACC/BWT/forgetting along its lineage, the gate.  ``again``: a stored version measured again (its number and
+    stored history, which stands for its parent's: ancestors deleted since do not matter)."""
     everything = data.all(input_shape)
     predicted = predict_labels(model, classes, everything.inputs)
     measured = {v: accuracy(predict_labels(model, classes, s.inputs), s.labels) for v, s in data.experiences.items()}
     own = accuracy(predict_labels(model, classes, data.own.inputs), data.own.labels) if len(data.own) else None
-    stored = derive(parent, measured, width)
+    stored = derive(parent, measured, width) if again is None else again[1].remeasured(again[0], measured)
     summary = stored.aggregates(own)
     return VersionMetrics(
         held_out_samples=len(everything),

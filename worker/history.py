@@ -166,6 +166,18 @@ class StoredHistory:
             log.warning("a version's stored history is unreadable; its report is replayed from the stored rows")
             return None
 
+    def remeasured(self, version: int, measured: Mapping[int, float | None]) -> StoredHistory:
+        """The same version's history with its accuracies measured again (``measured``): what it knows of its
+        ancestors' rows does not change; an experience with no samples left keeps its value."""
+        ledger = Ledger(list(self.ledger.experiences), list(self.ledger.first), list(self.ledger.best), [], {})
+        for i, experience in enumerate(self.ledger.experiences):
+            value = measured.get(experience)
+            if value is None:
+                value = self.ledger.last[i]
+                ledger.carried[experience] = self.ledger.carried.get(experience, version)
+            ledger.last.append(value)
+        return StoredHistory(ledger, self.window, self.width, self.depth)
+
     def aggregates(self, own: float | None) -> Aggregates:
         """The aggregates of the version that stores this, with its own experience's accuracy ``own`` (before its
         number is known)."""

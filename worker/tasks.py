@@ -12,7 +12,7 @@ from cl_core.importance import mas_importance
 from registry import NotFound, Store, StoreUnavailable
 from worker.app import ESTIMATE_IMPORTANCE, EVALUATE_VERSION, RUN_UPDATE, app, current
 from worker.evaluation import EvaluationData, version_metrics
-from worker.history import DEFAULT_WIDTH, history_of, without_history
+from worker.history import DEFAULT_WIDTH, StoredHistory, history_of, without_history
 from worker.pipeline import LockLost, load_version
 
 TRANSIENT = (StoreUnavailable,)
@@ -67,9 +67,18 @@ def estimate_importance_task(name: str, version: int | None = None, max_samples:
 def evaluate_version(store: Store, name: str, version: int, width: int = DEFAULT_WIDTH) -> dict[str, Any]:
     """Score ``version`` as its update did (its parent's ledger's experiences and its own held-out samples)."""
     loaded = load_version(store, name, version)
-    parent = history_of(store, name, store.get_version(name, version).parent, width)
-    data = EvaluationData.gather(store, name, parent.experiences, store.experience_samples(name, version))
-    metrics = version_metrics(loaded.model, loaded.spec.classes, data, parent, loaded.spec.input_shape, width=width)
+    record = store.get_version(name, version)
+    stored = StoredHistory.from_metrics(record.metrics)  # its ancestors' experiences, whether they are kept or not
+    if stored is not None:
+        parent, again = None, (version, stored)
+        experiences = stored.ledger.experiences
+    else:  # written before the ledger: its parent's, replayed
+        parent, again = history_of(store, name, record.parent, width), None
+        experiences = parent.experiences
+    data = EvaluationData.gather(store, name, experiences, store.experience_samples(name, version))
+    metrics = version_metrics(
+        loaded.model, loaded.spec.classes, data, parent, loaded.spec.input_shape, width=width, again=again
+    )
     return {"model": name, "version": version, "metrics": without_history(metrics.to_json())}
 
 

@@ -18,6 +18,7 @@ from worker.evaluation import accuracy_matrix, lineage
 from worker.history import History, StoredHistory, Window, derive, history_of
 from worker.pipeline import run_update
 from worker.scheduling import new_update_id
+from worker.tasks import evaluate_version
 
 WIDTH = 4
 
@@ -219,6 +220,10 @@ def test_a_real_history_of_updates_matches_the_whole_matrix_and_survives_deleted
     trusted = sum(label in old_classes for e in parent.experiences for label in store.experience_samples("m", e).labels)
     for record in chain[:-1]:
         store.delete_version("m", record.version)
+    again = evaluate_version(store, "m", live, WIDTH)["metrics"]  # its parent is gone: its own ledger stands in
+    stored = store.get_version("m", live).metrics
+    assert (again["acc"], again["bwt"], again["forgetting"]) == (stored["acc"], stored["bwt"], stored["forgetting"])
+    assert "history" not in again
     post(16)
     newest = update()
     record = store.get_version("m", newest)
@@ -229,3 +234,13 @@ def test_a_real_history_of_updates_matches_the_whole_matrix_and_survives_deleted
         s["bwt"],
         s["forgetting"],
     )
+
+
+def test_a_version_measured_again_keeps_what_it_knew_of_its_ancestors() -> None:
+    first = derive(None, {}, WIDTH).resolve(1, 0.75)
+    stored = derive(first, {1: 0.5}, WIDTH)
+    same = stored.remeasured(2, {})  # no samples left: the values it measured stay, said to be version 2's
+    assert same.ledger.last == [0.5] and same.ledger.carried == {1: 2} and same.ledger.first == [0.75]
+    fresh = stored.remeasured(2, {1: 0.25})
+    assert fresh.ledger.last == [0.25] and fresh.ledger.carried == {} and fresh.ledger.best == stored.ledger.best
+    assert fresh.aggregates(None).bwt == 0.25 - 0.75 and fresh.window == stored.window
