@@ -403,7 +403,13 @@ def metrics(name: str) -> None:
     console.print(table)
     matrix = report["matrix"]
     if matrix["columns"]:
-        grid = Table("version \\ experience", *[str(c) for c in matrix["columns"]], title="accuracy matrix")
+        total = report.get("experiences", len(matrix["columns"]))
+        title = (
+            "accuracy matrix"
+            if total <= len(matrix["columns"])
+            else f"accuracy matrix: the last {len(matrix['columns'])} of {total} experiences"
+        )
+        grid = Table("version \\ experience", *[str(c) for c in matrix["columns"]], title=title)
         for row, values in zip(matrix["rows"], matrix["values"], strict=True):
             grid.add_row(str(row), *[_fmt(v) for v in values], *[""] * (len(matrix["columns"]) - len(values)))
         console.print(grid)

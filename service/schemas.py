@@ -277,9 +277,30 @@ class Promoted(BaseModel):
 
 # -- forgetting report -------------------------------------------------------------------------------------------
 class AccuracyMatrixBody(BaseModel):
-    rows: list[int | None] = Field(description="versions along the live lineage")
-    columns: list[int | None] = Field(description="experiences: the version whose update brought the data")
-    values: list[list[float | None]]
+    rows: list[int | None] = Field(
+        description="versions along the live lineage: those that brought the columns shown, then the live version"
+    )
+    columns: list[int | None] = Field(
+        description="the last experiences of the live lineage: the version whose update brought the data"
+    )
+    values: list[list[float | None]] = Field(
+        description="lower-triangular: a row has the columns up to its own experience; the live version's row all"
+    )
+
+
+class ExperienceLedger(BaseModel):
+    """What ACC, BWT and forgetting are computed from: per experience of the live lineage, oldest first."""
+
+    experiences: list[int] = Field(description="the version whose update brought each experience's data")
+    first: list[float | None] = Field(description="that version's accuracy on it (the diagonal R[j, j])")
+    best: list[float | None] = Field(
+        description="the best accuracy on it of the matrix rows before the live one (null: the live version's own)"
+    )
+    last: list[float | None] = Field(description="the live version's accuracy on it")
+    carried: dict[str, int] = Field(
+        description="experiences with no held-out samples left: the version that last measured them (`last` "
+        "repeats that value)"
+    )
 
 
 class ForgettingReport(BaseModel):
@@ -288,8 +309,20 @@ class ForgettingReport(BaseModel):
     held_out_samples: int
     accuracy: float | None
     per_class_accuracy: dict[str, float]
-    acc: float | None
-    bwt: float | None
-    forgetting: float | None
-    matrix: AccuracyMatrixBody
+    acc: float | None = Field(description="ACC over every experience of the live lineage (not only the window)")
+    bwt: float | None = Field(description="BWT over every experience of the live lineage")
+    forgetting: float | None = Field(description="average forgetting over every experience of the live lineage")
+    matrix: AccuracyMatrixBody = Field(description="the accuracy matrix's last `window` columns and their rows")
+    experiences: int = Field(0, description="experiences of the live lineage: the columns of the whole matrix")
+    window: int = Field(0, description="columns shown in `matrix`")
+    carried_experiences: int = Field(
+        0, description="experiences with no held-out samples left: their accuracy is the last one measured"
+    )
+    history: Literal["ledger", "replay", "partial replay"] = Field(
+        "ledger",
+        description="ledger: read from the live version's record; replay: a version written before the ledger, "
+        "replayed from its ancestors' rows; partial replay: one of those ancestors is gone (BWT and forgetting "
+        "are null when a diagonal is unknown)",
+    )
+    ledger: ExperienceLedger | None = Field(None, description="every experience's figures (with ?full=true)")
     gate: dict[str, Any] | None

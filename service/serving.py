@@ -27,6 +27,7 @@ from registry import LivePointer, NotFound, Store, StoreError, Subscription
 from registry import tensors as st
 from registry.signing import PromotionRecord, Reason, Rejected, Verifier, weights_digest
 from worker.audit import audit
+from worker.history import without_history
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class ModelServer:
             tuple(spec.input_shape),
             model.to(self.device).eval(),
             self.device,
-            meta.metrics,
+            without_history(meta.metrics),  # the gauges' figures; the ledger stays in the store
             digest,
             record,
             self._preprocessing(name),

@@ -7,6 +7,7 @@ from registry import ModelRecord, Store, UpdateRecord, VersionRecord
 from service import schemas
 from service.serving import ModelServer
 from worker.claims import waiting_classes
+from worker.history import without_history
 
 
 def model_info(
@@ -74,7 +75,7 @@ def version_info(record: VersionRecord, live: int | None) -> schemas.VersionInfo
         train_config=record.train_config,
         classes=natural_order(record.spec.get("classes", [])),
         samples=record.samples,
-        metrics=record.metrics,
+        metrics=without_history(record.metrics),  # the ledger is the forgetting report's, O(experiences)
         update_id=record.update_id,
         triggered_by=record.triggered_by,
         promotions=record.promotions,

@@ -67,6 +67,11 @@ class WorkerSettings(BaseSettings):
     )
     auto_promote: bool = Field(True, description="promote candidates that pass the gate")
 
+    # the forgetting report: each version keeps this many recent experiences' columns of the accuracy matrix
+    report_window: int = Field(
+        10, ge=1, le=100, description="experiences (columns) of the accuracy matrix the forgetting report shows"
+    )
+
     # which claimed samples train: new classes wait until ready, systematic label flips go to quarantine
     policy_min_samples_per_new_class: int = Field(
         20, ge=1, description="a new class is learned (and the policy starts an update) once it has this many"

@@ -3,13 +3,14 @@
 The service holds out a stratified share of every labeled class and never trains on it.  Each committed update
 consumed some samples: its held-out part is that update's *experience* (a column).  A version's row holds its
 accuracy on every experience of its lineage (its ancestors' and its own), so the matrix along the live lineage
-gives ACC, BWT and forgetting exactly as the benchmark does (`cl_core.metrics`).
+gives ACC, BWT and forgetting exactly as the benchmark does (`cl_core.metrics`).  A version does not read its
+ancestors for that: it derives its ledger (`worker.history`) from its parent's.
 
 The gate compares a candidate with its parent on *trusted* held-out samples only: those of the experiences along
-the parent's lineage, which updates that went live had held out.  Labels arriving in the update being judged never
-judge the classes the parent knew (a poisoned post would otherwise vouch for itself); the claim's own held-out
-samples are reported apart (the new classes, and new data of known classes as its own figure).  Two rules, both
-must hold:
+the parent's lineage (the experiences of the parent's ledger), which updates that went live had held out.  Labels
+arriving in the update being judged never judge the classes the parent knew (a poisoned post would otherwise vouch
+for itself); the claim's own held-out samples are reported apart (the new classes, and new data of known classes as
+its own figure).  Two rules, both must hold:
 
 * the average rule: accuracy on the trusted samples of the parent's classes drops by at most ``max_forgetting``;
 * the per-class rule: no parent class drops by more than ``max_class_drop``, judged soundly for small sets: a class
@@ -21,7 +22,7 @@ A candidate that breaks either rule is kept but not promoted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from cl_core.labels import natural_order
 from cl_core.metrics import summarize
 from registry import NotFound, SampleSet, Store, VersionRecord
+from worker.history import DEFAULT_WIDTH, HISTORY_KEY, History, StoredHistory, derive
 
 
 def predict_labels(model: nn.Module, classes: Sequence[str], inputs: Tensor, batch_size: int = 1024) -> list[str]:
@@ -72,7 +74,9 @@ def per_class_accuracy(predicted: Sequence[str], labels: Sequence[str | None]) -
 
 def lineage(store: Store, name: str, version: int | None) -> list[VersionRecord]:
     """The version and its ancestors, root first; it starts after an ancestor that version retention deleted
-    (NotFound only when ``version`` itself does not exist)."""
+    (NotFound only when ``version`` itself does not exist).  One read per version, so neither an update nor the
+    report walks it (they read `worker.history.history_of`); with `accuracy_matrix` it is the definition the ledger
+    is checked against."""
     chain: list[VersionRecord] = []
     seen: set[int] = set()
     while version is not None and version not in seen:
@@ -96,11 +100,12 @@ class EvaluationData:
     own: SampleSet
 
     @classmethod
-    def gather(cls, store: Store, name: str, chain: Sequence[VersionRecord], own: SampleSet) -> EvaluationData:
-        """The held-out samples of the lineage's experiences, from the held-out store in one read (never from the
-        ingestion batches: the cost does not grow with the history)."""
+    def gather(cls, store: Store, name: str, versions: Iterable[int], own: SampleSet) -> EvaluationData:
+        """The held-out samples still kept of the experiences ``versions`` (a parent's ledger's experiences), from
+        the held-out store in one read (never from the ingestion batches: the cost does not grow with the history);
+        an experience with none left is left out (its column keeps its last measured value)."""
         held = store.held_out(name)
-        return cls({r.version: held[r.version] for r in chain if r.version in held and len(held[r.version])}, own)
+        return cls({v: held[v] for v in versions if v in held and len(held[v])}, own)
 
     def all(self, input_shape: Sequence[int]) -> SampleSet:
         return SampleSet.concat([*self.experiences.values(), self.own], input_shape)
@@ -352,9 +357,9 @@ class Baseline:
 @dataclass
 class VersionMetrics:
     """What an update (or a weight import) measured about a version: held-out accuracy overall, per class and per
-    experience (its row of the accuracy matrix), ACC / BWT / forgetting along its lineage, and what the gate and the
-    label screening decided.  Stored as JSON in `VersionRecord.metrics` (`to_json`); the forgetting report and the
-    accuracy matrix read that JSON back."""
+    experience (its row of the accuracy matrix), ACC / BWT / forgetting along its lineage, its history (the ledger
+    and window the report and its children read, `worker.history`), and what the gate and the label screening
+    decided.  Stored as JSON in `VersionRecord.metrics` (`to_json`); the forgetting report reads that JSON back."""
 
     held_out_samples: int
     accuracy: float | None
@@ -366,14 +371,18 @@ class VersionMetrics:
     forgetting: float | None
     gate: Gate | None = None
     screening: dict[str, Any] | None = None  # worker.screening's report, already JSON
+    history: StoredHistory | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The stored form (keys of the optional parts only when present, as versions stored them before)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("gate", "screening")}
+        optional = ("gate", "screening", "history")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in optional}
         if self.gate is not None:
             data["gate"] = asdict(self.gate)
         if self.screening is not None:
             data["screening"] = self.screening
+        if self.history is not None:
+            data[HISTORY_KEY] = self.history.to_json()
         return data
 
 
@@ -381,33 +390,41 @@ def version_metrics(
     model: nn.Module,
     classes: Sequence[str],
     data: EvaluationData,
-    chain: Sequence[VersionRecord],
+    parent: History | None,
     input_shape: Sequence[int],
     gate_result: Gate | None = None,
+    width: int = DEFAULT_WIDTH,
+    again: tuple[int, StoredHistory] | None = None,
 ) -> VersionMetrics:
-    """Everything stored with a version: per-class and overall held-out accuracy, its matrix row, ACC/BWT/forgetting
-    along its lineage (``chain`` = its ancestors, root first), the gate."""
+    """Everything stored with a version: per-class and overall held-out accuracy, its matrix row, its history
+    derived from its ``parent``'s (None: a first version; ``width``: the report window it keeps) and from it
+    ACC/BWT/forgetting along its lineage, the gate.  ``again``: a stored version measured again (its number and
+    stored history, which stands for its parent's: ancestors deleted since do not matter)."""
     everything = data.all(input_shape)
     predicted = predict_labels(model, classes, everything.inputs)
-    row = {str(v): accuracy(predict_labels(model, classes, s.inputs), s.labels) for v, s in data.experiences.items()}
+    measured = {v: accuracy(predict_labels(model, classes, s.inputs), s.labels) for v, s in data.experiences.items()}
     own = accuracy(predict_labels(model, classes, data.own.inputs), data.own.labels) if len(data.own) else None
-    summary = accuracy_matrix([*chain, None], {"experience_accuracy": row, "own_experience_accuracy": own}).summary()
+    stored = derive(parent, measured, width) if again is None else again[1].remeasured(again[0], measured)
+    summary = stored.aggregates(own)
     return VersionMetrics(
         held_out_samples=len(everything),
         accuracy=accuracy(predicted, everything.labels),
         per_class_accuracy=per_class_accuracy(predicted, everything.labels),
-        experience_accuracy=row,
+        experience_accuracy={str(v): a for v, a in measured.items()},
         own_experience_accuracy=own,
-        acc=summary["acc"],
-        bwt=summary["bwt"],
-        forgetting=summary["forgetting"],
+        acc=summary.acc,
+        bwt=summary.bwt,
+        forgetting=summary.forgetting,
         gate=gate_result,
+        history=stored,
     )
 
 
 @dataclass
 class AccuracyMatrix:
-    """Rows: versions along a lineage (those that added an experience, then the last one); columns: experiences."""
+    """Rows: versions along a lineage (those that added an experience, then the last one); columns: experiences.
+    The whole matrix, built by walking the lineage: the definition `worker.history` is checked against (the service
+    reads the ledger and window instead)."""
 
     rows: list[int | None]  # version numbers (None: a candidate not yet committed)
     columns: list[int | None]  # the versions whose experiences the columns are

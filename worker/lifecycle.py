@@ -23,6 +23,7 @@ from typing import Any, Literal
 from registry import Store, UpdateRecord
 from registry.records import FINISHED, UpdateStatus
 from worker.audit import audit
+from worker.history import without_history
 
 TRANSITIONS: dict[UpdateStatus, frozenset[UpdateStatus]] = {
     "queued": frozenset({"running", "cancelled"}),
@@ -86,7 +87,8 @@ def progress(store: Store, record: UpdateRecord, fraction: float) -> None:
 def finish(store: Store, record: UpdateRecord, outcome: Outcome) -> UpdateRecord:
     """running → succeeded, rejected (the forgetting gate) or skipped (nothing left to learn)."""
     check(record.status, outcome.status)
-    record.status, record.version, record.metrics = outcome.status, outcome.version, dict(outcome.metrics)
+    # the version's figures without its history (the ledger is the forgetting report's, O(experiences))
+    record.status, record.version, record.metrics = outcome.status, outcome.version, without_history(outcome.metrics)
     record.error, record.progress, record.finished_at = outcome.note, 1.0, time.time()
     return _write(store, record, f"update.{record.status}", version=record.version, error=record.error)
 

@@ -29,7 +29,8 @@ from registry import tensors as st
 from worker import lifecycle
 from worker.claims import prepare_claim
 from worker.config import WorkerSettings
-from worker.evaluation import Baseline, EvaluationData, lineage, version_metrics
+from worker.evaluation import Baseline, EvaluationData, version_metrics
+from worker.history import history_of
 from worker.learners import build_learner
 from worker.lifecycle import Outcome
 from worker.locking import HeldLock, LockLost, task_owner, update_lock, update_owner
@@ -246,8 +247,8 @@ def _update(
         return Outcome("skipped", note="nothing left to learn: no pending samples (another update consumed them)")
     spec, model = loaded.spec, loaded.model
     old_classes = list(spec.classes)
-    chain = lineage(store, name, parent)
-    evaluation = EvaluationData.gather(store, name, chain, SampleSet.concat([], spec.input_shape))
+    history = history_of(store, name, parent, settings.report_window)  # one read: the parent's ledger
+    evaluation = EvaluationData.gather(store, name, history.experiences, SampleSet.concat([], spec.input_shape))
     live = model if parent is not None else None
     prepared = prepare_claim(
         store, claimed, live, old_classes, evaluation.trusted(spec.input_shape), record, settings, token
@@ -265,7 +266,7 @@ def _update(
     # new classes join the head in natural order (whatever order the samples came in)
     new_labels = natural_order({label for label in labeled.labels if label is not None and label not in spec.classes})
     new_classes = grow_classes(model, spec, new_labels, seed=settings.seed)
-    config = settings.train_config(seed=settings.seed + len(chain))
+    config = settings.train_config(seed=settings.seed + history.depth)
     gamma = importance_s = None
     if len(labeled):
         targets = torch.tensor([spec.classes.index(label) for label in labeled.labels], dtype=torch.long)  # type: ignore[arg-type]
@@ -289,7 +290,9 @@ def _update(
     model.to("cpu")
 
     verdict = baseline.judge(model, spec.classes, settings.gate_rules())
-    measured = version_metrics(model, spec.classes, evaluation, chain, spec.input_shape, verdict)
+    measured = version_metrics(
+        model, spec.classes, evaluation, history, spec.input_shape, verdict, settings.report_window
+    )
     measured.screening = prepared.screening.to_json()
     metrics = measured.to_json()
     hparams = {**learner.hparams(), "service_method": record.method}
@@ -390,13 +393,17 @@ def import_weights(
                 )
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"weights contain NaN or Inf in {key}")
-        chain = lineage(store, name, parent)
-        evaluation = EvaluationData.gather(store, name, chain, SampleSet.concat([], base.spec.input_shape))
+        history = history_of(store, name, parent, settings.report_window)
+        evaluation = EvaluationData.gather(
+            store, name, history.experiences, SampleSet.concat([], base.spec.input_shape)
+        )
         live = base.model if parent is not None else None
         baseline = Baseline.measure(live, base.spec.classes, evaluation, base.spec.input_shape, parent)
         base.model.load_state_dict(state)
         verdict = baseline.judge(base.model, base.spec.classes, settings.gate_rules())
-        measured = version_metrics(base.model, base.spec.classes, evaluation, chain, base.spec.input_shape, verdict)
+        measured = version_metrics(
+            base.model, base.spec.classes, evaluation, history, base.spec.input_shape, verdict, settings.report_window
+        )
         record = VersionRecord(
             model=name,
             version=0,

@@ -11,7 +11,8 @@ from celery import Task
 from cl_core.importance import mas_importance
 from registry import NotFound, Store, StoreUnavailable
 from worker.app import ESTIMATE_IMPORTANCE, EVALUATE_VERSION, RUN_UPDATE, app, current
-from worker.evaluation import EvaluationData, lineage, version_metrics
+from worker.evaluation import EvaluationData, version_metrics
+from worker.history import DEFAULT_WIDTH, StoredHistory, history_of, without_history
 from worker.pipeline import LockLost, load_version
 
 TRANSIENT = (StoreUnavailable,)
@@ -46,7 +47,8 @@ def run_update_task(self: Task, name: str, update_id: str) -> dict[str, Any]:
 )
 def evaluate_version_task(name: str, version: int) -> dict[str, Any]:
     """A stored version's held-out metrics recomputed on the data the store holds now."""
-    return evaluate_version(current().store, name, version)
+    worker = current()
+    return evaluate_version(worker.store, name, version, worker.settings.report_window)
 
 
 @app.task(
@@ -62,13 +64,22 @@ def estimate_importance_task(name: str, version: int | None = None, max_samples:
     return estimate_importance(current().store, name, version, max_samples)
 
 
-def evaluate_version(store: Store, name: str, version: int) -> dict[str, Any]:
-    """Score ``version`` as its update did (its lineage's experiences and its own held-out samples)."""
+def evaluate_version(store: Store, name: str, version: int, width: int = DEFAULT_WIDTH) -> dict[str, Any]:
+    """Score ``version`` as its update did (its parent's ledger's experiences and its own held-out samples)."""
     loaded = load_version(store, name, version)
-    chain = lineage(store, name, store.get_version(name, version).parent)
-    data = EvaluationData.gather(store, name, chain, store.experience_samples(name, version))
-    metrics = version_metrics(loaded.model, loaded.spec.classes, data, chain, loaded.spec.input_shape)
-    return {"model": name, "version": version, "metrics": metrics.to_json()}
+    record = store.get_version(name, version)
+    stored = StoredHistory.from_metrics(record.metrics)  # its ancestors' experiences, whether they are kept or not
+    if stored is not None:
+        parent, again = None, (version, stored)
+        experiences = stored.ledger.experiences
+    else:  # written before the ledger: its parent's, replayed
+        parent, again = history_of(store, name, record.parent, width), None
+        experiences = parent.experiences
+    data = EvaluationData.gather(store, name, experiences, store.experience_samples(name, version))
+    metrics = version_metrics(
+        loaded.model, loaded.spec.classes, data, parent, loaded.spec.input_shape, width=width, again=again
+    )
+    return {"model": name, "version": version, "metrics": without_history(metrics.to_json())}
 
 
 def estimate_importance(

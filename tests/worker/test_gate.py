@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from registry import LocalStore, ModelRecord, PendingCounts, SampleSet, UpdateRecord, VersionRecord
+from registry import LocalStore, ModelRecord, PendingCounts, SampleSet, UpdateRecord
 from worker.claims import waiting_classes
 from worker.config import WorkerSettings
 from worker.evaluation import (
@@ -153,8 +153,7 @@ def test_the_evaluation_data_comes_from_the_held_out_store_in_one_read(tmp_path:
         store.ack("m", claim, v, None)
         held[v] = claim.held_out.ids
     store.apply_retention("m", max_age_s=0.0, max_samples=None)  # raw data gone: the held-out data stays
-    chain = [VersionRecord(model="m", version=v, parent=None, spec={}, learner={}, method="auto") for v in (1, 3)]
     calls.clear()
-    data = EvaluationData.gather(store, "m", chain, SampleSet(torch.zeros(0, 2), [], []))
+    data = EvaluationData.gather(store, "m", [1, 3], SampleSet(torch.zeros(0, 2), [], []))
     assert calls == ["held_out"]
     assert {v: s.ids for v, s in data.experiences.items()} == {1: held[1], 3: held[3]}
