@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cl_core.metrics import summarize
-from registry import LocalStore, ModelRecord, NotFound, UpdateRecord
+from registry import LocalStore, ModelRecord, UpdateRecord
 from tests.worker.histories import CountingStore, Step, commit, new_model, steps
 from worker.config import WorkerSettings
 from worker.evaluation import accuracy_matrix, lineage
@@ -86,8 +86,7 @@ def test_a_report_reads_one_record_and_deleted_ancestors_change_nothing(tmp_path
     assert counting.version_reads == 1 and counting.listings == 0
     for step in made[:-1]:
         store.delete_version("m", step.version)
-    with pytest.raises(NotFound):
-        lineage(store, "m", live)  # walking the lineage no longer works
+    assert [r.version for r in lineage(store, "m", live)] == [live]  # the walk stops at the deleted parent
     after = history_of(store, "m", live, WIDTH)
     assert after == before and after.source == "ledger"
     child = derive(after, dict.fromkeys(after.experiences, 0.5), WIDTH)  # an update of the live version
