@@ -363,7 +363,15 @@ def history_from(store: Store, record: VersionRecord, width: int = DEFAULT_WIDTH
     return base
 
 
-def without_history(metrics: Mapping[str, Any]) -> dict[str, Any]:
+def without_history(metrics: Mapping[str, Any], columns: int | None = DEFAULT_WIDTH) -> dict[str, Any]:
     """A version's metrics as listings and update records show them: without the history (O(experiences) numbers,
-    read by the forgetting report)."""
-    return {k: v for k, v in metrics.items() if k != HISTORY_KEY}
+    read by the forgetting report) and with ``experience_accuracy`` cut to the newest ``columns`` experiences (None:
+    all), so that a page of versions or updates stays bounded however long the history; the number of experiences
+    measured is kept as ``experiences_measured``.  The forgetting report has every figure."""
+    out = {k: v for k, v in metrics.items() if k != HISTORY_KEY}
+    measured = out.get("experience_accuracy")
+    if columns is not None and isinstance(measured, dict) and len(measured) > columns:
+        newest = sorted(measured, key=lambda k: (len(k), k))[-columns:]  # decimal version numbers, oldest first
+        out["experience_accuracy"] = {k: measured[k] for k in newest}
+        out["experiences_measured"] = len(measured)
+    return out

@@ -137,3 +137,17 @@ def test_hostile_report_parameters_are_a_422(tmp_path: Path, serve: Callable[...
     assert answer.status_code == 422, answer.text
     assert query.split("=")[0] in answer.text
     assert client.get("/v1/models/m/metrics").status_code == 200
+
+
+def test_a_page_of_versions_stays_small_however_long_the_history(
+    tmp_path: Path, serve: Callable[..., TestClient]
+) -> None:
+    made = list(steps(1000, width=10, opener_share=1.0))
+    filled(tmp_path / "store", made[-50:])  # the newest 50 versions, each measured on up to 1,000 experiences
+    client = serve(tmp_path / "store")
+    answer = client.get("/v1/models/m/versions")
+    assert answer.status_code == 200, answer.text
+    assert len(answer.content) < 100_000
+    newest = answer.json()["versions"][0]["metrics"]
+    assert list(newest["experience_accuracy"]) == [str(v) for v in range(990, 1000)]
+    assert newest["experiences_measured"] > 10 and "history" not in newest
