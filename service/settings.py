@@ -21,7 +21,7 @@ SCOPE_RANK: dict[str, int] = {"predict": 0, "train": 1, "admin": 2}
 class Settings(WorkerSettings):
     """Service settings (``CL_`` prefix)."""
 
-    model_config = SettingsConfigDict(env_prefix="CL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CL_", extra="ignore", env_parse_none_str="none")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -58,7 +58,12 @@ class Settings(WorkerSettings):
     # idempotency and retention
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="how long an Idempotency-Key's answer is kept")
     retention_max_age_s: float | None = Field(None, gt=0, description="drop consumed raw samples older than this")
-    retention_max_samples: int | None = Field(None, ge=0, description="keep at most this many consumed raw samples")
+    retention_max_samples: int | None = Field(
+        50_000,
+        ge=0,
+        description="keep at most this many consumed raw samples per model (None: all; pending and held-out data "
+        "are never dropped)",
+    )
     retention_interval_s: float = Field(300.0, gt=0, description="how often retention runs")
     shutdown_grace_s: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight requests")
 

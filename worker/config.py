@@ -28,7 +28,7 @@ VISIBILITY_MARGIN_S = 600.0
 class WorkerSettings(BaseSettings):
     """Store, training, method and gate settings."""
 
-    model_config = SettingsConfigDict(env_prefix="CL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CL_", extra="ignore", env_parse_none_str="none")
 
     # where things live
     data_dir: Path = Field(Path("./cl-data"), description="directory of the embedded store")

@@ -120,3 +120,17 @@ def test_the_old_keep_versions_setting_sets_both_windows(monkeypatch: pytest.Mon
     monkeypatch.setenv("CL_KEEP_PROMOTED", "-1")
     with pytest.raises(ValueError):
         WorkerSettings()
+
+
+def test_every_limit_is_bounded_by_default_and_none_lifts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    assert Settings().retention_max_samples == 50_000  # raw consumed samples do not grow disk without bound
+    monkeypatch.setenv("CL_RETENTION_MAX_SAMPLES", "none")
+    monkeypatch.setenv("CL_KEEP_PROMOTED", "none")
+    settings = Settings()
+    assert settings.retention_max_samples is None
+    assert settings.version_retention() == VersionRetention(None, 10)
+    monkeypatch.setenv("CL_RETENTION_MAX_SAMPLES", "")  # empty is not "none": refused, not silently unbounded
+    with pytest.raises(ValueError):
+        Settings()
