@@ -53,7 +53,7 @@ async def answer_predict(runtime: Runtime, name: str, request: Request, top_k: i
         raise ApiError(409, f"model {name!r} has no live version yet: post samples and run an update first")
     inputs = await predict_inputs(body, live, runtime.settings)
     live, probs = await runtime.batchers.get(name).infer(inputs)
-    runtime.api_metrics.predictions.labels(name, str(live.version)).inc(len(inputs))
+    runtime.api_metrics.count_predictions(name, live.version, len(inputs))
     return encode_predictions(name, live.version, live.classes, probs, top_k)
 
 
