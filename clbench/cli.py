@@ -368,6 +368,7 @@ def load(
                 report.fmt(r.p99_ms, 2),
                 report.fmt(r.p99_ms / r.p50_ms if r.p50_ms else None, 2),
                 report.fmt(r.cpu_ms_per_request, 3),
+                report.fmt(r.client_cpu_ms_per_request, 3),
                 report.fmt(gain, 2),
                 report.fmt(100 * r.throughput / limit, 1),
             )
@@ -387,6 +388,7 @@ def load(
             "p99 ms",
             "p99/p50",
             "server CPU ms/req",
+            "client CPU ms/req",
             "× throughput of batching off",
             "% of forward limit",
         ],

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +21,7 @@ from service import schemas, ui
 from service.bodies import add_documented_schemas
 from service.errors import install_error_handlers
 from service.observability import ApiMetrics, RequestGuard
+from service.predicting import PREDICT_ROUTE, LeanPredict
 from service.routers import health, models, predict, quarantine, reports, samples, updates, versions
 from service.runtime import build_runtime, start
 from service.settings import Settings
@@ -28,9 +30,12 @@ DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
 
 
-def create_app(settings: Settings | None = None, *, on_started: Callable[[], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, on_started: Callable[[], None] | None = None, lean_predict: bool = True
+) -> FastAPI:
     """A new application; nothing is loaded until its lifespan starts (``on_started`` runs once it has: `clserve`
-    tunes garbage collection there)."""
+    tunes garbage collection there).  ``lean_predict=False`` leaves every prediction to the FastAPI route (the
+    tests compare both doors)."""
     settings = settings or Settings()
     registry = CollectorRegistry()
     api_metrics = ApiMetrics(registry)
@@ -98,6 +103,8 @@ def create_app(settings: Settings | None = None, *, on_started: Callable[[], Non
             with_google_fonts=False,
         )
 
+    if lean_predict:  # inside RequestGuard: its limits and metrics apply to both doors
+        app.add_middleware(LeanPredict, route=_route(predict.router, PREDICT_ROUTE, "POST"))
     app.add_middleware(
         RequestGuard,
         max_body_bytes=settings.max_body_bytes,
@@ -106,3 +113,7 @@ def create_app(settings: Settings | None = None, *, on_started: Callable[[], Non
     )
     ui.install(app)  # the operator's console at /ui; its headers wrap everything, RequestGuard's refusals included
     return app
+
+
+def _route(router: APIRouter, path: str, method: str) -> APIRoute:
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == path and method in (r.methods or ()))

@@ -11,6 +11,7 @@ of an animated PNG is used; an alpha channel is dropped; EXIF orientation is not
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,9 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "application/octet-stream": ("PNG", "JPEG"),  # a form part without a usable type: either, by its content
 }
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+OBJECT_REPR = re.compile(r" ?<[^<>]{1,80} (?:object )?at 0x[0-9a-fA-F]+>")
+"""What Pillow's messages name the file by ("cannot identify image file <_io.BytesIO object at 0x7f…>"): an
+address in this process, left out of answers (it tells the caller nothing, and differs on every request)."""
 SMALL_IMAGE_PIXELS = 256 * 256
 """Images up to this size are decoded on the event loop (cheaper than a thread hop); larger ones in a thread."""
 
@@ -48,7 +52,8 @@ def open_image(data: bytes, media: str, *, max_pixels: int, field: str, index: i
     except Exception as exc:  # Pillow raises many kinds for hostile bytes: UnidentifiedImageError, SyntaxError, …
         kind = " or ".join(formats)
         raise InvalidData(
-            f"{where(field, index)} is not a readable {kind} file ({type(exc).__name__}: {shown(str(exc), 120)})",
+            f"{where(field, index)} is not a readable {kind} file "
+            f"({type(exc).__name__}: {shown(OBJECT_REPR.sub('', str(exc)), 120)})",
             field=field,
             index=index,
         ) from None

@@ -119,6 +119,27 @@ class ApiMetrics:
             registry=registry,
         )
 
+        # The children of the per-request series, by label values: ``labels()`` costs a few µs per call (locks,
+        # tuples), several times per prediction.  Only series that are never removed are cached here.
+        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._prediction_series: dict[tuple[str, int], Any] = {}
+
+    def count_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One answered request: ``cl_http_requests_total`` and ``cl_http_request_duration_seconds``."""
+        key = (method, route, str(status))
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (self.requests.labels(*key), self.latency.labels(method, route))
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def count_predictions(self, model: str, version: int, inputs: int) -> None:
+        """``inputs`` predicted by a version: ``cl_predictions_total``."""
+        series = self._prediction_series.get((model, version))
+        if series is None:
+            series = self._prediction_series[(model, version)] = self.predictions.labels(model, str(version))
+        series.inc(inputs)
+
     def track_model(self, model: str) -> None:
         """Start the model's refusal series at 0 (so that the first refusal is an increase Prometheus sees)."""
         for reason in REASONS:
@@ -220,9 +241,8 @@ class RequestGuard:
         finally:
             if self.metrics is not None:
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
-                method = scope.get("method", "")
-                self.metrics.requests.labels(method, route, str(status_holder["status"])).inc()
-                self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self.metrics.count_request(scope.get("method", ""), route, status_holder["status"], seconds)
 
     @staticmethod
     def _check_headers(scope: Scope, limit: int, accepted: tuple[bytes, ...]) -> tuple[int, str, str | None] | None:
