@@ -40,8 +40,8 @@ class DERPP(ContinualMethod):
     strength = "alpha"
     memory_argument = "buffer_size"
     tuning_grid: ClassVar[dict[str, list[float]] | None] = {
-        "alpha": [0.01, 0.03, 0.1, 0.3, 1.0],
-        "beta": [0.25, 0.5, 1.0, 2.0],
+        "alpha": [0.03, 0.1, 0.3, 1.0],
+        "beta": [0.5, 1.0],
     }
 
     def __init__(self, alpha: float = 0.1, beta: float = 0.5, buffer_size: int = 200, seed: int = 0) -> None:

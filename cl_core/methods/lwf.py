@@ -38,8 +38,8 @@ class LwF(ContinualMethod):
     name = "lwf"
     closed_form_grad = True  # no parameter penalty: its gradient is zero
     tuning_grid: ClassVar[dict[str, list[float]] | None] = {
-        "lam": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0],
-        "temperature": [1.0, 2.0, 4.0],
+        "lam": [0.3, 1.0, 3.0, 10.0],
+        "temperature": [1.0, 2.0],
     }
 
     def __init__(self, lam: float = 1.0, temperature: float = 2.0) -> None:
