@@ -41,7 +41,9 @@ Selection = Literal["herding", "reservoir"]
 ReplayMode = Literal["concat", "batch"]
 Balance = Literal["class-task", "class"]
 DEFAULT_REPLAY: ReplayMode = "batch"
-"""The default schedule: measured better on the protocol's split domain- and class-IL (see the README)."""
+DEFAULT_REPLAY_RATIO = 2.0
+"""The default schedule and ratio: chosen on the validation split of the protocol's split domain- and class-IL
+(a memory batch per step beat concatenation, ratio 2 at least matched 1; see the README)."""
 DEFAULT_TOTAL = 200
 
 
@@ -77,7 +79,7 @@ class ExemplarMemory:
         replay: ReplayMode = DEFAULT_REPLAY,
         seed: int = 0,
         balance: Balance = "class-task",
-        replay_ratio: float = 1.0,
+        replay_ratio: float = DEFAULT_REPLAY_RATIO,
     ) -> None:
         for label, value in (("per_class", per_class), ("total", total)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -51,6 +51,8 @@ class Batch:
     mask: Tensor | None = None
     replayed: int = 0
     ids: Tensor | None = None
+    epoch: int = 1  # the epoch this batch belongs to, 1-based, of ``epochs``
+    epochs: int = 1
 
     @property
     def current(self) -> int:
@@ -138,6 +140,7 @@ def training_step(
     closed_form: bool = True,
     replayed: int = 0,
     ids: Tensor | None = None,
+    epoch: tuple[int, int] = (1, 1),
 ) -> float:
     """One optimisation step on a batch; returns the data loss (the cross-entropy on the batch).
 
@@ -152,7 +155,7 @@ def training_step(
     extra = method.extra_loss()
     if extra is not None:
         total = total + extra
-    added = method.batch_loss(model, Batch(inputs, targets, mask, replayed, ids), logits)
+    added = method.batch_loss(model, Batch(inputs, targets, mask, replayed, ids, *epoch), logits)
     if added is not None:
         total = total + added
     total.backward()
@@ -247,7 +250,9 @@ def train(
                     current = len(y)
                     x, y, mask = _with_replay(x, y, mask, replay, _num_outputs(model, x), generator, device)
                     replayed = len(y) - current
-                loss = training_step(model, method, optimizer, x, y, mask, replayed=replayed, ids=ids)
+                loss = training_step(
+                    model, method, optimizer, x, y, mask, replayed=replayed, ids=ids, epoch=(epoch + 1, config.epochs)
+                )
                 if after_step is not None:
                     after_step()
                 method.after_step(model)

@@ -84,7 +84,9 @@ def tune(
     protocol: int = typer.Option(PROTOCOL_VERSION, help="benchmark protocol version: 2, or 1 (its memory)"),
     memory: int | None = typer.Option(None, help="exemplar memory: the total (v2, default 200); per class (v1, 20)"),
     replay: str | None = typer.Option(None, help="replay schedule of '+replay' methods: concat or batch (v2)"),
-    replay_ratio: float = typer.Option(1.0, help="replayed samples per current sample in each batch ('batch')"),
+    replay_ratio: float | None = typer.Option(
+        None, help="replayed samples per current sample in each batch ('batch'; default 2)"
+    ),
     out: Path | None = typer.Option(None, help="record to update (default: the packaged record of the protocol)"),
     threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
     tasks: int | None = typer.Option(None, hidden=True, help="truncate every scenario to this many tasks (tests)"),
@@ -167,7 +169,9 @@ def run(
     protocol: int = typer.Option(PROTOCOL_VERSION, help="benchmark protocol version: 2, or 1 (its memory)"),
     memory: int | None = typer.Option(None, help="exemplar memory: the total (v2, default 200); per class (v1, 20)"),
     replay: str | None = typer.Option(None, help="replay schedule of '+replay' methods: concat or batch (v2)"),
-    replay_ratio: float = typer.Option(1.0, help="replayed samples per current sample in each batch ('batch')"),
+    replay_ratio: float | None = typer.Option(
+        None, help="replayed samples per current sample in each batch ('batch'; default 2)"
+    ),
     step_rounds: int | None = typer.Option(None, help="rounds of the step-cost measurement (0: skip)"),
     plots: bool = typer.Option(True, help="write the PNG plots"),
     resume: bool = typer.Option(False, help="keep the runs already in DIR/results.jsonl and skip them"),
@@ -235,7 +239,7 @@ def run(
         + (f" --protocol {protocol}" if protocol != PROTOCOL_VERSION else "")
         + (f" --memory {memory}" if memory is not None else "")
         + (f" --replay {replay}" if replay is not None else "")
-        + (f" --replay-ratio {replay_ratio:g}" if replay_ratio != 1.0 else "")
+        + (f" --replay-ratio {replay_ratio:g}" if replay_ratio is not None else "")
         + (f" --tasks {tasks}" if tasks is not None else "")
         + f" --out {out}"
     )
@@ -248,7 +252,7 @@ def run(
         f"protocol {protocol}; replay memory: "
         + (
             f"{settings.memory_size} exemplars in all, balanced over classes and tasks, schedule {settings.schedule}"
-            + (f" (ratio {replay_ratio:g})" if settings.schedule == "batch" else "")
+            + (f" (ratio {settings.ratio:g})" if settings.schedule == "batch" else "")
             if protocol == 2
             else f"{settings.memory_size} exemplars per class of the head, concatenated"
         ),

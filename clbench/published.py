@@ -101,7 +101,8 @@ HSU_2018 = Source(
     ),
     setting=(
         "60,000 training images padded to 32×32 (1,024 inputs); MLP 1024-400-400, Adam lr 1e-3, batch 128, "
-        "4 epochs per task; mean of 10 runs; replay methods share one static memory budget (not ours: 20 per class); "
+        "4 epochs per task; mean of 10 runs; replay methods share one static memory budget (as our protocol 2 does: "
+        "200 in all; protocol 1 kept 20 per class); "
         "no permuted MNIST in this table"
     ),
     figures={

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cl_core.data import PROTOCOL_VERSION, PROTOCOLS, MNIST5k, Scenario, build_scenario, load_mnist5k
-from cl_core.memory import DEFAULT_REPLAY, DEFAULT_TOTAL
+from cl_core.memory import DEFAULT_REPLAY, DEFAULT_REPLAY_RATIO, DEFAULT_TOTAL
 from cl_core.methods import METHODS
 from cl_core.metrics import summarize
 from cl_core.naming import parse_method_name
@@ -59,7 +59,7 @@ class RunSettings:
     protocol: int = PROTOCOL_VERSION
     memory: int | None = None  # protocol 2: the total (200); protocol 1: per class of the head (20)
     replay: str | None = None  # the replay schedule (protocol 2 default: DEFAULT_REPLAY; protocol 1: concat)
-    replay_ratio: float = 1.0  # replayed samples per current sample in each batch (schedule 'batch')
+    replay_ratio: float | None = None  # replayed per current sample in each batch ('batch'; default 2)
     lam: float | None = None  # --lambda: one strength for every method of the invocation
     tuned: dict[str, Any] | None = None  # the tuning record (default: the packaged one of the protocol)
 
@@ -70,9 +70,9 @@ class RunSettings:
             raise ValueError(f"--memory must be a positive integer, got {self.memory!r}")
         if self.replay is not None and self.replay not in REPLAY_SCHEDULES:
             raise ValueError(f"unknown replay schedule {self.replay!r}; known: {', '.join(REPLAY_SCHEDULES)}")
-        if self.protocol == 1 and (self.replay not in (None, "concat") or self.replay_ratio != 1.0):
+        if self.protocol == 1 and (self.replay not in (None, "concat") or self.replay_ratio is not None):
             raise ValueError("protocol 1 replays by concatenation only")
-        if not 0 < self.replay_ratio <= 16:
+        if self.replay_ratio is not None and not 0 < self.replay_ratio <= 16:
             raise ValueError(f"--replay-ratio must be in (0, 16], got {self.replay_ratio!r}")
 
     @property
@@ -86,6 +86,10 @@ class RunSettings:
     def schedule(self) -> str:
         return self.replay or (DEFAULT_REPLAY if self.protocol == 2 else "concat")
 
+    @property
+    def ratio(self) -> float:
+        return self.replay_ratio if self.replay_ratio is not None else DEFAULT_REPLAY_RATIO
+
     def record(self) -> dict[str, Any]:
         return self.tuned if self.tuned is not None else load_record(protocol=self.protocol)
 
@@ -98,7 +102,7 @@ class RunSettings:
             "per_class": None,
             "balance": "class-task",
             "replay": self.schedule,
-            "replay_ratio": self.replay_ratio,
+            "replay_ratio": self.ratio,
         }
 
     def own_memory(self, scenario: Scenario) -> int:

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cl_core.memory import DEFAULT_REPLAY
+from cl_core.memory import DEFAULT_REPLAY, DEFAULT_REPLAY_RATIO
 from cl_core.trainer import TrainConfig
 from registry.signing import MIN_KEY_CHARS, Signer
 from worker.evaluation import GateRules
@@ -55,7 +55,9 @@ class WorkerSettings(BaseSettings):
     replay: Literal["concat", "batch"] = Field(
         DEFAULT_REPLAY, description="replay schedule: a memory batch mixed into every step, or the memory concatenated"
     )
-    replay_ratio: float = Field(1.0, gt=0, le=16, description="replayed samples per new sample in each batch ('batch')")
+    replay_ratio: float = Field(
+        DEFAULT_REPLAY_RATIO, gt=0, le=16, description="replayed samples per new sample in each batch ('batch')"
+    )
     auto_ewc_lambda: float = Field(100.0, ge=0)
     auto_ewc_gamma: float = Field(1.0, ge=0, le=1)
     auto_mas_lambda: float = Field(0.1, ge=0)

@@ -29,7 +29,7 @@ class SI(QuadraticPenalty):
     name = "si"
     strength = "c"
     tuning_grid: ClassVar[dict[str, list[float]] | None] = {
-        "c": [0.1, 1.0, 10.0, 100.0],
+        "c": [0.1, 1.0, 10.0, 100.0, 1000.0],
         "xi": [0.001, 0.1],
     }
 

@@ -144,7 +144,7 @@ def test_lwf_class_incremental_distils_the_old_outputs_as_the_paper_defines() ->
     assert loss is not None
     z_old = old_model(x).detach()
     expected = 0.7 * (paper_l_old(z_old, outputs[:, :2], 2.0) - entropy(z_old, 2.0))
-    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-10)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-10)
     # the same gradient as the paper's cross-entropy
     (g_ours,) = torch.autograd.grad(loss, [model.head.weight])
     (g_paper,) = torch.autograd.grad(0.7 * paper_l_old(z_old, model(x)[:, :2], 2.0), [model.head.weight])
@@ -164,11 +164,13 @@ def test_lwf_task_incremental_sums_one_term_per_old_head() -> None:
     outputs = model(x)
     loss = lwf.batch_loss(model, Batch(x, torch.zeros(len(x), dtype=torch.long)), outputs)
     assert loss is not None
-    expected = sum(
-        paper_l_old(z_old[:, list(h)], outputs[:, list(h)], 3.0) - entropy(z_old[:, list(h)], 3.0)
-        for h in [(0, 1), (2, 3)]
-    )
-    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-10)
+    expected = torch.stack(
+        [
+            paper_l_old(z_old[:, list(h)], outputs[:, list(h)], 3.0) - entropy(z_old[:, list(h)], 3.0)
+            for h in [(0, 1), (2, 3)]
+        ]
+    ).sum()
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-10)
     assert lwf.heads == [(0, 1), (2, 3)]
 
 
@@ -193,7 +195,7 @@ def test_derpp_loss_is_alpha_logit_regression_plus_beta_cross_entropy() -> None:
     h = model(first.inputs)  # a memory batch of the current size (8) takes every stored sample (6)
     alpha_term = (stored_logits.float().double() - h[:, :2]).square().sum(1).mean()
     beta_term = F.cross_entropy(h, first.targets)  # stored unmasked: every output competes now
-    assert float(loss.detach()) == pytest.approx(float(0.3 * alpha_term + 0.8 * beta_term), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float((0.3 * alpha_term + 0.8 * beta_term).detach()), rel=1e-6)
     assert derpp.stored_samples() == 14 and torch.equal(derpp.buffer["widths"], torch.tensor([2] * 6 + [4] * 8))
 
 
@@ -210,6 +212,15 @@ def test_derpp_reservoir_keeps_a_uniform_sample_of_the_stream() -> None:
     assert (
         140 < late < 260
     )  # each sample kept with probability 10/40: expectation 200 of 400 slots from the second half
+
+
+def test_derpp_offers_each_sample_once_per_experience_in_the_last_epoch() -> None:
+    for offer, offered in (("last", 16), ("every", 48)):
+        derpp = DERPP(buffer_size=100, offer=offer)
+        train(classifier(), derpp, data((0, 1), n=16), TrainConfig(epochs=3, batch_size=8))
+        assert derpp.seen == offered and derpp.stored_samples() == offered
+    with pytest.raises(ValueError, match="offer"):
+        DERPP(offer="sometimes")
 
 
 def test_derpp_buffer_keeps_sample_ids_and_the_task_masks() -> None:
