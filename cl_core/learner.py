@@ -157,7 +157,7 @@ class Learner:
             if self.memory is not None:
                 self.memory.update(model, experience)
         self.experiences += 1
-        protected = self.memory is not None or not new_classes or self.spec.base == "joint"
+        protected = self.stores_samples or not new_classes or self.spec.base == "joint"
         notes = [skipped] if skipped else []
         if not protected:
             notes.append(
@@ -165,6 +165,16 @@ class Learner:
                 "protected (regularisation alone collapses in class-incremental learning)"
             )
         return LearnReport(result, seconds, samples, gamma, protected, "; ".join(notes) or None)
+
+    @property
+    def stores_samples(self) -> bool:
+        """Whether the learner keeps past samples (an exemplar memory, or a method with its own, e.g. DER++)."""
+        return self.memory is not None or type(self.method).memory_argument is not None
+
+    def forget(self, ids: set[int]) -> int:
+        """Drop the kept samples (exemplar memory and the method's own) of deleted sample ids; how many were held."""
+        removed = self.memory.forget(ids) if self.memory is not None else 0
+        return removed + self.method.forget(ids)
 
     def observe(self, model: nn.Module, inputs: Tensor) -> ConsolidationReport:
         """Measure importance on unlabeled inputs without training: the companion MAS when there is one, else the

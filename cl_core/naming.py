@@ -1,16 +1,19 @@
 """Method names as the command line and the API write them: ``base[+replay][+wa]``.
 
 ``mas+replay+wa`` is MAS with an exemplar memory and weight aligning; ``finetune+replay`` is plain experience
-replay; ``joint`` (training once on everything, the upper bound) takes no suffix.
+replay; ``joint`` (training once on everything, the upper bound) takes no suffix.  The bases are the registered
+methods (`cl_core.methods.METHODS`) plus ``joint``; a method that keeps its own memory of past samples (DER++) takes
+no ``+replay``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cl_core.methods import METHODS
 from cl_core.validation import shown
 
-BASES = ("finetune", "joint", "ewc", "online-ewc", "mas", "rewc", "slnid")
+BASES: tuple[str, ...] = ("finetune", "joint", *(name for name in METHODS if name != "finetune"))
 SUFFIXES = ("replay", "wa")
 
 
@@ -47,4 +50,6 @@ def parse_method_name(name: str) -> MethodSpec:
         raise ValueError(f"repeated suffix in {shown(name)}")
     if base == "joint" and suffixes:
         raise ValueError(f"{shown(name)}: joint training sees all data at once and takes no suffix")
+    if "replay" in suffixes and base != "joint" and METHODS[base].memory_argument is not None:
+        raise ValueError(f"{shown(name)}: {base} keeps its own memory of past samples and takes no '+replay'")
     return MethodSpec(base, replay="replay" in suffixes, weight_align="wa" in suffixes)

@@ -41,6 +41,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """One training batch as a method's `batch_loss` sees it: the current data first, then ``replayed`` exemplars
+    appended by an exemplar memory; ``mask`` (B, K) marks each sample's competing outputs (None: all); ``ids`` are
+    the store's sample ids of the current data (-1 where unknown), None when the data carries none."""
+
+    inputs: Tensor
+    targets: Tensor
+    mask: Tensor | None = None
+    replayed: int = 0
+    ids: Tensor | None = None
+    epoch: int = 1  # the epoch this batch belongs to, 1-based, of ``epochs``
+    epochs: int = 1
+
+    @property
+    def current(self) -> int:
+        """How many leading samples are the experience's own data (not replayed)."""
+        return int(self.targets.shape[0]) - self.replayed
+
+
+@dataclass(frozen=True)
 class Progress:
     epoch: int
     epochs: int
@@ -68,7 +88,8 @@ class ReplaySource(Protocol):
     def replay_batch(
         self, size: int, num_outputs: int, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, Tensor | None] | None:
-        """(inputs, targets, per-sample output mask or None) of up to ``size`` exemplars, or None when empty."""
+        """(inputs, targets, per-sample output mask or None) of exemplars to add to a batch of ``size`` current
+        samples (the memory chooses how many: its replay ratio), or None when empty."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -117,9 +138,16 @@ def training_step(
     mask: Tensor | None = None,
     *,
     closed_form: bool = True,
+    replayed: int = 0,
+    ids: Tensor | None = None,
+    epoch: tuple[int, int] = (1, 1),
 ) -> float:
-    """One optimisation step on a batch; returns the data loss.  The penalty's gradient is added in closed form
-    when the method supports it (no autograd graph for it), else through autograd."""
+    """One optimisation step on a batch; returns the data loss (the cross-entropy on the batch).
+
+    Order: forward → the method's `extra_loss` (activations) and `batch_loss` (batch and outputs) → backward of the
+    data side → `after_backward` (``.grad`` is the data loss's gradient) → the penalty's gradient, in closed form
+    when the method supports it (no autograd graph for it), else by a backward of the penalty (gradients add up,
+    so this equals one backward of the sum) → the optimiser's step."""
     optimizer.zero_grad(set_to_none=True)
     logits = model(inputs)
     loss = masked_cross_entropy(logits, targets, mask)
@@ -127,11 +155,17 @@ def training_step(
     extra = method.extra_loss()
     if extra is not None:
         total = total + extra
+    added = method.batch_loss(model, Batch(inputs, targets, mask, replayed, ids, *epoch), logits)
+    if added is not None:
+        total = total + added
+    total.backward()
+    method.after_backward(model)
     if closed_form and method.closed_form_grad:
-        total.backward()
         method.add_penalty_grad(model)
     else:
-        (total + method.penalty(model)).backward()
+        penalty = method.penalty(model)
+        if penalty.requires_grad:
+            penalty.backward()
     optimizer.step()
     return float(loss.detach())
 
@@ -144,17 +178,27 @@ class _Pool:
     targets: Tensor
     groups: Tensor
     active: list[tuple[int, ...] | None]
+    ids: Tensor | None = None  # the store's sample ids (-1: unknown), None when no experience has any
 
     @classmethod
     def of(cls, experiences: Sequence[Experience]) -> _Pool:
         for i, e in enumerate(experiences):
             if e.targets is None:
                 raise ValueError(f"experience {i} is unlabeled: training needs labels")
+        ids = None
+        if any(e.ids is not None for e in experiences):
+            ids = torch.cat(
+                [
+                    e.ids.cpu().long() if e.ids is not None else torch.full((len(e),), -1, dtype=torch.long)
+                    for e in experiences
+                ]
+            )
         return cls(
             torch.cat([e.inputs for e in experiences]),
             torch.cat([e.targets for e in experiences if e.targets is not None]),
             torch.cat([torch.full((len(e),), g, dtype=torch.long) for g, e in enumerate(experiences)]),
             [e.active_outputs for e in experiences],
+            ids,
         )
 
 
@@ -197,15 +241,21 @@ def train(
         torch.manual_seed(config.seed)
         for epoch in range(config.epochs):
             epoch_losses = []
-            for x, y, mask in _batches(pool, loader, config.batch_size, generator, model, device):
+            for x, y, mask, ids in _batches(pool, loader, config.batch_size, generator, model, device):
                 if should_stop is not None and should_stop():
                     stopped = True
                     break
+                replayed = 0
                 if replay is not None:
+                    current = len(y)
                     x, y, mask = _with_replay(x, y, mask, replay, _num_outputs(model, x), generator, device)
-                loss = training_step(model, method, optimizer, x, y, mask)
+                    replayed = len(y) - current
+                loss = training_step(
+                    model, method, optimizer, x, y, mask, replayed=replayed, ids=ids, epoch=(epoch + 1, config.epochs)
+                )
                 if after_step is not None:
                     after_step()
+                method.after_step(model)
                 epoch_losses.append(loss)
                 step += 1
                 if progress is not None:
@@ -232,18 +282,19 @@ def _batches(
     generator: torch.Generator,
     model: nn.Module,
     device: torch.device,
-) -> Iterable[tuple[Tensor, Tensor, Tensor | None]]:
+) -> Iterable[tuple[Tensor, Tensor, Tensor | None, Tensor | None]]:
     if pool is None:
         assert loader is not None
         for x, y in loader:
-            yield x.to(device), y.to(device), None
+            yield x.to(device), y.to(device), None, None
         return
     table = output_mask(pool.active, _num_outputs(model, pool.inputs[:1].to(device)), device)
     order = torch.randperm(len(pool.targets), generator=generator)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         mask = None if table is None else table[pool.groups[idx].to(device)]
-        yield pool.inputs[idx].to(device), pool.targets[idx].to(device), mask
+        ids = None if pool.ids is None else pool.ids[idx]
+        yield pool.inputs[idx].to(device), pool.targets[idx].to(device), mask, ids
 
 
 def _with_replay(
@@ -255,7 +306,7 @@ def _with_replay(
     generator: torch.Generator,
     device: torch.device,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Concatenate a replayed batch of the same size to the current one (experience replay)."""
+    """Concatenate a replayed batch to the current one (experience replay; the memory decides its size)."""
     batch = replay.replay_batch(len(y), num_outputs, generator)
     if batch is None:
         return x, y, mask

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import typer
 
+from cl_core.data import PROTOCOL_VERSION
 from clbench import report
 
 app = typer.Typer(help="Benchmarks of the continual-learning core and service.", no_args_is_help=True)
@@ -79,32 +80,51 @@ def tune(
     method: str | None = typer.Option(None, help="method name(s), comma-separated (default: every one with a λ)"),
     epochs: int = typer.Option(10, help="epochs per task (the protocol: 10)"),
     seed: int = typer.Option(0, help="the protocol tunes with seed 0"),
-    grid: str | None = typer.Option(None, help="λ values to try instead of the method's grid, comma-separated"),
-    memory: int = typer.Option(20, help="exemplars per class for '+replay' methods"),
-    out: Path | None = typer.Option(None, help="record to update (default: the packaged clbench/tuned.json)"),
+    grid: str | None = typer.Option(None, help="strengths to try instead of the method's grid, comma-separated"),
+    protocol: int = typer.Option(PROTOCOL_VERSION, help="benchmark protocol version: 2, or 1 (its memory)"),
+    memory: int | None = typer.Option(None, help="exemplar memory: the total (v2, default 200); per class (v1, 20)"),
+    replay: str | None = typer.Option(None, help="replay schedule of '+replay' methods: concat or batch (v2)"),
+    replay_ratio: float | None = typer.Option(
+        None, help="replayed samples per current sample in each batch ('batch'; default 2)"
+    ),
+    out: Path | None = typer.Option(None, help="record to update (default: the packaged record of the protocol)"),
     threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
     tasks: int | None = typer.Option(None, hidden=True, help="truncate every scenario to this many tasks (tests)"),
 ) -> None:
-    """Choose λ per method and scenario on the validation split (never on test) and record the grid and scores."""
-    from cl_core.data import load_mnist5k
+    """Choose each method's hyper-parameters per scenario on the validation split (never on test) and record the
+    grid and scores."""
+    from cl_core.data import build_scenario, load_mnist5k
     from clbench.progress import nested_bars
+    from clbench.run import RunSettings, method_hparams
     from clbench.selection import default_methods, parse_methods, parse_scenarios, split_list
-    from clbench.tune import TUNED_PATH, candidates, grid_for, has_lambda, tune_all
+    from clbench.tune import TUNED_PATHS, candidates, grid_for, has_lambda, strength_argument, tune_all
 
     if threads:
         torch.set_num_threads(threads)
     try:
         scenarios = parse_scenarios(scenario)
         methods = parse_methods(method, [m for m in default_methods() if has_lambda(m)])
-        lam_grid = None if grid is None else {"lam": [float(v) for v in split_list(grid)]}
+        settings = RunSettings(protocol=protocol, memory=memory, replay=replay, replay_ratio=replay_ratio)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     without = [m for m in methods if not has_lambda(m)]
     if without:
         raise _fail(f"{', '.join(without)}: no λ to tune (fine-tune, joint and plain replay have none)")
-    target = out or TUNED_PATH
+    try:
+        values = None if grid is None else [float(v) for v in split_list(grid)]
+    except ValueError as exc:
+        raise _fail(f"--grid takes numbers separated by commas, got {grid!r}") from exc
+    if values is not None and len(methods) > 1 and len({strength_argument(m) for m in methods}) > 1:
+        raise _fail("--grid sets one strength: tune methods with different strengths (λ, c, α) separately")
+    lam_grid = None if values is None else {strength_argument(methods[0]): values}
+    target = out or TUNED_PATHS[protocol]
     total = sum(len(candidates(lam_grid or grid_for(m))) for m in methods) * len(scenarios)
     data = load_mnist5k()
+
+    def fixed(scen: str, name: str) -> dict[str, object]:
+        built = build_scenario(scen, data.train, data.test, tasks=tasks)
+        return {k: v for k, v in method_hparams(built, name, None, settings).items()}
+
     with nested_bars("candidates", total) as bars:
         done = tune_all(
             scenarios,
@@ -114,9 +134,11 @@ def tune(
             epochs=epochs,
             seed=seed,
             grid=lam_grid,
-            memory_hparams={"per_class": memory},
+            memory_hparams=settings.memory_hparams(),
+            fixed_hparams=fixed,
             tasks=tasks,
             bars=bars,
+            protocol=protocol,
         )
     for scen, name, entry in done:
         report.table(
@@ -143,8 +165,13 @@ def run(
     out: Path = typer.Option(Path("bench-out/run"), help="folder for results.jsonl, summary.md and the PNGs"),
     quick: bool = typer.Option(False, help="one seed, 2 epochs; finetune, joint, ewc, mas unless --method"),
     epochs: int | None = typer.Option(None, help="epochs per task (the protocol: 10; --quick: 2)"),
-    lam: float | None = typer.Option(None, "--lambda", help="λ for every method instead of the tuned values"),
-    memory: int = typer.Option(20, help="exemplars per class for '+replay' methods"),
+    lam: float | None = typer.Option(None, "--lambda", help="strength for every method instead of the tuned values"),
+    protocol: int = typer.Option(PROTOCOL_VERSION, help="benchmark protocol version: 2, or 1 (its memory)"),
+    memory: int | None = typer.Option(None, help="exemplar memory: the total (v2, default 200); per class (v1, 20)"),
+    replay: str | None = typer.Option(None, help="replay schedule of '+replay' methods: concat or batch (v2)"),
+    replay_ratio: float | None = typer.Option(
+        None, help="replayed samples per current sample in each batch ('batch'; default 2)"
+    ),
     step_rounds: int | None = typer.Option(None, help="rounds of the step-cost measurement (0: skip)"),
     plots: bool = typer.Option(True, help="write the PNG plots"),
     resume: bool = typer.Option(False, help="keep the runs already in DIR/results.jsonl and skip them"),
@@ -159,6 +186,7 @@ def run(
     from clbench.run import RunSettings, run_benchmark
     from clbench.selection import QUICK_METHODS, default_methods, parse_methods, parse_scenarios, parse_seeds
     from clbench.summary import COST_COLUMNS, aggregate, cost_rows, scenario_columns, scenario_rows, summary_markdown
+    from clbench.tune import TUNED_PATHS
 
     if threads:
         torch.set_num_threads(threads)
@@ -166,11 +194,19 @@ def run(
         scenarios = parse_scenarios(scenario)
         methods = parse_methods(method, QUICK_METHODS if quick else default_methods())
         seed_list = parse_seeds(seeds or ("0" if quick else "0,1,2"))
+        epochs = epochs if epochs is not None else (2 if quick else 10)
+        settings = RunSettings(
+            epochs=epochs,
+            tasks=tasks,
+            protocol=protocol,
+            memory=memory,
+            replay=replay,
+            replay_ratio=replay_ratio,
+            lam=lam,
+        )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
-    epochs = epochs if epochs is not None else (2 if quick else 10)
     rounds = step_rounds if step_rounds is not None else (5 if quick else 25)
-    settings = RunSettings(epochs=epochs, tasks=tasks, memory_per_class=memory, lam=lam)
     data = load_mnist5k()
     total = len(scenarios) * len(methods) * len(seed_list)
     with nested_bars("runs", total) as bars:
@@ -200,7 +236,10 @@ def run(
         f"clbench run --scenario {','.join(scenarios)} --method {','.join(methods)} "
         f"--seeds {','.join(map(str, seed_list))} --epochs {epochs}"
         + (f" --lambda {lam:g}" if lam is not None else "")
-        + (f" --memory {memory}" if memory != 20 else "")
+        + (f" --protocol {protocol}" if protocol != PROTOCOL_VERSION else "")
+        + (f" --memory {memory}" if memory is not None else "")
+        + (f" --replay {replay}" if replay is not None else "")
+        + (f" --replay-ratio {replay_ratio:g}" if replay_ratio is not None else "")
         + (f" --tasks {tasks}" if tasks is not None else "")
         + f" --out {out}"
     )
@@ -208,11 +247,18 @@ def run(
         f"{len(records)} runs; {epochs} epochs per task; torch threads per run: "
         + ", ".join(sorted({str(r["hparams"].get("torch_threads", "not recorded")) for r in records}))
         + "; "
-        "λ: " + (f"--lambda {lam:g}" if lam is not None else "tuned on the validation split (clbench/tuned.json)"),
-        f"replay memory: {memory} exemplars per class",
+        "λ: "
+        + (f"--lambda {lam:g}" if lam is not None else f"tuned on the validation split ({TUNED_PATHS[protocol].name})"),
+        f"protocol {protocol}; replay memory: "
+        + (
+            f"{settings.memory_size} exemplars in all, balanced over classes and tasks, schedule {settings.schedule}"
+            + (f" (ratio {settings.ratio:g})" if settings.schedule == "batch" else "")
+            if protocol == 2
+            else f"{settings.memory_size} exemplars per class of the head, concatenated"
+        ),
     ]
     (out / "summary.md").write_text(
-        summary_markdown(groups, command=command, facts=facts, step_table=step_table, plots=written)
+        summary_markdown(groups, protocol=protocol, command=command, facts=facts, step_table=step_table, plots=written)
     )
     report.console.print(f"wrote {out / 'results.jsonl'}, {out / 'summary.md'} and {len(written)} plots")
 

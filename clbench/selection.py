@@ -22,7 +22,7 @@ CORE_BENCHMARK = (
     "ewc+replay+wa",
     "mas+replay+wa",
 )
-LATER_BASES = ("rewc", "slnid")  # run by default as soon as the core registers them
+LATER_BASES = ("rewc", "slnid", "lwf", "si", "derpp")  # run by default as soon as the core registers them
 
 
 def split_list(text: str) -> list[str]:
@@ -76,4 +76,4 @@ def parse_seeds(text: str) -> list[int]:
 def profile_methods() -> list[str]:
     """Every method the service can run (joint is a benchmark bound, not an update), with replay variants."""
     bases = ["finetune", *(base for base in METHODS if base != "finetune")]
-    return [*bases, "finetune+replay", "ewc+replay+wa", "mas+replay+wa"]
+    return [*bases, "finetune+replay", "ewc+replay+wa", "mas+replay+wa", "derpp+wa"]

@@ -65,7 +65,17 @@ def pct(mean: float | None, std: float | None = None, digits: int = 1) -> str:
     return text if std is None else f"{text} ± {100 * std:.{digits}f}"
 
 
-STRENGTH_SYMBOLS = {"lam": "λ", "gamma": "γ", "ssl_lam": "λ_SSL"}  # the tuned knobs (`clbench.tune.GRIDS`)
+# the tuned knobs (`clbench.tune.grid_for`)
+STRENGTH_SYMBOLS = {
+    "lam": "λ",
+    "gamma": "γ",
+    "ssl_lam": "λ_SSL",
+    "temperature": "T",
+    "c": "c",
+    "xi": "ξ",
+    "alpha": "α",
+    "beta": "β",
+}
 
 
 def strength_text(record: dict[str, Any]) -> str:
@@ -168,18 +178,19 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 def summary_markdown(
     groups: dict[tuple[str, str], Aggregate],
     *,
+    protocol: int,
     command: str,
     facts: Sequence[str],
     step_table: tuple[Sequence[str], Sequence[Sequence[str]]] | None,
     plots: Sequence[str],
 ) -> str:
     """``summary.md``: one accuracy table per scenario beside the published figures, then the cost tables."""
-    lines = ["# clbench run: benchmark protocol v1 (MNIST-5k)", "", "```", command, "```", ""]
+    lines = [f"# clbench run: benchmark protocol v{protocol} (MNIST-5k)", "", "```", command, "```", ""]
     lines += [f"- {fact}" for fact in facts]
     lines += [
         "- ACC: final average accuracy over all tasks; BWT: backward transfer; forgetting: mean drop from each "
-        "earlier task's best accuracy (percentage points). Strength: the penalty's λ (online EWC's γ, SLNID's "
-        "λ_SSL) and its origin.",
+        "earlier task's best accuracy (percentage points). Strength: the method's tuned settings (λ; online EWC's "
+        "γ, SLNID's λ_SSL, LwF's T, SI's c and ξ, DER++'s α and β) and their origin.",
         "",
     ]
     for scenario in dict.fromkeys(s for s, _ in groups):

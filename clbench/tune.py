@@ -1,10 +1,11 @@
-"""`clbench tune`: choose each method's regularisation strength λ per scenario on the validation split.
+"""`clbench tune`: choose each method's hyper-parameters (λ and its kin) per scenario on the validation split.
 
 The protocol forbids tuning on test data, so every candidate trains on the 90 % part of the train split
 (``validation_split(train)[0]``) and is scored by its final ACC on the held-out 10 % built into the same scenario;
 the test split is never passed in.  Seed 0.  The grid, every candidate's score and the choice go into a JSON record
-that ships with the package (``clbench/tuned.json``), so that ``clbench run`` reproduces the published table
-without re-tuning and anyone can see how each λ was picked.
+that ships with the package, one per protocol version (``clbench/tuned.json`` for version 2, ``tuned_v1.json`` for
+version 1), so that ``clbench run`` reproduces the published table without re-tuning and anyone can see how each
+value was picked.  A method's grid is its own ``tuning_grid`` when it declares one (LwF, SI, DER++), else below.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_core.data import PROTOCOL_VERSION, Split, build_scenario, validation_split
+from cl_core.methods import METHODS
 from cl_core.metrics import summarize
 from cl_core.naming import parse_method_name
 from cl_core.protocol import run_scenario
@@ -27,6 +29,7 @@ from cl_core.trainer import Progress, TrainConfig
 from clbench.progress import NestedBars
 
 TUNED_PATH = Path(__file__).with_name("tuned.json")
+TUNED_PATHS = {2: TUNED_PATH, 1: Path(__file__).with_name("tuned_v1.json")}
 
 Grid = dict[str, list[float]]
 
@@ -44,17 +47,26 @@ GRIDS: dict[str, Grid] = {
     "slnid": {"lam": _MAS_LAMBDAS, "ssl_lam": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]},
 }
 DEFAULT_GRID: Grid = {"lam": [10.0**k for k in range(-2, 8)]}  # a method added later, before it has its own grid
-NO_LAMBDA = ("finetune", "joint")
 
 
 def has_lambda(method: str) -> bool:
     """Whether a method name has a strength to tune (fine-tune, joint and plain replay have none)."""
-    return parse_method_name(method).base not in NO_LAMBDA
+    base = parse_method_name(method).base
+    return base != "joint" and METHODS[base].strength is not None
+
+
+def strength_argument(method: str) -> str:
+    """The constructor argument that ``--lambda`` sets (λ for most; SI's c, DER++'s α)."""
+    strength = METHODS[parse_method_name(method).base].strength
+    if strength is None:
+        raise ValueError(f"{method!r} has no strength to set")
+    return strength
 
 
 def grid_for(method: str) -> Grid:
     base = parse_method_name(method).base
-    return GRIDS.get(base, DEFAULT_GRID)
+    own = METHODS[base].tuning_grid
+    return dict(own) if own is not None else GRIDS.get(base, DEFAULT_GRID)
 
 
 def candidates(grid: Grid) -> list[dict[str, float]]:
@@ -110,6 +122,7 @@ def tune_method(
     seed: int = 0,
     tasks: int | None = None,
     memory_hparams: dict[str, Any] | None = None,
+    fixed_hparams: dict[str, Any] | None = None,
     on_candidate: Callable[[int, int, dict[str, float]], None] | None = None,
     on_task: Callable[[int, int], None] | None = None,
     progress: Callable[[Progress], None] | None = None,
@@ -134,7 +147,7 @@ def tune_method(
             method,
             seed=seed,
             config=config,
-            method_hparams=hparams,
+            method_hparams={**hparams, **(fixed_hparams or {})},
             memory_hparams=memory_hparams,
             on_task=on_task,
             progress=progress,
@@ -166,8 +179,10 @@ def tune_all(
     seed: int = 0,
     grid: Grid | None = None,
     memory_hparams: dict[str, Any] | None = None,
+    fixed_hparams: Callable[[str, str], dict[str, Any]] | None = None,
     tasks: int | None = None,
     bars: NestedBars | None = None,
+    protocol: int = PROTOCOL_VERSION,
 ) -> list[tuple[str, str, TuneEntry]]:
     """Tune every (scenario, method) pair and merge each choice into ``out`` as soon as it is made."""
     done: list[tuple[str, str, TuneEntry]] = []
@@ -190,21 +205,22 @@ def tune_all(
                 seed=seed,
                 tasks=tasks,
                 memory_hparams=memory_hparams,
+                fixed_hparams=None if fixed_hparams is None else fixed_hparams(scenario, method),
                 on_candidate=on_candidate,
                 on_task=None if bars is None else bars.on_task,
                 progress=None if bars is None else bars.on_progress,
             )
             if bars is not None:
                 bars.finish_run()
-            save_entry(out, scenario, method, entry)
+            save_entry(out, scenario, method, entry, protocol=protocol)
             done.append((scenario, method, entry))
     return done
 
 
 # -- the record ----------------------------------------------------------------------------------------------------
-def empty_record() -> dict[str, Any]:
+def empty_record(protocol: int = PROTOCOL_VERSION) -> dict[str, Any]:
     return {
-        "protocol": PROTOCOL_VERSION,
+        "protocol": protocol,
         "selection": (
             "train on validation_split(train)[0] (90 % of the train split), score the final ACC on the 10 % "
             "validation split built into the same scenario, seed 0; choose the best ACC, ties to the first "
@@ -214,16 +230,19 @@ def empty_record() -> dict[str, Any]:
     }
 
 
-def load_record(path: Path = TUNED_PATH) -> dict[str, Any]:
-    """The tuning record, or an empty one when the file does not exist yet."""
+def load_record(path: Path | None = None, *, protocol: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    """The tuning record (by default the packaged one of ``protocol``), or an empty one when there is none yet."""
+    path = path or TUNED_PATHS[protocol]
     if not path.exists() or path.stat().st_size == 0:
-        return empty_record()
+        return empty_record(protocol)
     return json.loads(path.read_text())
 
 
-def tuned_hparams(record: dict[str, Any], scenario: str, method: str) -> dict[str, float] | None:
+def tuned_hparams(
+    record: dict[str, Any], scenario: str, method: str, *, protocol: int = PROTOCOL_VERSION
+) -> dict[str, float] | None:
     """The chosen hyper-parameters for (scenario, method), or None when not tuned (under this protocol)."""
-    if record.get("protocol") != PROTOCOL_VERSION:
+    if record.get("protocol") != protocol:
         return None
     entry = record.get("entries", {}).get(scenario, {}).get(parse_method_name(method).name)
     return None if entry is None else dict(entry["chosen"])
@@ -243,14 +262,14 @@ def _locked(path: Path) -> Iterator[Any]:
         yield handle
 
 
-def save_entry(path: Path, scenario: str, method: str, entry: TuneEntry) -> None:
+def save_entry(path: Path, scenario: str, method: str, entry: TuneEntry, *, protocol: int = PROTOCOL_VERSION) -> None:
     """Merge one entry into the record at ``path`` (read-modify-write under a lock; other entries are kept)."""
     with _locked(path) as handle:
         handle.seek(0)
         text = handle.read()
-        record = json.loads(text) if text.strip() else empty_record()
-        if record.get("protocol") != PROTOCOL_VERSION:
-            record = empty_record()
+        record = json.loads(text) if text.strip() else empty_record(protocol)
+        if record.get("protocol") != protocol:
+            record = empty_record(protocol)
         record.setdefault("entries", {}).setdefault(scenario, {})[parse_method_name(method).name] = entry.to_json()
         record["entries"] = {s: dict(sorted(m.items())) for s, m in sorted(record["entries"].items())}
         handle.seek(0)

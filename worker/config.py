@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import torch
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cl_core.memory import DEFAULT_REPLAY, DEFAULT_REPLAY_RATIO
 from cl_core.trainer import TrainConfig
 from registry.signing import MIN_KEY_CHARS, Signer
 from worker.evaluation import GateRules
@@ -46,8 +47,21 @@ class WorkerSettings(BaseSettings):
 
     # the `auto` method: online EWC on labeled data (+ replay, weight aligning), MAS on unlabeled data
     exemplar_memory: bool = Field(True, description="keep exemplars for replay (switch off for privacy)")
-    memory_per_class: int = Field(200, ge=1, description="exemplars kept per class (the benchmark protocol uses 20)")
-    memory_total: int | None = Field(10_000, ge=1, description="exemplars kept in all; classes share it equally")
+    memory_per_class: int | None = Field(
+        200, ge=1, description="most exemplars one class keeps (its share of the total, if smaller, wins)"
+    )
+    memory_total: int | None = Field(
+        10_000,
+        ge=1,
+        description="exemplars kept in all: shared equally by the classes seen, and within a class by the updates "
+        "that brought it (benchmark protocol 2 uses a total of 200)",
+    )
+    replay: Literal["concat", "batch"] = Field(
+        DEFAULT_REPLAY, description="replay schedule: a memory batch mixed into every step, or the memory concatenated"
+    )
+    replay_ratio: float = Field(
+        DEFAULT_REPLAY_RATIO, gt=0, le=16, description="replayed samples per new sample in each batch ('batch')"
+    )
     auto_ewc_lambda: float = Field(100.0, ge=0)
     auto_ewc_gamma: float = Field(1.0, ge=0, le=1)
     auto_mas_lambda: float = Field(0.1, ge=0)
@@ -232,5 +246,23 @@ class WorkerSettings(BaseSettings):
     def screening_rules(self) -> ScreeningRules:
         return ScreeningRules(self.screening, self.screening_min_share, self.screening_min_count)
 
+    @model_validator(mode="after")
+    def _memory_has_a_budget(self) -> Self:
+        if self.memory_per_class is None and self.memory_total is None:
+            raise ValueError("CL_MEMORY_PER_CLASS and CL_MEMORY_TOTAL cannot both be unset: the memory needs a bound")
+        return self
+
     def memory_hparams(self) -> dict[str, Any]:
-        return {"per_class": self.memory_per_class, "total": self.memory_total}
+        return {
+            "per_class": self.memory_per_class,
+            "total": self.memory_total,
+            "replay": self.replay,
+            "replay_ratio": self.replay_ratio,
+        }
+
+    def own_memory_size(self) -> int:
+        """The sample budget of a method that keeps its own (DER++): the total, else 10 classes' worth."""
+        if self.memory_total is not None:
+            return self.memory_total
+        assert self.memory_per_class is not None
+        return 10 * self.memory_per_class

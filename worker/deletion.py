@@ -34,12 +34,13 @@ def forget_samples(
     scrubbed = rewritten = 0
     with update_lock(store, name, task_owner("forget"), settings.update_lock_ttl_s, wait_s=wait_s, busy=busy):
         for record in store.list_versions(name):
-            if not record.learner or not (record.learner.get("memory")):
+            if not record.learner:
                 continue
             learner = Learner.from_hparams(record.learner)
+            if not learner.stores_samples:  # neither an exemplar memory nor a method's own (DER++)
+                continue
             learner.load_state_dict(st.loads(store.read_state(name, record.version)))
-            assert learner.memory is not None
-            removed = learner.memory.forget(tombstones)
+            removed = learner.forget(tombstones)
             if removed:
                 store.rewrite_state(name, record.version, st.dumps(learner.state_dict()))
                 scrubbed += removed

@@ -20,8 +20,8 @@ def validate_method(method: str, settings: WorkerSettings) -> str:
     spec = parse_method_name(method)
     if spec.base == "joint":
         raise ValueError("'joint' retrains on everything at once; it is a benchmark bound, not an update method")
-    if spec.replay and not settings.exemplar_memory:
-        raise ValueError(f"{method!r} needs an exemplar memory, which is switched off (CL_EXEMPLAR_MEMORY=false)")
+    if (spec.replay or METHODS[spec.base].memory_argument is not None) and not settings.exemplar_memory:
+        raise ValueError(f"{method!r} keeps past samples, which is switched off (CL_EXEMPLAR_MEMORY=false)")
     return spec.name
 
 
@@ -49,9 +49,12 @@ def build_learner(method: str, settings: WorkerSettings, overrides: dict[str, An
     else:
         name = validate_method(method, settings)
         method_hparams = overrides
-        accepted = inspect.signature(METHODS[parse_method_name(name).base]).parameters
+        cls = METHODS[parse_method_name(name).base]
+        accepted = inspect.signature(cls).parameters
         if "max_samples" in accepted and "max_samples" not in method_hparams:
             method_hparams["max_samples"] = settings.importance_max_samples
+        if cls.memory_argument is not None and cls.memory_argument not in method_hparams:
+            method_hparams[cls.memory_argument] = settings.own_memory_size()  # DER++'s buffer: the memory's total
     spec = parse_method_name(name)
     return Learner.build(
         name,

@@ -240,8 +240,8 @@ def _update(
     parent = trusted_live_version(store, name, settings.signer())
     loaded = load_version(store, name, parent, seed=settings.seed)
     learner, note = restore_learner(loaded, record.method, settings, model_record.method_hparams)
-    if learner.memory is not None:
-        learner.memory.forget(store.deleted_ids(name))  # samples deleted since the parent was committed
+    if learner.stores_samples:
+        learner.forget(store.deleted_ids(name))  # samples deleted since the parent was committed
     claimed = store.claim(name, limit=settings.max_samples_per_update)
     if len(claimed.train) == 0:  # another update consumed them: nothing is wrong
         return Outcome("skipped", note="nothing left to learn: no pending samples (another update consumed them)")
@@ -323,8 +323,8 @@ def _update(
     )
     if stop():
         raise UpdateCancelled()
-    if learner.memory is not None:
-        learner.memory.forget(store.deleted_ids(name))  # deleted while this update ran
+    if learner.stores_samples:
+        learner.forget(store.deleted_ids(name))  # deleted while this update ran
     committed = store.commit_version(version, st.dumps(model.state_dict()), st.dumps(learner.state_dict()), fence=token)
     store.ack(
         name,

@@ -3,8 +3,13 @@
 A method is told about each finished experience (`consolidate`: estimate importance, store anchors), adds its
 `penalty` while the next one trains, and keeps its whole state as a plain name→tensor dict (`state_dict`) plus a
 small JSON-able configuration (`hparams`), so that any store can save it as safetensors.  Hooks with no-op
-defaults let a method re-parametrise the model for training (`prepare`/`finish`, R-EWC) or add a loss on
-activations (`training_hooks`/`extra_loss`, SLNID).
+defaults let a method re-parametrise the model for training (`prepare`/`finish`, R-EWC), add a loss on
+activations (`training_hooks`/`extra_loss`, SLNID), add a loss on the batch and the model's outputs before backward
+(`batch_loss`: LwF's distillation, DER++'s replayed logits), read the data loss's gradient (`after_backward`) and
+follow every optimiser step (`after_step`: SI's path integral).
+
+Every concrete subclass in the package's modules is registered by its ``name`` (`cl_core.methods.METHODS`), and the
+method names the benchmark and the service accept derive from that registry: adding a method is adding one file.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from cl_core.experience import Experience
+
+if TYPE_CHECKING:  # the trainer imports this module: its batch type is only needed for annotations here
+    from cl_core.trainer import Batch
 
 JSONValue = Any  # what json.dumps accepts
 
@@ -37,6 +45,17 @@ class ContinualMethod(ABC):
     name: ClassVar[str]
     closed_form_grad: ClassVar[bool] = False
     """True when `add_penalty_grad` is implemented: the trainer then adds the penalty's gradient directly."""
+    strength: ClassVar[str | None] = "lam"
+    """The constructor argument that sets the method's strength (``clbench run --lambda`` sets it); None: none."""
+    tuning_grid: ClassVar[dict[str, list[float]] | None] = None
+    """The grid ``clbench tune`` searches on the validation split (None: the benchmark's grid for the method)."""
+    memory_argument: ClassVar[str | None] = None
+    """The constructor argument that sizes a memory of past samples the method keeps itself (DER++'s buffer): the
+    benchmark passes its exemplar budget there, and such a method takes no ``+replay`` (it replays already)."""
+    registered: ClassVar[bool] = True
+    """False for a helper that is not a method of its own (built by name); see `cl_core.methods.METHODS`."""
+    grows_with_experiences: ClassVar[bool] = False
+    """True when the state keeps something per past experience (so its size grows, linearly); else it is bounded."""
 
     def __init__(self, lam: float = 1.0) -> None:
         if not lam >= 0:
@@ -83,6 +102,26 @@ class ContinualMethod(ABC):
     def extra_loss(self) -> Tensor | None:
         """A loss on what `training_hooks` recorded in the last forward pass, or None."""
         return None
+
+    def batch_loss(self, model: nn.Module, batch: Batch, outputs: Tensor) -> Tensor | None:
+        """Called every training step before backward with the batch and the model's outputs on it: a loss to add
+        (differentiable with respect to the parameters), or None.  The method may run the model again (replay)."""
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called after the data loss's backward (``.grad`` holds ∂L/∂θ of the batch's loss and `batch_loss`),
+        before the penalty's gradient is added and before the optimiser steps."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimiser step (and after the trainer's own constraint, e.g. weight aligning's clip)."""
+
+    def forget(self, ids: set[int]) -> int:
+        """Drop what the method keeps of deleted samples (by the store's sample id); returns how many it held."""
+        return 0
+
+    def stored_samples(self) -> int:
+        """How many past samples the method keeps itself (0 unless it has a memory, see `memory_argument`)."""
+        return 0
 
 
 def budget_subset(experience: Experience, max_samples: int | None, seed: int = 0) -> Experience:

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from cl_core.experience import Experience
 from cl_core.methods.base import ConsolidationReport, ContinualMethod
 
+if TYPE_CHECKING:
+    from cl_core.trainer import Batch
+
 
 class Combined(ContinualMethod):
     """The sum of the parts' penalties and extra losses; hooks run for every part."""
 
     name = "combined"
+    registered = False  # not a method to build by name
 
     def __init__(self, parts: Sequence[ContinualMethod]) -> None:
         super().__init__(0.0)
@@ -59,11 +64,32 @@ class Combined(ContinualMethod):
                 stack.enter_context(part.training_hooks(model))
             yield
 
+    def batch_loss(self, model: nn.Module, batch: Batch, outputs: Tensor) -> Tensor | None:
+        losses = [loss for part in self.parts if (loss := part.batch_loss(model, batch, outputs)) is not None]
+        return _sum(losses)
+
+    def after_backward(self, model: nn.Module) -> None:
+        for part in self.parts:
+            part.after_backward(model)
+
+    def after_step(self, model: nn.Module) -> None:
+        for part in self.parts:
+            part.after_step(model)
+
+    def forget(self, ids: set[int]) -> int:
+        return sum(part.forget(ids) for part in self.parts)
+
+    def stored_samples(self) -> int:
+        return sum(part.stored_samples() for part in self.parts)
+
     def extra_loss(self) -> Tensor | None:
-        losses = [loss for part in self.parts if (loss := part.extra_loss()) is not None]
-        if not losses:
-            return None
-        total = losses[0]
-        for loss in losses[1:]:
-            total = total + loss
-        return total
+        return _sum([loss for part in self.parts if (loss := part.extra_loss()) is not None])
+
+
+def _sum(losses: list[Tensor]) -> Tensor | None:
+    if not losses:
+        return None
+    total = losses[0]
+    for loss in losses[1:]:
+        total = total + loss
+    return total

@@ -13,6 +13,7 @@ class FineTune(ContinualMethod):
 
     name = "finetune"
     closed_form_grad = True
+    strength = None  # nothing to tune
 
     def __init__(self, lam: float = 0.0) -> None:
         super().__init__(lam)

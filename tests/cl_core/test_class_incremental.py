@@ -57,14 +57,15 @@ def test_herding_picks_samples_whose_running_mean_tracks_the_class_mean() -> Non
 
 
 def test_reservoir_samples_a_class_arriving_over_experiences() -> None:
-    memory = ExemplarMemory(per_class=5, selection="reservoir", seed=3)
+    """Protocol 1's per-class budget: one reservoir per class over every experience that brought it."""
+    memory = ExemplarMemory(per_class=5, selection="reservoir", seed=3, balance="class")
     for k in range(4):
         memory.update(Identity(), labeled({7: 50}, seed=k))
     assert len(memory) == 5 and memory.seen[7] == 200
     # later experiences got a fair share of the slots over many seeds
     late = 0
     for seed in range(40):
-        m = ExemplarMemory(per_class=5, selection="reservoir", seed=seed)
+        m = ExemplarMemory(per_class=5, selection="reservoir", seed=seed, balance="class")
         first, second = labeled({7: 50}, seed=0), labeled({7: 50}, seed=1)
         m.update(Identity(), first)
         m.update(Identity(), second)

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cl_core.data import SCENARIOS, load_mnist5k
+from cl_core.memory import DEFAULT_REPLAY
 from clbench.cli import app
 from clbench.run import RESULT_KEYS, RunSettings, run_one
 from clbench.selection import QUICK_METHODS
@@ -50,7 +51,7 @@ def test_run_writes_records_summary_and_plots_finetune_forgets_joint_learns(tmp_
     ]
     for record in lines:
         assert set(record) == PROTOCOL_KEYS, record.keys()
-        assert record["protocol"] == 1
+        assert record["protocol"] == 2
         assert isinstance(record["hparams"], dict) and record["hparams"]["epochs"] == 2
         assert all(0.0 <= a <= 1.0 for row in record["acc_matrix"] for a in row)
         assert record["wall_s"] > 0 and record["importance_s"] >= 0
@@ -127,5 +128,42 @@ def test_lambda_comes_from_the_record_unless_overridden() -> None:
     untuned = run_one(data, "split-domain", "ewc", 0, RunSettings(epochs=1, tasks=2, tuned=record))
     assert untuned["hparams"]["lambda_source"] == "default, not tuned"
     plain = run_one(data, "split-task", "finetune+replay", 0, RunSettings(epochs=1, tasks=2, lam=5.0, tuned=record))
-    assert plain["hparams"]["lambda_source"] == "none" and plain["hparams"]["memory"]["per_class"] == 20
+    assert plain["hparams"]["lambda_source"] == "none" and plain["hparams"]["memory"]["total"] == 200
     assert tuned["hparams"]["train_samples"] == 4000  # run trains on the whole train split
+
+
+def test_protocol_2_memory_is_one_total_and_protocol_1_stays_reproducible() -> None:
+    data = load_mnist5k()
+    v2 = run_one(data, "split-domain", "finetune+replay", 0, RunSettings(epochs=1, tasks=2))
+    memory = v2["hparams"]["memory"]
+    assert v2["protocol"] == 2
+    assert (memory["total"], memory["per_class"], memory["balance"]) == (200, None, "class-task")
+    assert memory["replay"] == DEFAULT_REPLAY
+    v1 = run_one(data, "split-domain", "finetune+replay", 0, RunSettings(epochs=1, tasks=2, protocol=1))
+    memory = v1["hparams"]["memory"]
+    assert v1["protocol"] == 1 and (memory["per_class"], memory["total"], memory["replay"]) == (20, None, "concat")
+    derpp = run_one(data, "split-class", "derpp", 0, RunSettings(epochs=1, tasks=2, memory=50))
+    assert derpp["hparams"]["method"]["buffer_size"] == 50 and derpp["hparams"]["memory"] is None
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--protocol", "3", "unknown protocol"),
+        ("--memory", "0", "--memory"),
+        ("--memory", "-5", "--memory"),
+        ("--replay", "sometimes", "unknown replay schedule"),
+        ("--replay-ratio", "0", "--replay-ratio"),
+        ("--method", "derpp+replay", "own memory"),
+    ],
+)
+def test_bad_memory_settings_fail_before_training(tmp_path: Path, option: str, value: str, message: str) -> None:
+    result = CliRunner().invoke(app, ["run", option, value, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_protocol_1_with_a_batch_schedule_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--protocol", "1", "--replay", "batch", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "protocol 1" in result.output

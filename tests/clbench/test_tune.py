@@ -9,10 +9,20 @@ from typer.testing import CliRunner
 
 import clbench.tune as tune_module
 from cl_core.data import SCENARIOS, load_mnist5k
+from cl_core.methods import METHODS
 from cl_core.naming import parse_method_name
 from clbench.cli import app
 from clbench.published import HSU_2018, SOURCES, figure
-from clbench.tune import TUNED_PATH, Candidate, candidates, choose, load_record, tuned_hparams
+from clbench.tune import (
+    TUNED_PATHS,
+    Candidate,
+    candidates,
+    choose,
+    grid_for,
+    load_record,
+    strength_argument,
+    tuned_hparams,
+)
 
 
 def test_tune_records_grid_scores_and_choice(tmp_path: Path) -> None:
@@ -22,7 +32,7 @@ def test_tune_records_grid_scores_and_choice(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
-    assert record["protocol"] == 1 and "never used" in record["selection"]
+    assert record["protocol"] == 2 and "never used" in record["selection"]
     entry = record["entries"]["split-task"]["ewc"]
     assert entry["grid"] == {"lam": [1.0, 1000000.0]}
     assert [c["hparams"] for c in entry["candidates"]] == [{"lam": 1.0}, {"lam": 1000000.0}]
@@ -77,10 +87,12 @@ def test_choice_is_the_best_score_ties_to_the_first() -> None:
     ]
 
 
-def test_packaged_record_is_consistent() -> None:
-    """Every committed choice is a candidate of its grid with the best validation score, under protocol 1."""
-    record = load_record(TUNED_PATH)
-    assert record["protocol"] == 1
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_packaged_record_is_consistent(protocol: int) -> None:
+    """Every committed choice is a candidate of its grid with the best validation score, one record per protocol;
+    protocol 2 carries protocol 1's choices over only for methods without a memory (identical runs)."""
+    record = load_record(TUNED_PATHS[protocol])
+    assert record["protocol"] == protocol
     for scenario, methods in record["entries"].items():
         assert scenario in SCENARIOS
         for method, entry in methods.items():
@@ -88,6 +100,13 @@ def test_packaged_record_is_consistent() -> None:
             assert entry["chosen"] in [c["hparams"] for c in entry["candidates"]]
             assert entry["val_acc"] == max(c["val_acc"] for c in entry["candidates"])
             assert len(entry["candidates"]) == len(candidates(entry["grid"]))
+            if entry.get("carried_from_protocol"):
+                assert (
+                    protocol == 2
+                    and "+replay" not in method
+                    and not METHODS[parse_method_name(method).base].memory_argument
+                )
+                assert load_record(TUNED_PATHS[1])["entries"][scenario][method]["chosen"] == entry["chosen"]
 
 
 def test_published_figures_name_their_source_and_leave_unknown_cells_empty() -> None:
@@ -99,3 +118,21 @@ def test_published_figures_name_their_source_and_leave_unknown_cells_empty() -> 
     # Hsu et al.'s Task-IL figure for MAS could not be retrieved: the cell stays empty rather than filled in.
     assert figure(HSU_2018, "split-task", "mas") is None
     assert figure(HSU_2018, "split-class", "mas") is not None
+
+
+def test_new_methods_tune_their_own_grids_and_strengths() -> None:
+    assert grid_for("si") == {"c": METHODS["si"].tuning_grid["c"], "xi": METHODS["si"].tuning_grid["xi"]}  # type: ignore[index]
+    assert strength_argument("si") == "c" and strength_argument("derpp+wa") == "alpha"
+    assert strength_argument("ewc+replay+wa") == "lam" and "temperature" in grid_for("lwf")
+    with pytest.raises(ValueError):
+        strength_argument("finetune")
+
+
+def test_tune_passes_derpp_its_buffer_and_records_only_the_grid(tmp_path: Path) -> None:
+    out = tmp_path / "tuned.json"
+    args = ["tune", "--scenario", "split-class", "--method", "derpp", "--grid", "0.1", "--memory", "30"]
+    args += ["--epochs", "1", "--tasks", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    entry = json.loads(out.read_text())["entries"]["split-class"]["derpp"]
+    assert entry["grid"] == {"alpha": [0.1]} and entry["chosen"] == {"alpha": 0.1}
