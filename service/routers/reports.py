@@ -34,4 +34,5 @@ def forgetting_report(name: ModelName, runtime: RuntimeDep, _: PredictCaller) ->
         forgetting=summary["forgetting"],
         matrix=schemas.AccuracyMatrixBody(rows=matrix.rows, columns=matrix.columns, values=matrix.values),
         gate=metrics.get("gate"),
+        training=chain[-1].train_config.get("training") if chain else None,
     )

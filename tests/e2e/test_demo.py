@@ -58,7 +58,8 @@ def test_the_demo_prints_the_readme_walkthrough() -> None:
 @pytest.mark.timeout(900)
 def test_the_readme_walkthrough_as_written_then_the_gate_and_a_rollback(tmp_path: Path) -> None:
     log = tmp_path / "clserve.log"
-    with clserve(tmp_path / "data", ["--demo"], log=log) as url, Client(url) as client:
+    # the service's defaults: the training budget by validation and the stability–plasticity choice
+    with clserve(tmp_path / "data", ["--demo"], log=log, CL_TRAIN_BUDGET="validation") as url, Client(url) as client:
         wait_until(lambda: live_version(client, "digits") == 1, timeout=300, what="the demo's first version")
         wait_until(lambda: "Docs (offline):" in log.read_text(), timeout=30, what="the printed walk-through")
         first = client.metrics("digits")["per_class_accuracy"]
