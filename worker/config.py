@@ -62,9 +62,9 @@ class WorkerSettings(BaseSettings):
     selection_max_candidates: int = Field(3, ge=1, le=16, description="candidates trained per update at most")
     selection_max_seconds: float = Field(600.0, gt=0, description="candidates stop training after this many seconds")
     selection_lambda_factors: list[float] = Field(
-        default_factory=lambda: [0.1],
+        default_factory=lambda: [0.1, 10.0, 100.0],
         max_length=8,
-        description="λ candidates beside the configured λ, as factors",
+        description="λ candidates as factors of the configured λ: below 1 more plastic, above 1 more stable",
     )
     selection_replay_repeats: list[int] = Field(
         default_factory=lambda: [2], max_length=4, description="replay shares tried (exemplars replayed k times)"

@@ -8,9 +8,13 @@ gate's trusted held-out samples are never part of it: choosing on the data that 
 make the gate optimistic.  (The parent has trained on its exemplars, so a drop measured on them overstates
 forgetting: the choice errs towards stability, and the gate still judges on held-out data.)
 
-1. **Candidates**, a short grid: the configured λ first, then λ × each of ``CL_SELECTION_LAMBDA_FACTORS``; then, for a
-   method that replays, the best λ so far with each replay share of ``CL_SELECTION_REPLAY_REPEATS`` (the exemplars
-   replayed k times per epoch).  At most ``CL_SELECTION_MAX_CANDIDATES``; none starts once
+1. **Candidates**, a short line search: the configured values first.  If they stay within the forgetting bound, the
+   update tries ever more plastic ones (λ × the factors below 1 of ``CL_SELECTION_LAMBDA_FACTORS``) until one breaks
+   it; if they do not, ever more stable ones (λ × the factors above 1, then, for a method that replays, the
+   exemplars replayed k times per epoch for each k of ``CL_SELECTION_REPLAY_REPEATS``) until one stays within it.
+   (More replay comes last: with weight aligning, old rows trained harder can make the new rows' scale-up
+   overshoot.)  At
+   most ``CL_SELECTION_MAX_CANDIDATES``; none starts once
    ``CL_SELECTION_MAX_SECONDS`` have passed (a running one stops then, keeping its best weights).  Only what is free
    is tried: λ when the method has one, has consolidated before and neither the model's ``method_hparams`` nor the
    update's ``hparams`` fix it; the share likewise; nothing when there are no old classes or no exemplars to
@@ -18,10 +22,12 @@ forgetting: the choice errs towards stability, and the gate still judges on held
 2. **Training budget.**  Each candidate trains a copy of the model on the rest (the exemplars set aside are not
    replayed) with early stopping on the selection split (`cl_core.budget`): at least ``CL_BUDGET_MIN_STEPS``, at
    most ``CL_BUDGET_MAX_STEPS`` steps, and a later candidate at most as many steps as the first one ran.
-3. **Choice, by the gate's criterion** (`worker.evaluation.gate`, the same rules): among the candidates whose drop
-   on the set-aside exemplars against the parent stays within ``CL_MAX_FORGETTING`` and ``CL_MAX_CLASS_DROP``, the
-   one with the best accuracy on the new share (ties: the better old-class accuracy, then the earlier candidate);
-   when none stays within the bound, the one that forgets least.
+3. **Choice, by the gate's criterion** (`worker.evaluation`, the same rules): among the candidates whose drop on the
+   set-aside exemplars against the parent stays within ``CL_MAX_FORGETTING`` and ``CL_MAX_CLASS_DROP``, the one
+   with the best accuracy on the new share (ties: the better old-class accuracy, then the earlier candidate); when
+   none stays within the bound, the one that forgets least.  The split is small, so the average rule is judged as
+   the gate judges small per-class sets: broken when the 95 % lower confidence bound of the drop exceeds the limit
+   (`within_bound`).
 4. **Final training.**  The chosen λ and share train the real model on all of the update's data and the whole
    memory (nothing set aside is lost) for as many passes as the chosen candidate needed (its best step, scaled to
    the larger data), then the learner consolidates.  n candidates cost about n + 1 trainings; the configured values
@@ -52,7 +58,7 @@ from cl_core.naming import parse_method_name
 from cl_core.trainer import TrainConfig
 from cl_core.validation import shown
 from worker.config import WorkerSettings
-from worker.evaluation import Gate, GateRules, gate
+from worker.evaluation import Gate, GateRules, gate, paired_drop_lower_bound
 from worker.learners import AUTO
 
 # -- what a caller may fix per update (POST …/updates {"hparams": {…}}) ---------------------------------------------
@@ -137,6 +143,7 @@ class CandidateResult:
     within_bound: bool  # the gate's rules on the exemplars set aside
     failed_classes: list[str] = field(default_factory=list)
     chosen: bool = False
+    drop_lower_bound: float | None = None  # one-sided 95 % lower confidence bound of the drop
 
 
 @dataclass
@@ -274,39 +281,44 @@ def with_lambda(learner: Learner, lam: float | None) -> Learner:
 
 @dataclass(frozen=True)
 class Plan:
-    """The candidates an update tries: every λ at the configured replay share, then the other shares at the best
-    λ so far (the configured values first)."""
+    """The candidates an update tries: the configured values first; if they stay within the forgetting bound, ever
+    more plastic ones (smaller λ) until one breaks it; if they do not, ever more stable ones (a larger λ, then more
+    replay) until one stays within it."""
 
-    lams: list[float | None]
-    repeats: list[int]
+    first: Candidate
+    plastic: list[Candidate]
+    stable: list[Candidate]
     reason: str
     most: int = 1
 
     @property
     def adaptive(self) -> bool:
-        return self.most > 1 and (len(self.lams) > 1 or len(self.repeats) > 1)
+        return self.most > 1 and bool(self.plastic or self.stable)
 
     def candidates(self, results: Sequence[CandidateResult]) -> Iterator[Candidate]:
-        """The next candidates, given the figures of those before (a generator: it reads ``results`` as it goes)."""
-        for lam in self.lams:
-            yield Candidate(lam, self.repeats[0])
-        if results:
-            best = results[choose(results)].lam
-            for repeat in self.repeats[1:]:
-                yield Candidate(best, repeat)
+        """The next candidate, given the figures of those before (a generator: it reads ``results`` as it goes)."""
+        yield self.first
+        if not self.adaptive or not results:
+            return
+        towards_plasticity = results[0].within_bound
+        for candidate in self.plastic if towards_plasticity else self.stable:
+            yield candidate
+            if results[-1].within_bound != towards_plasticity:
+                return  # the more plastic one broke the bound, or the more stable one is within it
 
 
 def plan(learner: Learner, fixed: Fixed, split: SelectionSplit, parent: bool, settings: WorkerSettings) -> Plan:
     """The candidates of this update, and why (not) more than one."""
     lam = penalty_strength(learner)
     repeat = fixed.replay_repeat or 1
+    first = Candidate(lam, repeat)
     if not settings.selection:
-        return Plan([lam], [repeat], "CL_SELECTION=false: the configured values")
+        return Plan(first, [], [], "CL_SELECTION=false: the configured values")
     if not parent or split.old == 0:
         missing = "no earlier classes" if not parent else "no exemplars of earlier classes to measure forgetting on"
-        return Plan([lam], [repeat], f"nothing to choose: {missing}")
-    lams: list[float | None] = [lam]
+        return Plan(first, [], [], f"nothing to choose: {missing}")
     why: list[str] = []
+    factors: list[float] = []
     if lam is None:
         why.append("the method has no penalty")
     elif fixed.lam:
@@ -314,18 +326,22 @@ def plan(learner: Learner, fixed: Fixed, split: SelectionSplit, parent: bool, se
     elif learner.experiences == 0:
         why.append("no importance measured yet, λ has nothing to weigh")
     else:
-        lams += [lam * f for f in settings.selection_lambda_factors if f != 1.0]
-    repeats = [repeat]
+        factors = list(dict.fromkeys(settings.selection_lambda_factors))
+    repeats: list[int] = []
     if fixed.replay_repeat is not None:
         why.append("replay share fixed by the hparams")
     elif learner.memory is not None and learner.memory.replay == "concat":
-        repeats += [k for k in settings.selection_replay_repeats if k != repeat]
-    lams, repeats = list(dict.fromkeys(lams)), list(dict.fromkeys(repeats))
+        repeats = sorted({k for k in settings.selection_replay_repeats if k > repeat})
+    plastic = [Candidate(lam * f, repeat) for f in sorted(factors, reverse=True) if lam is not None and f < 1]
+    stable = [Candidate(lam * f, repeat) for f in sorted(factors) if lam is not None and f > 1]
+    strongest = stable[-1].lam if stable else lam
+    stable += [Candidate(strongest, k) for k in repeats]
     most = settings.selection_max_candidates
-    if (len(lams) == 1 and len(repeats) == 1) or most == 1:
-        return Plan(lams[:1], repeats[:1], "nothing to choose: " + "; ".join(why or ["CL_SELECTION_MAX_CANDIDATES=1"]))
-    free = " and ".join(name for name, values in (("λ", lams), ("the replay share", repeats)) if len(values) > 1)
-    return Plan(lams, repeats, f"{free} chosen on the selection split" + (f" ({'; '.join(why)})" if why else ""), most)
+    if not (plastic or stable) or most == 1:
+        return Plan(first, [], [], "nothing to choose: " + "; ".join(why or ["CL_SELECTION_MAX_CANDIDATES=1"]))
+    levers = [name for name, free in (("λ", bool(factors)), ("the replay share", bool(repeats))) if free]
+    reason = f"{' and '.join(levers)} chosen on the selection split" + (f" ({'; '.join(why)})" if why else "")
+    return Plan(first, plastic, stable, reason, most)
 
 
 def rank(results: Sequence[CandidateResult]) -> list[int]:
@@ -396,15 +412,39 @@ class Scorer:
             scorer.parent = [classes[int(p)] for p in predicted]
         return scorer
 
-    def score(self, model: nn.Module) -> tuple[float | None, Gate]:
-        """(accuracy on the new share, the gate's verdict on the exemplars set aside)."""
+    def score(self, model: nn.Module) -> Score:
+        """Accuracy on the new share, and the gate's rules on the exemplars set aside."""
         predicted = _predict(model, self.split.inputs)
         new = self.split.new
         new_accuracy = float((predicted[:new] == self.split.targets[:new]).float().mean()) if new else None
         labels = [self.classes[int(t)] for t in self.split.targets[new:]]
         candidate = [self.classes[int(p)] for p in predicted[new:]]
         old_classes = self.classes[: self.old_outputs]
-        return new_accuracy, gate(self.parent, candidate, labels, old_classes, self.parent_version, self.rules)
+        verdict = gate(self.parent, candidate, labels, old_classes, self.parent_version, self.rules)
+        return Score(new_accuracy, verdict, within_bound(verdict, self.parent, candidate, labels, self.rules))
+
+
+@dataclass(frozen=True)
+class Score:
+    new_accuracy: float | None
+    verdict: Gate
+    within: tuple[bool, float | None]  # within the bound, and the lower confidence bound of the average drop
+
+
+def within_bound(
+    verdict: Gate, parent: Sequence[str] | None, candidate: Sequence[str], labels: Sequence[str], rules: GateRules
+) -> tuple[bool, float | None]:
+    """The gate's rules on a selection split, which is small: the per-class rule as the gate applies it, and the
+    average rule judged the way the gate judges small per-class sets (`worker.evaluation.paired_drop_lower_bound`):
+    broken when the one-sided 95 % lower confidence bound of the paired drop exceeds ``max_forgetting``, so that a
+    drop of a sample or two among a few dozen does not rule a candidate out.  Returns (within, that bound)."""
+    if verdict.drop is None or parent is None:
+        return verdict.passed, None
+    old = [i for i, y in enumerate(labels) if y in verdict.old_classes]
+    lost = sum(parent[i] == labels[i] and candidate[i] != labels[i] for i in old)
+    gained = sum(parent[i] != labels[i] and candidate[i] == labels[i] for i in old)
+    bound = paired_drop_lower_bound(lost, gained, len(old), rules.confidence)
+    return not verdict.failed_classes and bound <= rules.max_forgetting, round(bound, 6)
 
 
 @dataclass
@@ -457,7 +497,8 @@ class Trial:
         return self.report.train.stopped
 
     def result(self, scorer: Scorer) -> CandidateResult:
-        new_accuracy, verdict = scorer.score(self.model)
+        score = scorer.score(self.model)
+        new_accuracy, verdict = score.new_accuracy, score.verdict
         return CandidateResult(
             lam=self.candidate.lam,
             replay_repeat=self.candidate.replay_repeat,
@@ -470,8 +511,9 @@ class Trial:
             old_accuracy=verdict.candidate_accuracy,
             parent_old_accuracy=verdict.parent_accuracy,
             drop=None if verdict.drop is None else round(verdict.drop, 6),
-            within_bound=verdict.passed,
+            within_bound=score.within[0],
             failed_classes=list(verdict.failed_classes),
+            drop_lower_bound=score.within[1],
         )
 
 
@@ -513,8 +555,7 @@ def fit_update(
     scorer = Scorer.of(model if parent else None, split, classes, old_outputs, parent_version, settings.gate_rules())
     started = clock()
     deadline = started + settings.selection_max_seconds
-    expected = len(chosen_plan.lams) + len(chosen_plan.repeats) - 1 if chosen_plan.adaptive else 1
-    expected = min(expected, chosen_plan.most)
+    expected = min(chosen_plan.most, 1 + max(len(chosen_plan.plastic), len(chosen_plan.stable)))
     trials: list[Trial] = []
     results: list[CandidateResult] = []
     for candidate in chosen_plan.candidates(results):

@@ -89,10 +89,11 @@ def test_an_update_that_chose_reports_it_in_the_version_the_report_and_metrics(m
     status = learn(client, ["d", "e"], 3)
     assert status["status"] == "succeeded", status
     record = client.get("/v1/models/m/versions/2").json()["train_config"]["training"]
-    assert record["selection"] == "adaptive" and len(record["candidates"]) == 3
+    tried = len(record["candidates"])
+    assert record["selection"] == "adaptive" and tried in (2, 3)
     assert sum(c["chosen"] for c in record["candidates"]) == 1
     assert client.get("/v1/models/m/metrics").json()["training"] == record
     text = client.get("/metrics").text
-    assert 'cl_update_candidates_total{model="m"} 4.0' in text  # 1 for the first version, 3 for the second
+    assert f'cl_update_candidates_total{{model="m"}} {1.0 + tried}' in text  # 1 for the first version
     assert f'cl_update_chosen_lambda{{model="m"}} {float(record["lam"])}' in text
-    assert "best of 3" in _trained(client.get("/v1/models/m/versions/2").json()["train_config"])
+    assert f"best of {tried}" in _trained(client.get("/v1/models/m/versions/2").json()["train_config"])
