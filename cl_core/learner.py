@@ -8,12 +8,13 @@ and weight aligning.  `Learner.learn` is one experience's whole update, the same
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from cl_core.budget import TrainingBudget
 from cl_core.experience import Experience
 from cl_core.memory import ExemplarMemory
 from cl_core.methods import MAS, ContinualMethod, build_method
@@ -119,18 +120,68 @@ class Learner:
         *,
         progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        budget: TrainingBudget | None = None,
+        replay_repeat: int = 1,
     ) -> LearnReport:
-        """Train on one experience (several are trained together, as joint training does), then consolidate."""
+        """Train on one experience (several are trained together, as joint training does), then consolidate:
+        `fit`, then `consolidate`."""
+        fitted = self.fit(
+            model,
+            data,
+            config,
+            progress=progress,
+            should_stop=should_stop,
+            budget=budget,
+            replay_repeat=replay_repeat,
+        )
+        if fitted.train.stopped:
+            return fitted
+        return self.consolidate(model, data, fitted)
+
+    def fit(
+        self,
+        model: nn.Module,
+        data: Experience | Sequence[Experience],
+        config: TrainConfig = TrainConfig(),
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        budget: TrainingBudget | None = None,
+        replay_repeat: int = 1,
+    ) -> LearnReport:
+        """Train (current data + replayed exemplars, with the penalty) and align the weights; nothing consolidated,
+        the learner's state unchanged (a trial whose state may be thrown away trains so).
+
+        ``budget`` (e.g. `cl_core.budget.ValidationBudget`) ends training when it is spent and restores the weights
+        it keeps; ``config.epochs`` then only bounds it.  ``replay_repeat`` replays the concatenated exemplars that
+        many times per epoch (the replay share).  A report whose ``train.stopped`` is True was stopped by
+        ``should_stop`` before the end."""
+        if replay_repeat < 1:
+            raise ValueError(f"replay_repeat must be at least 1, got {replay_repeat}")
         experiences = [data] if isinstance(data, Experience) else list(data)
         new_classes = sorted({c for e in experiences for c in e.new_classes})
         head, skipped = self._align(model, new_classes)
-        after_step = (lambda: clip_nonnegative(head)) if head is not None else None
         rehearsal: list[Experience] = []
         replay = None
         if self.memory is not None and self.memory.replay == "concat":
-            rehearsal = self.memory.as_experiences()
+            rehearsal = self.memory.as_experiences() * replay_repeat
         elif self.memory is not None:
             replay = self.memory
+        cancelled = False
+
+        def stop() -> bool:
+            nonlocal cancelled
+            if should_stop is not None and should_stop():
+                cancelled = True
+                return True
+            return budget is not None and budget.spent
+
+        def after_step() -> None:
+            if head is not None:
+                clip_nonnegative(head)
+            if budget is not None:
+                budget.after_step()
+
         method = self._training_method()
         method.prepare(model)
         try:
@@ -141,14 +192,25 @@ class Learner:
                 config,
                 replay=replay,
                 progress=progress,
-                should_stop=should_stop,
+                should_stop=stop,
                 after_step=after_step,
             )
+            if budget is not None and not cancelled:
+                budget.finish()  # inside prepare/finish: the weights it restores are in training's parametrisation
         finally:
             method.finish(model)
-        if result.stopped:
+        if cancelled:
             return LearnReport(result, 0.0, 0, None, True, "stopped before the end; nothing consolidated")
+        result = replace(result, stopped=False)  # a spent budget ends training normally
         gamma = align_weights(head, new_classes) if head is not None else None
+        return LearnReport(result, 0.0, 0, gamma, True, skipped)
+
+    def consolidate(
+        self, model: nn.Module, data: Experience | Sequence[Experience], fitted: LearnReport
+    ) -> LearnReport:
+        """After `fit` (on these or on part of these data): importance and anchors, the exemplar memory."""
+        experiences = [data] if isinstance(data, Experience) else list(data)
+        new_classes = sorted({c for e in experiences for c in e.new_classes})
         seconds, samples = 0.0, 0
         for experience in experiences:
             report = self.method.consolidate(model, experience)
@@ -158,13 +220,13 @@ class Learner:
                 self.memory.update(model, experience)
         self.experiences += 1
         protected = self.stores_samples or not new_classes or self.spec.base == "joint"
-        notes = [skipped] if skipped else []
+        notes = [fitted.note] if fitted.note else []
         if not protected:
             notes.append(
                 "new classes were added without an exemplar memory: retention of the old classes is not "
                 "protected (regularisation alone collapses in class-incremental learning)"
             )
-        return LearnReport(result, seconds, samples, gamma, protected, "; ".join(notes) or None)
+        return LearnReport(fitted.train, seconds, samples, fitted.gamma, protected, "; ".join(notes) or None)
 
     @property
     def stores_samples(self) -> bool:

@@ -673,5 +673,57 @@ def soak(
         report.console.print(f"wrote {out / 'soak.json'} and {out / 'soak.png'}")
 
 
+@app.command()
+def service(
+    datasets: str = typer.Option("mnist5k,digits8x8", help="comma-separated: mnist5k, digits8x8"),
+    architectures: str = typer.Option("mlp,cnn,lenet", help="comma-separated: mlp, cnn, lenet (operator-registered)"),
+    memory: str = typer.Option("200,20", help="exemplars per class to run at (the service's default is 200)"),
+    arms: str = typer.Option("fixed,adaptive", help="fixed (CL_TRAIN_BUDGET=epochs), adaptive (the defaults)"),
+    seed: int = typer.Option(0, help="seed of the service's settings"),
+    threads: int = typer.Option(1, help="torch threads (0: leave torch's default)"),
+    out: Path | None = typer.Option(None, help="write service.jsonl and service.md into this folder"),
+) -> None:
+    """The service's own update path (worker pipeline, local store) on class-incremental sequences (classes 0-4,
+    then 5-9) of packaged data sets and several architectures: fixed epochs and λ against the training budget and
+    the choice per update, at two memory budgets, with joint training as the reference; old and new accuracy on a
+    test split never posted, update wall time.  CL_ environment variables are ignored: the service's defaults."""
+    import os
+    from dataclasses import asdict
+
+    from clbench.servicebench import markdown
+    from clbench.servicebench import run as run_service
+
+    for key in [k for k in os.environ if k.startswith("CL_")]:
+        del os.environ[key]  # the service's defaults, whatever this shell exports
+    if threads:
+        torch.set_num_threads(threads)
+
+    def line(r: object) -> None:
+        report.console.print(
+            f"{r.dataset} · {r.architecture} · {r.arm} · memory {r.memory_per_class}: {', '.join(r.statuses)}; "  # type: ignore[attr-defined]
+            f"old {report.fmt(r.old_accuracy)}, new {report.fmt(r.new_accuracy)}, "  # type: ignore[attr-defined]
+            f"all {report.fmt(r.accuracy)}; update {r.update_seconds:.1f} s"  # type: ignore[attr-defined]
+        )
+
+    runs = run_service(
+        [d.strip() for d in datasets.split(",") if d.strip()],
+        [a.strip() for a in architectures.split(",") if a.strip()],
+        [int(m) for m in memory.split(",") if m.strip()],
+        [a.strip() for a in arms.split(",") if a.strip()],
+        seed,
+        progress=line,
+    )
+    table = markdown(runs)
+    print(f"\n`clbench service` — seed {seed}, {torch.get_num_threads()} torch thread(s), service defaults otherwise\n")
+    print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "service.jsonl").open("w") as f:
+            for r in runs:
+                f.write(json.dumps(asdict(r)) + "\n")
+        (out / "service.md").write_text(table + "\n")
+        report.console.print(f"wrote {out / 'service.jsonl'} and {out / 'service.md'}")
+
+
 if __name__ == "__main__":
     app()

@@ -116,6 +116,7 @@ class UpdateRecord(_JSON):
     triggered_by: str | None = None
     reason: str | None = None  # "api", "policy: …"
     attempts: int = 0
+    hparams: dict[str, float] = field(default_factory=dict)  # what the request fixed ("lam", …), else chosen
     created_at: float = field(default_factory=now)
     started_at: float | None = None
     finished_at: float | None = None

@@ -237,14 +237,31 @@ def update(
     method: str = typer.Option(None, help="'auto' or e.g. 'mas+replay+wa' (default: the model's)"),
     wait: bool = typer.Option(False, help="wait with a live progress bar"),
     follow: str = typer.Option(None, help="follow an existing update instead of starting one"),
+    hparam: list[str] = typer.Option(
+        None, "--hparam", help="KEY=VALUE fixed instead of chosen: lam, gamma, replay_repeat (repeatable)"
+    ),
 ) -> None:
     """Start an update (or follow one) and optionally wait for it."""
     c = client()
-    update_id = follow or c.start_update(name, method)["update_id"]
+    update_id = follow or c.start_update(name, method, _hparams(hparam or []))["update_id"]
     if not (wait or follow):
         console.print(f"queued update {update_id}")
         return
     _follow(c, name, update_id)
+
+
+def _hparams(pairs: list[str]) -> dict[str, float]:
+    """``KEY=VALUE`` options as numbers (the service checks the keys and ranges)."""
+    out: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise CommandError(f"--hparam takes KEY=NUMBER, got {pair[:100]!r}")
+    return out
 
 
 def _follow(c: Client, name: str, update_id: str) -> None:
@@ -284,7 +301,16 @@ def versions(
         page = c.versions_page(name, limit=limit, cursor=cursor)
         rows, next_cursor = page["versions"], page["next_cursor"]
     table = Table(
-        "version", "parent", "status", "method", "classes", "held-out acc", "BWT", "forgetting", "promoted by"
+        "version",
+        "parent",
+        "status",
+        "method",
+        "trained",
+        "classes",
+        "held-out acc",
+        "BWT",
+        "forgetting",
+        "promoted by",
     )
     for v in rows:
         m = v["metrics"]
@@ -293,6 +319,7 @@ def versions(
             str(v["parent"]),
             v["status"] + (", pinned" if v.get("pinned") else ""),
             v["method"],
+            _trained(v["train_config"]),
             str(len(v["classes"])),
             _fmt(m.get("accuracy")),
             _fmt(m.get("bwt")),
@@ -448,6 +475,24 @@ def demo_data(
     inputs, labels = demo_digits(chosen, split)
     np.savez(out, inputs=np.asarray(inputs, dtype=np.float32), labels=np.asarray(labels))
     console.print(f"wrote {len(labels)} samples of digits {chosen} ({split} split) to {out}")
+
+
+def _trained(train_config: dict[str, Any]) -> str:
+    """How a version trained: the chosen λ and replay share, its steps, and the candidates tried."""
+    training = train_config.get("training")
+    if not isinstance(training, dict):
+        return f"{train_config.get('epochs', '?')} epochs" if train_config else ""
+    lam = training.get("lam")
+    text = "" if lam is None else f"λ={lam:g} "
+    if training.get("replay_repeat", 1) != 1:
+        text += f"replay×{training['replay_repeat']} "
+    text += f"{training.get('steps')} steps"
+    candidates = training.get("candidates") or []
+    if len(candidates) > 1:
+        text += f" (best of {len(candidates)}, {training.get('total_steps')} in all)"
+    elif training.get("budget") == "epochs":
+        text += f" ({training.get('epochs')} epochs)"
+    return text
 
 
 def _fmt(value: float | None) -> str:

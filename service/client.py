@@ -182,8 +182,13 @@ class Client:
             yield answer
 
     # -- updates and versions --------------------------------------------------------------------------------------
-    def start_update(self, name: str, method: str | None = None) -> dict[str, Any]:
-        return self._call("POST", f"/v1/models/{name}/updates", json={"method": method} if method else {})
+    def start_update(
+        self, name: str, method: str | None = None, hparams: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"method": method} if method else {}
+        if hparams:
+            body["hparams"] = hparams
+        return self._call("POST", f"/v1/models/{name}/updates", json=body)
 
     def update(self, name: str, update_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/models/{name}/updates/{update_id}")

@@ -204,6 +204,12 @@ class UpdateRequest(Strict):
     method: str | None = Field(
         None, max_length=200, description="'auto' or a method name such as 'mas+replay+wa'; default: the model's"
     )
+    hparams: dict[str, StrictFloat | StrictInt] | None = Field(
+        None,
+        max_length=8,
+        description="values this update uses instead of choosing them: 'lam' (the penalty strength, 0-1e12), "
+        "'gamma' (online EWC, 0-1), 'replay_repeat' (exemplars replayed per epoch, 1-16); others are refused",
+    )
 
 
 class UpdateAccepted(BaseModel):
@@ -228,6 +234,7 @@ class UpdateStatus(BaseModel):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    hparams: dict[str, float] = Field(default_factory=dict, description="values the request fixed (else chosen)")
 
 
 class UpdateList(BaseModel):
@@ -326,3 +333,6 @@ class ForgettingReport(BaseModel):
     )
     ledger: ExperienceLedger | None = Field(None, description="every experience's figures (with ?full=true)")
     gate: dict[str, Any] | None
+    training: dict[str, Any] | None = Field(
+        None, description="how the live version trained: the budget, every candidate's figures, the choice, the cost"
+    )

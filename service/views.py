@@ -61,6 +61,7 @@ def update_status(record: UpdateRecord) -> schemas.UpdateStatus:
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
+        hparams=record.hparams,
     )
 
 

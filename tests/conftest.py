@@ -1,9 +1,14 @@
 """Suite-wide settings: one thread per process keeps the suite fast and deterministic on small machines.
 
+Updates in the suite train the fixed ``CL_EPOCHS`` its tests set (``CL_TRAIN_BUDGET=epochs``, here and in the
+processes the tests start): the service's default, early stopping with a choice among candidates, trains several
+times longer, and only its own tests (and the demo's end-to-end test) ask for it.
+
 The suite also starts one private redis-server (never the system one) for the Redis store and the distributed
 tests; every test that asks for ``redis_url`` gets an empty database of its own.
 """
 
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -13,6 +18,7 @@ import torch
 from tests.distributed.processes import RedisServer, redis_server
 
 torch.set_num_threads(1)
+os.environ.setdefault("CL_TRAIN_BUDGET", "epochs")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Distributed workers read the same variables as the API replicas, so one environm
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -44,6 +45,35 @@ class WorkerSettings(BaseSettings):
     seed: int = 0
     max_samples_per_update: int | None = Field(None, ge=1, description="train on at most this many pending samples")
     importance_max_samples: int | None = Field(2000, ge=1, description="samples used to estimate importance")
+
+    # the training budget of every update (and a model's first version): early stopping on a validation slice of the
+    # update's own data and the exemplar memory (never the gate's held-out data); see worker/selection.py
+    train_budget: Literal["validation", "epochs"] = Field(
+        "epochs", description="'validation': train until the validation slice stops improving; 'epochs': CL_EPOCHS"
+    )
+    budget_min_steps: int = Field(100, ge=0, le=1_000_000, description="optimiser steps before early stopping may stop")
+    budget_max_steps: int = Field(2000, ge=1, le=1_000_000, description="optimiser steps at most")
+    budget_patience: int = Field(5, ge=1, le=1000, description="evaluations without improvement before stopping")
+    budget_eval_every: int = Field(20, ge=1, le=100_000, description="steps between two validation evaluations")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of each class of the update's data set aside to validate on"
+    )
+
+    # the stability–plasticity trade-off chosen per update (λ and the replay share) on a selection split
+    selection: bool = Field(False, description="try several penalty strengths (and replay shares) per update")
+    selection_memory_fraction: float = Field(
+        0.25, gt=0, lt=1, description="share of each old class's exemplars set aside to measure forgetting on"
+    )
+    selection_max_candidates: int = Field(3, ge=1, le=16, description="candidates trained per update at most")
+    selection_max_seconds: float = Field(600.0, gt=0, description="candidates stop training after this many seconds")
+    selection_lambda_factors: list[float] = Field(
+        default_factory=lambda: [0.1, 10.0, 100.0],
+        max_length=8,
+        description="λ candidates as factors of the configured λ: below 1 more plastic, above 1 more stable",
+    )
+    selection_replay_repeats: list[int] = Field(
+        default_factory=lambda: [2], max_length=4, description="replay shares tried (exemplars replayed k times)"
+    )
 
     # the `auto` method: online EWC on labeled data (+ replay, weight aligning), MAS on unlabeled data
     exemplar_memory: bool = Field(True, description="keep exemplars for replay (switch off for privacy)")
@@ -168,6 +198,26 @@ class WorkerSettings(BaseSettings):
             if key is not None and len(key.get_secret_value()) < MIN_KEY_CHARS:
                 raise ValueError(f"a signing key must have at least {MIN_KEY_CHARS} characters")
         return value
+
+    @field_validator("selection_lambda_factors")
+    @classmethod
+    def _factors_are_positive(cls, value: list[float]) -> list[float]:
+        if any(not (math.isfinite(f) and 0 < f <= 1e6) for f in value):
+            raise ValueError("λ factors must be finite numbers in (0, 1e6]")
+        return value
+
+    @field_validator("selection_replay_repeats")
+    @classmethod
+    def _repeats_are_small(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= k <= 16 for k in value):
+            raise ValueError("replay repeats must be integers from 1 to 16")
+        return value
+
+    @model_validator(mode="after")
+    def _budget_is_ordered(self) -> Self:
+        if self.budget_min_steps > self.budget_max_steps:
+            raise ValueError("CL_BUDGET_MIN_STEPS exceeds CL_BUDGET_MAX_STEPS")
+        return self
 
     @model_validator(mode="after")
     def _held_out_store_holds_what_the_gate_needs(self) -> Self:

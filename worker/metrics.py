@@ -36,9 +36,38 @@ class UpdateMetrics:
             registry=registry,
         )
 
+        # how updates trained (worker.selection): the compute the training budget and the choice spend
+        self.candidates = Counter(
+            "cl_update_candidates", "candidates trained to choose λ and the replay share", ["model"], registry=registry
+        )
+        self.training_steps = Counter(
+            "cl_update_training_steps", "optimiser steps of updates, candidates included", ["model"], registry=registry
+        )
+        self.training_seconds = Counter(
+            "cl_update_training_seconds",
+            "wall time of updates' training, candidates included",
+            ["model"],
+            registry=registry,
+        )
+        self.chosen_lambda = Gauge(
+            "cl_update_chosen_lambda",
+            "the penalty strength the latest update chose (or was given)",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+
     def observe(self, record: UpdateRecord) -> None:
         self.outcomes.labels(record.model, record.status).inc()
         screening = record.metrics.get("screening") or {}
         self.quarantined.labels(record.model).inc(int(screening.get("quarantined", 0)))
+        training = record.metrics.get("training") or {}
+        if training:
+            self.candidates.labels(record.model).inc(int(training.get("candidates", 0)))
+            self.training_steps.labels(record.model).inc(int(training.get("total_steps", 0)))
+            seconds = float(training.get("selection_seconds", 0.0)) + float(training.get("training_seconds", 0.0))
+            self.training_seconds.labels(record.model).inc(seconds)
+            if isinstance(training.get("lam"), int | float):
+                self.chosen_lambda.labels(record.model).set(training["lam"])
         if record.started_at is not None and record.finished_at is not None:
             self.duration.labels(record.model).observe(max(0.0, record.finished_at - record.started_at))

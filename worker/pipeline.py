@@ -36,6 +36,7 @@ from worker.lifecycle import Outcome
 from worker.locking import HeldLock, LockLost, task_owner, update_lock, update_owner
 from worker.promotion import auto_promote, trusted_live_version
 from worker.retention import prune_versions
+from worker.selection import Fixed, fit_update
 
 __all__ = ["Loaded", "LockLost", "UpdateCancelled", "import_weights", "load_version", "run_update"]
 
@@ -239,7 +240,8 @@ def _update(
     model_record = store.get_model(name)
     parent = trusted_live_version(store, name, settings.signer())
     loaded = load_version(store, name, parent, seed=settings.seed)
-    learner, note = restore_learner(loaded, record.method, settings, model_record.method_hparams)
+    fixed, overrides = Fixed.split(model_record.method_hparams, record.hparams)
+    learner, note = restore_learner(loaded, record.method, settings, overrides)
     if learner.stores_samples:
         learner.forget(store.deleted_ids(name))  # samples deleted since the parent was committed
     claimed = store.claim(name, limit=settings.max_samples_per_update)
@@ -267,20 +269,27 @@ def _update(
     new_labels = natural_order({label for label in labeled.labels if label is not None and label not in spec.classes})
     new_classes = grow_classes(model, spec, new_labels, seed=settings.seed)
     config = settings.train_config(seed=settings.seed + history.depth)
-    gamma = importance_s = None
+    gamma = importance_s = training = None
     if len(labeled):
         targets = torch.tensor([spec.classes.index(label) for label in labeled.labels], dtype=torch.long)  # type: ignore[arg-type]
         ids = torch.tensor([int(i) for i in labeled.ids], dtype=torch.long) if labeled.ids else None
         experience = Experience(labeled.inputs, targets, None, tuple(new_classes), ids)
-        result = learner.learn(
+        fitted = fit_update(  # the training budget and the stability–plasticity choice (worker.selection)
+            learner,
             model,
             experience,
-            config,
-            progress=lambda p: report(0.05 + 0.8 * p.fraction),
+            classes=list(spec.classes),
+            old_outputs=len(old_classes),
+            parent_version=parent,
+            fixed=fixed,
+            settings=settings,
+            config=config,
             should_stop=stop,
+            progress=lambda fraction: report(0.05 + 0.8 * fraction),
         )
-        if result.train.stopped:
+        if fitted.cancelled or fitted.report is None:
             raise UpdateCancelled()
+        learner, result, training = fitted.learner, fitted.report, fitted.record
         gamma, importance_s = result.gamma, result.importance_seconds
         note = "; ".join(n for n in (note, result.note) if n) or None
     if len(unlabeled):
@@ -303,7 +312,13 @@ def _update(
         spec=spec.to_json(),
         learner=hparams,
         method=record.method,
-        train_config={"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed},
+        train_config={
+            "epochs": config.epochs if training is None else training.epochs,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "seed": config.seed,
+            **({} if training is None else {"training": training.to_json()}),
+        },
         samples={
             "labeled": len(labeled),
             "unlabeled": len(unlabeled),
@@ -336,6 +351,8 @@ def _update(
         deferred=prepared.deferred,
     )
     report(0.97, force=True)
+    if training is not None:  # the update's record (and the worker's /metrics) carry the short form
+        metrics = {**metrics, "training": training.summary()}
     if not verdict.passed:
         _prune(store, name, settings)
         return Outcome("rejected", committed.version, metrics, f"rejected by the forgetting gate: {verdict.describe()}")

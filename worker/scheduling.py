@@ -56,13 +56,20 @@ def request_update(
     merge: bool = False,
     update_id: str | None = None,
     max_queued: int | None = None,
+    hparams: dict[str, float] | None = None,
 ) -> UpdateRecord:
     """Store a queued update and hand it to the executor; with ``merge``, join the newest update that is still
     queued instead.  A given ``update_id`` makes the request idempotent: an existing update with that id is returned
     as it is.  With ``max_queued``, QueueFull when that many updates of the model are queued (a merging request
-    joins one of them instead, so it is never refused)."""
+    joins one of them instead, so it is never refused).  ``hparams`` (checked by the caller) fix values the update
+    would otherwise choose (`worker.selection`)."""
     wanted = UpdateRecord(
-        update_id=update_id or new_update_id(), model=name, method=method, triggered_by=triggered_by, reason=reason
+        update_id=update_id or new_update_id(),
+        model=name,
+        method=method,
+        triggered_by=triggered_by,
+        reason=reason,
+        hparams=dict(hparams or {}),
     )
     record = store.create_update(wanted, max_queued=max_queued, join_queued=merge)
     if record is wanted or record.to_json() == wanted.to_json():

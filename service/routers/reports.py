@@ -79,4 +79,5 @@ def forgetting_report(
         if full
         else None,
         gate=metrics.get("gate"),
+        training=record.train_config.get("training") if record is not None else None,
     )

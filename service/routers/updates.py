@@ -23,6 +23,7 @@ from service.views import update_status
 from worker.audit import audit
 from worker.learners import validate_method
 from worker.scheduling import request_update
+from worker.selection import check_update_hparams
 
 router = APIRouter(prefix="/v1/models", tags=["updates"])
 
@@ -46,7 +47,7 @@ def start_update(
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.UpdateAccepted:
     """Queue an update of the live version with the pending samples (one runs at a time per model; 429 when
-    ``CL_MAX_QUEUED_UPDATES`` are queued already)."""
+    ``CL_MAX_QUEUED_UPDATES`` are queued already).  ``hparams`` fixes values the update would otherwise choose."""
     store = runtime.store
     record = store.get_model(name)
     update_id = derived_id(name, "update", idempotency_key) if idempotency_key else None
@@ -60,6 +61,10 @@ def start_update(
         method = validate_method((body.method if body else None) or record.method, runtime.settings)
     except ValueError as exc:
         raise ApiError(422, str(exc), field="method") from exc
+    try:
+        hparams = check_update_hparams(method, body.hparams or {}) if body is not None else {}
+    except ValueError as exc:
+        raise ApiError(422, str(exc), field="hparams") from exc
     if store.pending_counts(name).trainable == 0:
         raise ApiError(409, f"model {name!r} has no pending samples to learn from; post samples first")
     update = request_update(
@@ -71,6 +76,7 @@ def start_update(
         reason="api",
         update_id=update_id,
         max_queued=runtime.settings.max_queued_updates,  # atomic in the store: QueueFull → 429
+        hparams=hparams,
     )
     return schemas.UpdateAccepted(update_id=update.update_id, status=update.status)
 

@@ -14,8 +14,10 @@ __all__ = ["clserve", "free_port", "subprocess_env", "wait_until"]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a process the tests start: no inherited ``CL_`` settings, one thread, unbuffered."""
-    return child_env({"OMP_NUM_THREADS": "1", "CL_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
+    """The environment of a process the tests start: no inherited ``CL_`` settings, one thread, unbuffered, updates
+    of ``CL_EPOCHS`` epochs (see tests/conftest.py) unless ``extra`` says otherwise."""
+    fixed = {"OMP_NUM_THREADS": "1", "CL_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1", "CL_TRAIN_BUDGET": "epochs"}
+    return child_env({**fixed, **extra})
 
 
 @contextmanager
