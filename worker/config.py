@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cl_core.memory import DEFAULT_REPLAY, DEFAULT_REPLAY_RATIO
+from cl_core.memory import DEFAULT_REPLAY_RATIO
 from cl_core.trainer import TrainConfig
 from registry.signing import MIN_KEY_CHARS, Signer
 from worker.evaluation import GateRules
@@ -87,7 +87,9 @@ class WorkerSettings(BaseSettings):
         "that brought it (benchmark protocol 2 uses a total of 200)",
     )
     replay: Literal["concat", "batch"] = Field(
-        DEFAULT_REPLAY, description="replay schedule: a memory batch mixed into every step, or the memory concatenated"
+        "concat",
+        description="replay schedule: the memory concatenated to the update's data (the service's default), or a "
+        "memory batch mixed into every step ('batch', the benchmark protocol's default)",
     )
     replay_ratio: float = Field(
         DEFAULT_REPLAY_RATIO, gt=0, le=16, description="replayed samples per new sample in each batch ('batch')"
