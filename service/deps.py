@@ -47,7 +47,7 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the model's n
 UpdateId = Annotated[str, Path(pattern=UPDATE_ID_PATTERN, description="the update's id")]
 VersionNumber = Annotated[int, Path(ge=1, le=MAX_ID, description="the version's number")]
 
-DEFAULT_PAGE = 50
+DEFAULT_PAGE = 20  # a page of records with their figures stays well under 100 KB (clbench soak)
 MAX_PAGE = 500
 PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"records per page, newest first (at most {MAX_PAGE})")]
 PageCursor = Annotated[

@@ -70,8 +70,8 @@ def test_versions_and_updates_come_in_pages_each_record_once_while_new_ones_arri
     assert old_versions <= set(versions)
     assert len(set(updates)) == len(updates) and {f"old{i}" for i in range(17)} <= set(updates)
     count = store.version_counts("m").count
-    first = client.get("/v1/models/m/versions").json()  # the default page: 50
-    assert len(first["versions"]) == min(50, count) and (first["next_cursor"] is None) == (count <= 50)
+    first = client.get("/v1/models/m/versions").json()  # the default page: 20
+    assert len(first["versions"]) == min(20, count) and (first["next_cursor"] is None) == (count <= 20)
     assert client.get("/v1/models/m").json()["versions"] == count == len(store.list_versions("m"))
     assert client.get("/v1/models/nope/versions").status_code == 404
     assert client.get("/v1/models/nope/updates").status_code == 404
