@@ -75,6 +75,25 @@ class Settings(WorkerSettings):
         GC_YOUNG_THRESHOLD, ge=100, description="allocations between young-generation collections (CPython: 700)"
     )
 
+    # captured prediction traffic (`service.capture`) and input drift (`service.drift`)
+    capture_max_samples_limit: int = Field(
+        100_000, ge=1, le=10_000_000, description="the largest capture.max_samples a model may ask for"
+    )
+    capture_queue_limit: int = Field(
+        10_000, ge=1, description="captured inputs waiting to be stored, per process; beyond: dropped and counted"
+    )
+    capture_flush_ms: float = Field(500.0, gt=0, le=60_000, description="how often captured inputs are stored")
+    capture_id_block: int = Field(1024, ge=1, le=1_000_000, description="sample ids reserved at a time per model")
+    drift_window: int = Field(200, ge=10, le=100_000, description="captured inputs per drift window")
+    drift_every: int = Field(200, ge=1, description="test for drift after this many new captured inputs")
+    drift_reference: int = Field(500, ge=10, le=100_000, description="held-out inputs in the drift reference")
+    drift_permutations: int = Field(300, ge=99, le=10_000, description="permutations of the drift test")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="false-positive rate of the drift test per window")
+    drift_windows_kept: int = Field(20, ge=1, le=1000, description="latest drift windows GET …/drift shows")
+    policy_drift_feedback: int = Field(
+        0, ge=0, description="start an update when drift is detected and this many labeled samples wait (0: off)"
+    )
+
     # metrics
     max_class_labels: int = Field(100, ge=0, description="per-class gauges only for models with at most this many")
 

@@ -45,6 +45,10 @@ async def predict(
         schemas.Prediction(label=classes[i], probability=p)
         for i, p in zip(best_i.tolist(), best_p.tolist(), strict=True)
     ]
+    captured = runtime.capture.offer(name, live.version, inputs, probs)  # sampled for capture: off the request path
+    if captured is not None:
+        for prediction, sample_id in zip(predictions, captured, strict=True):
+            prediction.id = sample_id
     if top_k is not None:
         k = min(top_k, len(classes))
         top_p, top_i = torch.topk(probs, k, dim=1)

@@ -60,7 +60,7 @@ def start_update(
         method = validate_method((body.method if body else None) or record.method, runtime.settings)
     except ValueError as exc:
         raise ApiError(422, str(exc), field="method") from exc
-    if store.pending_counts(name).trainable == 0:
+    if store.pending_counts(name).trainable == 0 and store.capture_counts(name).pending == 0:
         raise ApiError(409, f"model {name!r} has no pending samples to learn from; post samples first")
     update = request_update(
         store,
