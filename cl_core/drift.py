@@ -15,8 +15,8 @@ Why a permutation test: under "no drift" the pooled rows are exchangeable, so p 
 valid p-value whatever the kernel, dimension or class counts; P(p ≤ a) ≤ a exactly, with no asymptotic
 approximation (the χ² distribution is wrong for small expected counts, MMD's null distribution has no closed form).
 Drift is declared when min(p_MMD, p_χ²) ≤ α / 2 (Bonferroni over the two tests): the false-positive rate per window
-is at most α.  B = 500 permutations cost one (N × N)·(N × B) product, about 40 ms for N = 700 features of 400
-dimensions on one core.
+is at most α.  B permutations cost one (N × N)·(N × B) product: for B = 200 (p-values down to 1/201, below α / 2 =
+0.005 at α = 0.01) and N = 600 features of 400 dimensions, about 0.1 s on one core.
 
 Why not per-dimension KS: 400 features, Bonferroni-corrected to α / 400 each, is blind to a shift spread thinly over
 many dimensions, and the features of a ReLU network are far from independent.  Why not alibi-detect (whose MMDDrift
@@ -26,7 +26,6 @@ scikit-image, numba, transformers and pandas into a serving image, for about 100
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -53,10 +52,9 @@ class DriftTest:
 
     @property
     def score(self) -> float:
-        """MMD² over its threshold (≥ 1: the feature distribution alone shows drift)."""
-        if self.mmd_threshold > 0:
-            return self.mmd2 / self.mmd_threshold
-        return math.inf if self.mmd2 > 0 else 0.0
+        """MMD² over its threshold (≥ 1: the feature distribution alone shows drift); finite (JSON has no
+        infinity), even when every permuted statistic is 0."""
+        return self.mmd2 / max(self.mmd_threshold, 1e-12)
 
 
 def squared_distances(z: Tensor) -> Tensor:

@@ -1021,10 +1021,16 @@ class LocalStore(Store):
         return CaptureIndex.from_json(_read_json(path)) if path.exists() else CaptureIndex()
 
     def _write_capture_index(self, name: str, index: CaptureIndex) -> None:
-        _write_json(self._dir(name) / "captures" / "index.json", index.to_json())
+        # compact: json's C encoder (an indented dump runs in Python, holding the GIL the predict path needs)
+        data = json.dumps(index.to_json(), separators=(",", ":")).encode()
+        write_atomic(self._dir(name) / "captures" / "index.json", data)
 
-    def _row_path(self, name: str, sample_id: str) -> Path:
-        return self._dir(name) / "captures" / "rows" / f"{check_sample_id(sample_id)}.safetensors"
+    def _rows(self, name: str) -> Path:
+        return self._dir(name) / "captures" / "rows"
+
+    @staticmethod
+    def _row_path(rows: Path, sample_id: str) -> Path:
+        return rows / f"{check_sample_id(sample_id)}.safetensors"
 
     def _write_row(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1033,10 +1039,10 @@ class LocalStore(Store):
         os.replace(tmp, path)
 
     def _read_rows(self, name: str, ids: Sequence[str], shape: Sequence[int]) -> dict[str, Tensor]:
-        rows = {}
+        rows, where = {}, self._rows(name)
         for sample_id in ids:
             try:
-                row = row_tensor(self._row_path(name, sample_id).read_bytes(), shape)
+                row = row_tensor(self._row_path(where, sample_id).read_bytes(), shape)
             except FileNotFoundError:
                 row = None
             if row is not None:
@@ -1044,8 +1050,9 @@ class LocalStore(Store):
         return rows
 
     def _drop_rows(self, name: str, ids: Iterable[str]) -> None:
+        where = self._rows(name)
         for sample_id in ids:
-            self._row_path(name, sample_id).unlink(missing_ok=True)
+            self._row_path(where, sample_id).unlink(missing_ok=True)
 
     def reserve_ids(self, name: str, count: int) -> int:
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_RESERVE:
@@ -1065,9 +1072,9 @@ class LocalStore(Store):
             deleted = self.deleted_ids(name)
             index = self._capture_index(name)
             stored, evicted = index.offer([i for i in ids if int(i) not in deleted], time.time(), capacity)
-            rows = dict(zip(ids, inputs, strict=True))
+            rows, where = dict(zip(ids, inputs, strict=True)), self._rows(name)
             for sample_id in stored:
-                self._write_row(self._row_path(name, sample_id), row_bytes(rows[sample_id]))
+                self._write_row(self._row_path(where, sample_id), row_bytes(rows[sample_id]))
             self._write_capture_index(name, index)
             self._drop_rows(name, evicted)
             return stored
@@ -1091,7 +1098,7 @@ class LocalStore(Store):
             index = self._capture_index(name)
             index.consume(claim.upto)
             self._write_capture_index(name, index)
-            rows = self._dir(name) / "captures" / "rows"
+            rows = self._rows(name)
             if rows.is_dir():  # rows of captures a crash kept out of the index
                 listed = index.ids
                 for path in rows.glob("*.safetensors"):

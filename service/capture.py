@@ -119,8 +119,10 @@ class TrafficCapture:
         flush_s: float = 0.5,
         id_block: int = 1024,
         reload_s: float = 5.0,
+        max_samples_limit: int = 100_000,
     ) -> None:
         self.store, self.metrics = store, metrics
+        self._max_samples = max_samples_limit  # an imported model's setting is held to it too
         self._limit, self._flush_s, self._block, self._reload_s = queue_limit, flush_s, id_block, reload_s
         self._configs: dict[str, CaptureConfig] = {}  # replaced whole, never changed in place: read without a lock
         self._random = random.Random().random
@@ -313,7 +315,7 @@ class TrafficCapture:
                     log.exception("a capture observer failed")
         inputs = torch.cat([offer.inputs[offer.rows] for offer in offers])
         try:
-            stored = self.store.add_captures(name, inputs, ids, config.max_samples)
+            stored = self.store.add_captures(name, inputs, ids, min(config.max_samples, self._max_samples))
         except NotFound:
             return len(ids)  # the model was deleted meanwhile
         except StoreError:
@@ -337,7 +339,8 @@ class TrafficCapture:
         dropped = {}
         for name, config in self._configs.items():
             try:
-                dropped[name] = self.store.trim_captures(name, config.max_samples, max_age_s=max_age_s)
+                capacity = min(config.max_samples, self._max_samples)
+                dropped[name] = self.store.trim_captures(name, capacity, max_age_s=max_age_s)
             except NotFound:
                 continue
         return dropped

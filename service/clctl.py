@@ -231,6 +231,7 @@ def feedback(
     name: str,
     labels: list[str] = typer.Argument(None, help="ID=LABEL pairs: the id a captured prediction carried"),
     from_file: Path = typer.Option(None, "--from", help="predictions saved by `clctl predict --save` (true labels)"),
+    limit: int = typer.Option(None, min=1, help="label at most this many of the file's captured predictions"),
 ) -> None:
     """Label captured predictions: each becomes a labeled sample (screened and gated like any)."""
     given: dict[str, str] = {}
@@ -244,7 +245,8 @@ def feedback(
             rows = json.loads(from_file.read_text())
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot read {from_file}: {exc}") from exc
-        given.update({r["id"]: r["true_label"] for r in rows if r.get("id") and r.get("true_label") is not None})
+        labeled = [r for r in rows if r.get("id") and r.get("true_label") is not None]
+        given.update({r["id"]: r["true_label"] for r in labeled[:limit]})
     if not given:
         raise CommandError("nothing to label: give ID=LABEL pairs or --from a file with captured predictions")
     answer = client().feedback(name, given)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -206,7 +207,7 @@ class DriftMonitor:
         window: int = 200,
         every: int = 200,
         reference: int = 500,
-        permutations: int = 300,
+        permutations: int = 200,
         alpha: float = 0.01,
         kept: int = 20,
         max_class_labels: int = 100,
@@ -250,6 +251,7 @@ class DriftMonitor:
             time.sleep(0.01)
 
     def _run(self) -> None:
+        lower_priority()
         while True:
             item = self._queue.get()
             try:
@@ -399,6 +401,14 @@ class DriftMonitor:
         with self._lock:
             self._watches.pop(name, None)
         self.metrics.forget_model(name)
+
+
+def lower_priority(niceness: int = 10) -> None:
+    """Let the calling thread yield the CPU to the serving threads when they compete for it (Linux: a thread is a
+    task with its own nice value; elsewhere nothing changes).  Its work is torch kernels that release the GIL, so a
+    slower drift thread never holds up a request."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def _features(live: LiveModel, inputs: Tensor) -> Tensor:

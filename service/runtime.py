@@ -151,6 +151,7 @@ def build_traffic(
         flush_s=settings.capture_flush_ms / 1000,
         id_block=settings.capture_id_block,
         reload_s=settings.reload_interval_s,
+        max_samples_limit=settings.capture_max_samples_limit,
     )
     drift = DriftMonitor(
         store,

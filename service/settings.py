@@ -87,7 +87,7 @@ class Settings(WorkerSettings):
     drift_window: int = Field(200, ge=10, le=100_000, description="captured inputs per drift window")
     drift_every: int = Field(200, ge=1, description="test for drift after this many new captured inputs")
     drift_reference: int = Field(500, ge=10, le=100_000, description="held-out inputs in the drift reference")
-    drift_permutations: int = Field(300, ge=99, le=10_000, description="permutations of the drift test")
+    drift_permutations: int = Field(200, ge=99, le=10_000, description="permutations of the drift test")
     drift_alpha: float = Field(0.01, gt=0, lt=1, description="false-positive rate of the drift test per window")
     drift_windows_kept: int = Field(20, ge=1, le=1000, description="latest drift windows GET …/drift shows")
     policy_drift_feedback: int = Field(

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from cl_core.importance import mas_importance
 from cl_core.learner import Learner
+from registry import LocalStore, ModelRecord
 from registry import tensors as st
+from registry.captures import CaptureConfig
+from service.capture import CaptureMetrics, TrafficCapture
 from service.runtime import Runtime
 from tests.service.conftest import blobs, create, post_samples, wait_update
 from worker.pipeline import run_update
@@ -334,3 +339,25 @@ def test_feedback_beyond_the_request_limit_or_for_an_unknown_model_is_refused(
     assert client.post("/v1/models/nope/feedback", json={"items": items[:1]}).status_code == 404
     assert client.get("/v1/models/nope/drift").status_code == 404
     assert client.get("/v1/models/BAD/drift").status_code == 422
+
+
+def test_a_full_queue_or_no_reserved_id_drops_captures_without_touching_the_store(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=["a"]))
+    registry = CollectorRegistry()
+    capture = TrafficCapture(store, CaptureMetrics(registry), queue_limit=5, id_block=8)  # no writer thread
+    capture.configure("m", CaptureConfig(1.0, 100))  # reserves a block of 8 ids now
+    inputs, probs = torch.rand(3, 3), torch.rand(3, 1)
+    first = capture.offer("m", 1, inputs, probs)
+    assert first is not None and all(first)
+    assert capture.offer("m", 1, inputs, probs) == [None] * 3  # 3 + 3 > 5 queued: dropped
+    assert registry.get_sample_value("cl_captures_total", {"model": "m", "outcome": "queue_full"}) == 3
+    capture.drain()  # what the writer does: one store call for the model
+    assert store.capture_counts("m").stored == 3
+    second = capture.offer("m", 1, inputs, probs)
+    assert second is not None and sum(i is not None for i in second) == 3
+    capture.drain()
+    third = capture.offer("m", 1, inputs, probs)  # 8 ids reserved, 6 used: 2 left (the writer would refill)
+    assert third is not None and sum(i is not None for i in third) == 2
+    assert registry.get_sample_value("cl_captures_total", {"model": "m", "outcome": "no_ids"}) == 1
+    assert capture.offer("other", 1, inputs, probs) is None  # capture off: nothing at all
