@@ -26,6 +26,7 @@ scikit-image, numba, transformers and pandas into a serving image, for about 100
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,11 @@ class DriftTest:
         """MMD² over its threshold (≥ 1: the feature distribution alone shows drift); finite (JSON has no
         infinity), even when every permuted statistic is 0."""
         return self.mmd2 / max(self.mmd_threshold, 1e-12)
+
+
+def min_permutations(alpha: float) -> int:
+    """The fewest permutations whose smallest p-value, 1 / (B + 1), reaches α / 2."""
+    return max(1, math.ceil(2 / alpha - 1 - 1e-9))
 
 
 def squared_distances(z: Tensor) -> Tensor:
@@ -95,8 +101,11 @@ def two_sample_test(
         raise ValueError(f"a two-sample test needs at least 2 rows on each side, got {m} and {n}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if permutations < 1:
-        raise ValueError(f"permutations must be at least 1, got {permutations}")
+    if permutations < min_permutations(alpha):
+        raise ValueError(
+            f"{permutations} permutations cannot reach p ≤ α / 2 = {alpha / 2:g} (the smallest p-value is "
+            f"1 / (permutations + 1)): use at least {min_permutations(alpha)}"
+        )
     z = torch.cat([reference, window]).to(torch.float32)
     total = m + n
     d2 = squared_distances(z)

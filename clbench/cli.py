@@ -531,6 +531,10 @@ def drift(
         raise _fail(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     if not window_sizes or min(window_sizes) < 2:
         raise _fail("--sizes: windows of at least 2 inputs")
+    from cl_core.drift import min_permutations
+
+    if permutations < min_permutations(alpha):
+        raise _fail(f"--permutations: at least {min_permutations(alpha)} for --alpha {alpha:g}")
     with report.progress_bar() as bar:
         task = bar.add_task("starting", total=None)
         result = measure_drift(

@@ -215,6 +215,7 @@ def measure_drift(
     permutations: int = 200,
     alpha: float = 0.01,
     on_step: Callable[[str], None] = lambda _: None,
+    epochs: int = 10,
 ) -> DriftReport:
     """Detection rate per shift and window size (for "none": the false-positive rate)."""
     unknown = set(shifts) - set(SHIFTS)
@@ -227,7 +228,7 @@ def measure_drift(
     order = torch.randperm(len(seen), generator=g)
     held, fit = order[: len(seen) // 5], order[len(seen) // 5 :]
     on_step("training the MLP on digits 0-4")
-    model = _trained_mlp(seen.inputs[fit], seen.labels[fit])
+    model = _trained_mlp(seen.inputs[fit], seen.labels[fit], epochs=epochs)
     test_seen = data.test.where(data.test.labels < 5).inputs
     test_unseen = data.test.where(data.test.labels >= 5).inputs
     with torch.inference_mode():

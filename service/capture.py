@@ -40,6 +40,7 @@ Observer = Callable[[str, int, Tensor, Tensor], None]
 """Told (model, version, inputs, probabilities) of every batch of captured inputs, in the writer thread."""
 
 OUTCOMES = ("stored", "reservoir", "queue_full", "no_ids", "store_error", "off")
+FEEDBACK = ("accepted", "unknown", "answered")
 
 
 class CaptureMetrics:
@@ -61,7 +62,17 @@ class CaptureMetrics:
             registry=registry,
         )
 
+    def track(self, model: str) -> None:
+        """The model's series at 0 from the moment it captures (so that a first increase is one Prometheus sees)."""
+        for outcome in OUTCOMES:
+            self.captures.labels(model, outcome)
+        for result in FEEDBACK:
+            self.feedback.labels(model, result)
+
     def forget_model(self, model: str) -> None:
+        for result in FEEDBACK:
+            with contextlib.suppress(KeyError):
+                self.feedback.remove(model, result)
         for outcome in OUTCOMES:
             with contextlib.suppress(KeyError):
                 self.captures.remove(model, outcome)
@@ -69,13 +80,13 @@ class CaptureMetrics:
 
 @dataclass(frozen=True)
 class _Offer:
-    """One predict request's captured inputs: rows of its inputs and probabilities, with their ids."""
+    """One predict request's captured inputs and their probabilities (only the captured rows: a large request
+    sampled at a low rate does not stay in memory whole), with their ids."""
 
     name: str
     version: int
     inputs: Tensor
     probs: Tensor
-    rows: list[int]
     ids: list[str]
 
 
@@ -163,7 +174,8 @@ class TrafficCapture:
                 rows = rows[: len(ids)]
             if not ids:
                 return answer
-            self._queue.append(_Offer(name, version, inputs, probs, rows, ids))
+            kept = (inputs, probs) if len(rows) == n else (inputs[rows], probs[rows])
+            self._queue.append(_Offer(name, version, *kept, ids))
             self._queued += len(rows)
             self._offered += 1
         for row, sample_id in zip(rows, ids, strict=True):
@@ -178,6 +190,7 @@ class TrafficCapture:
             configs.pop(name, None)
         else:
             configs[name] = config
+            self.metrics.track(name)
         self._configs = configs
         if config is None or config.rate <= 0:
             with self._lock:
@@ -207,6 +220,8 @@ class TrafficCapture:
         with self._lock:
             for name in set(self._configs) - {n for n, c in configs.items() if c.rate > 0}:
                 self._ids.drop(name)
+        for name in configs:
+            self.metrics.track(name)
         self._configs = configs
 
     def add_observer(self, observer: Observer) -> None:
@@ -310,10 +325,10 @@ class TrafficCapture:
         for offer in offers:  # the drift monitor sees the traffic whatever the store does
             for observer in self._observers:
                 try:
-                    observer(name, offer.version, offer.inputs[offer.rows], offer.probs[offer.rows])
+                    observer(name, offer.version, offer.inputs, offer.probs)
                 except Exception:
                     log.exception("a capture observer failed")
-        inputs = torch.cat([offer.inputs[offer.rows] for offer in offers])
+        inputs = torch.cat([offer.inputs for offer in offers])
         try:
             stored = self.store.add_captures(name, inputs, ids, min(config.max_samples, self._max_samples))
         except NotFound:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cl_core.drift import min_permutations
 from worker.config import WorkerSettings
 
 Scope = Literal["predict", "train", "admin"]
@@ -102,6 +103,16 @@ class Settings(WorkerSettings):
 
     # operator-registered architectures: {"name": "package.module:factory"}
     architectures: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _drift_test_can_detect(self) -> Settings:
+        needed = min_permutations(self.drift_alpha)
+        if self.drift_permutations < needed:
+            raise ValueError(
+                f"CL_DRIFT_PERMUTATIONS={self.drift_permutations} cannot reach p ≤ CL_DRIFT_ALPHA / 2: at least "
+                f"{needed} for CL_DRIFT_ALPHA={self.drift_alpha}"
+            )
+        return self
 
     @field_validator("api_keys")
     @classmethod

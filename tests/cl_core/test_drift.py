@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from cl_core.drift import _chi2, _mmd2, median_heuristic, squared_distances, two_sample_test
+from cl_core.drift import _chi2, _mmd2, median_heuristic, min_permutations, squared_distances, two_sample_test
 from cl_core.models import ModelSpec, build_model
 
 
@@ -68,6 +68,9 @@ def test_bad_arguments_are_refused() -> None:
         two_sample_test(two, labels, two, labels, 1, alpha=0)
     with pytest.raises(ValueError):
         two_sample_test(two, labels, two, labels, 1, permutations=0)
+    with pytest.raises(ValueError, match="at least 199"):  # 1/100 > 0.005: it could never detect
+        two_sample_test(two, labels, two, labels, 1, permutations=99, alpha=0.01)
+    assert min_permutations(0.01) == 199 and min_permutations(0.05) == 39
 
 
 # -- a small trained MLP and shifted traffic ------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from cl_core.importance import mas_importance
 from cl_core.learner import Learner
@@ -19,6 +20,7 @@ from registry import tensors as st
 from registry.captures import CaptureConfig
 from service.capture import CaptureMetrics, TrafficCapture
 from service.runtime import Runtime
+from service.settings import Settings
 from tests.service.conftest import blobs, create, post_samples, wait_update
 from worker.pipeline import run_update
 
@@ -110,8 +112,10 @@ def test_captured_predictions_carry_ids_and_show_as_unlabeled_pending_samples(
     assert all("id" not in p for p in predict(client, x))
 
 
-def test_captured_inputs_are_the_mas_importance_of_the_next_update(make_client: Callable[..., TestClient]) -> None:
-    client = make_client()
+def test_captured_inputs_are_the_mas_importance_of_the_next_update(
+    make_client: Callable[..., TestClient], backend: dict
+) -> None:
+    client = make_client(**backend)
     serving(client)
     store = runtime_of(client).store
     parent = store.live_version("m")
@@ -361,3 +365,20 @@ def test_a_full_queue_or_no_reserved_id_drops_captures_without_touching_the_stor
     assert third is not None and sum(i is not None for i in third) == 2
     assert registry.get_sample_value("cl_captures_total", {"model": "m", "outcome": "no_ids"}) == 1
     assert capture.offer("other", 1, inputs, probs) is None  # capture off: nothing at all
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"drift_permutations": 99},  # 1/100 > CL_DRIFT_ALPHA / 2: could never detect
+        {"drift_alpha": 0.0},
+        {"drift_alpha": 1.5},
+        {"drift_window": 5},
+        {"capture_max_samples_limit": 0},
+        {"capture_queue_limit": -1},
+        {"policy_drift_feedback": -1},
+    ],
+)
+def test_settings_out_of_range_are_refused(tmp_path: Path, settings: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(data_dir=tmp_path, **settings)
