@@ -127,7 +127,7 @@ class TrafficCapture:
         metrics: CaptureMetrics,
         *,
         queue_limit: int = 10_000,
-        flush_s: float = 0.5,
+        flush_s: float = 1.0,
         id_block: int = 1024,
         reload_s: float = 5.0,
         max_samples_limit: int = 100_000,

@@ -7,9 +7,12 @@ like those of unseen traffic from that distribution; training samples would not:
 `Classifier.features`) with the classes the model predicts for them.  The **window** is the features and predicted
 classes of the last ``CL_DRIFT_WINDOW`` captured inputs; after every ``CL_DRIFT_EVERY`` new ones it is tested against
 the reference (`cl_core.drift.two_sample_test`: MMD and the predicted-class mix, permutation p-values, false-positive
-rate ``CL_DRIFT_ALPHA`` per window).  A new live version starts a new reference and an empty window.
+rate ``CL_DRIFT_ALPHA`` per window), at most once every ``CL_DRIFT_INTERVAL_S``: under heavy traffic the window still
+slides over the newest inputs, the test just runs less often (its cost is bounded in time, not in traffic).  The
+window keeps the captured inputs and their predicted classes; features are computed for the window being tested.
+A new live version starts a new reference and an empty window.
 
-Each replica tests the traffic it serves (its gauges carry its instance label; the alert takes the maximum).  A
+Each replica tests the traffic it serves (its gauges carry its instance label; the alert sums the replicas' windows).  A
 model without capture has no window; a lineage with fewer than `MIN_REFERENCE` held-out samples has no reference
 (the report says so).  The monitor's queue is bounded: when tests fall behind, captured batches are skipped.
 """
@@ -176,10 +179,11 @@ class _Watch:
     reference: Reference | None = None
     reason: str = "no captured traffic of this version yet"
     retry_at: float = 0.0
-    features: deque[Tensor] = field(default_factory=deque)
+    inputs: deque[Tensor] = field(default_factory=deque)  # the window's inputs: features are computed per test
     labels: deque[Tensor] = field(default_factory=deque)
     count: int = 0
     since: int = 0
+    tested_at: float = -math.inf  # monotonic time of the last test
     windows: deque[DriftWindow] = field(default_factory=deque)
 
 
@@ -210,6 +214,7 @@ class DriftMonitor:
         permutations: int = 200,
         alpha: float = 0.01,
         kept: int = 20,
+        interval_s: float = 0.0,
         max_class_labels: int = 100,
         on_drift: Callable[[str, DriftWindow], None] | None = None,
         queue_limit: int = 64,
@@ -217,6 +222,7 @@ class DriftMonitor:
         self.store, self.server, self.metrics = store, server, metrics
         self.window, self.every, self.reference_size = window, every, reference
         self.permutations, self.alpha, self.kept, self.max_class_labels = permutations, alpha, kept, max_class_labels
+        self.interval_s = interval_s
         self.on_drift = on_drift
         self._watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
@@ -276,24 +282,30 @@ class DriftMonitor:
                 self.metrics.track(name)
         if watch.reference is None and time.monotonic() >= watch.retry_at:
             self._build_reference(name, live, watch)
-        with torch.inference_mode():
-            features = _features(live, inputs)
+        now = time.monotonic()
         with self._lock:
-            watch.features.append(features)
+            watch.inputs.append(inputs)
             watch.labels.append(probs.argmax(dim=1))
             watch.count += len(inputs)
             watch.since += len(inputs)
-            while watch.count - len(watch.features[0]) >= self.window:
-                watch.count -= len(watch.features.popleft())
+            while watch.count - len(watch.inputs[0]) >= self.window:
+                watch.count -= len(watch.inputs.popleft())
                 watch.labels.popleft()
-            ready = watch.reference is not None and watch.count >= self.window and watch.since >= self.every
+            ready = (
+                watch.reference is not None
+                and watch.count >= self.window
+                and watch.since >= self.every
+                and now - watch.tested_at >= self.interval_s
+            )
             window_labels = torch.cat(list(watch.labels))[-self.window :]
             if ready:
-                watch.since = 0
-                window_features = torch.cat(list(watch.features))[-self.window :]
+                watch.since, watch.tested_at = 0, now
+                window_inputs = torch.cat(list(watch.inputs))[-self.window :]
         current = class_shares(window_labels, len(live.classes)).tolist()
         self.metrics.shares(name, dict(zip(live.classes, current, strict=True)), self.max_class_labels)
         if ready and watch.reference is not None:
+            with torch.inference_mode():
+                window_features = _features(live, window_inputs)
             self._test(name, live, watch, window_features, window_labels)
 
     def _build_reference(self, name: str, live: LiveModel, watch: _Watch) -> None:

@@ -163,6 +163,7 @@ def build_traffic(
         permutations=settings.drift_permutations,
         alpha=settings.drift_alpha,
         kept=settings.drift_windows_kept,
+        interval_s=settings.drift_interval_s,
         max_class_labels=settings.max_class_labels,
     )
     capture.add_observer(drift.observe)

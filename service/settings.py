@@ -83,10 +83,13 @@ class Settings(WorkerSettings):
     capture_queue_limit: int = Field(
         10_000, ge=1, description="captured inputs waiting to be stored, per process; beyond: dropped and counted"
     )
-    capture_flush_ms: float = Field(500.0, gt=0, le=60_000, description="how often captured inputs are stored")
+    capture_flush_ms: float = Field(1000.0, gt=0, le=60_000, description="how often captured inputs are stored")
     capture_id_block: int = Field(1024, ge=1, le=1_000_000, description="sample ids reserved at a time per model")
     drift_window: int = Field(200, ge=10, le=100_000, description="captured inputs per drift window")
     drift_every: int = Field(200, ge=1, description="test for drift after this many new captured inputs")
+    drift_interval_s: float = Field(
+        10.0, ge=0, le=86_400, description="…and at most this often per model (bounds the test's CPU under load)"
+    )
     drift_reference: int = Field(500, ge=10, le=100_000, description="held-out inputs in the drift reference")
     drift_permutations: int = Field(200, ge=99, le=10_000, description="permutations of the drift test")
     drift_alpha: float = Field(0.01, gt=0, lt=1, description="false-positive rate of the drift test per window")

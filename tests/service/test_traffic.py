@@ -213,7 +213,7 @@ def test_deleting_a_captured_sample_after_feedback_and_an_update_scrubs_the_exem
 
 
 def test_the_drift_report_and_metrics_follow_the_traffic(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(drift_window=60, drift_every=60)
+    client = make_client(drift_window=60, drift_every=60, drift_interval_s=0)
     serving(client, per_class=100)  # 60 held-out samples: the reference
     assert client.get("/v1/models/m/drift").json()["status"] == "off"
     capture_on(client)
@@ -241,7 +241,11 @@ def test_drift_with_enough_feedback_starts_an_update_when_the_policy_says_so(
     make_client: Callable[..., TestClient],
 ) -> None:
     client = make_client(
-        drift_window=60, drift_every=60, policy_drift_feedback=5, policy_min_samples_per_new_class=1000
+        drift_window=60,
+        drift_every=60,
+        drift_interval_s=0,
+        policy_drift_feedback=5,
+        policy_min_samples_per_new_class=1000,
     )
     serving(client, per_class=100)
     capture_on(client)
