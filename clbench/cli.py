@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -369,11 +370,19 @@ def load(
     swaps: int = typer.Option(20, help="version swaps under load (0: skip)"),
     mixed_requests: int = typer.Option(3000, help="predictions while updates and promotions run (0: skip)"),
     gc_tuning: bool = typer.Option(True, help="the servers' garbage-collection tuning (off: CL_GC_FREEZE=false)"),
+    capture: float | None = typer.Option(
+        None, min=0.0, max=1.0, help="instead: capture this share of the traffic against none (`clbench.traffic`)"
+    ),
+    rounds: int = typer.Option(5, min=1, help="with --capture: interleaved rounds (median and spread reported)"),
     out: Path | None = typer.Option(None, help="write load.json into this folder"),
 ) -> None:
     """The service under bounded load on loopback: throughput, latency and server CPU per request with
     micro-batching on and off for JSON, .npy and PNG bodies, against the raw batched forward pass; the overhead over
-    a bare forward pass, and failures during version swaps and while updates run."""
+    a bare forward pass, and failures during version swaps and while updates run.  With --capture RATE: the cost of
+    capturing that share of the predicted inputs, at the first --concurrency (JSON bodies, batching on)."""
+    if capture is not None:
+        _load_capture(capture, rounds, requests, int(concurrency.split(",")[0]), out)
+        return
     from clbench.load import measure
 
     with report.progress_bar() as bar:
@@ -483,6 +492,133 @@ def load(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "load.json").write_text(json.dumps(result.to_json(), indent=2))
+
+
+def _load_capture(rate: float, rounds: int, requests: int, concurrency: int, out: Path | None) -> None:
+    from clbench.traffic import measure_capture, spread_text
+
+    with report.progress_bar() as bar:
+        task = bar.add_task("starting", total=None)
+        result = measure_capture(rate, rounds, requests, concurrency, on_step=lambda s: bar.update(task, description=s))
+        bar.update(task, description="done", total=1, completed=1)
+    report.table(
+        f"Capture {rate:g} of the traffic against none: {rounds} interleaved rounds of {requests} predictions at "
+        f"{concurrency} clients (JSON, one input per request, batching on)",
+        [
+            "round",
+            "order",
+            "req/s off",
+            "req/s on",
+            "p50 ms off",
+            "p50 ms on",
+            "p99 ms off",
+            "p99 ms on",
+            "server CPU ms/req off",
+            "server CPU ms/req on",
+            "failed",
+        ],
+        [
+            (
+                i + 1,
+                r.order,
+                report.fmt(r.off_rps, 0),
+                report.fmt(r.on_rps, 0),
+                report.fmt(r.off_p50_ms, 2),
+                report.fmt(r.on_p50_ms, 2),
+                report.fmt(r.off_p99_ms, 2),
+                report.fmt(r.on_p99_ms, 2),
+                report.fmt(r.off_cpu_ms, 3),
+                report.fmt(r.on_cpu_ms, 3),
+                r.on_failed + r.off_failed,
+            )
+            for i, r in enumerate(result.rounds)
+        ],
+    )
+    report.table(
+        "Medians over the rounds (min–max)",
+        ["capture", "req/s", "p50 ms", "p99 ms", "server CPU ms/req"],
+        [
+            (
+                side,
+                f"{result.median(side + '_rps'):.0f} ({spread_text(result.spread(side + '_rps'), 0)})",
+                f"{result.median(side + '_p50_ms'):.2f} ({spread_text(result.spread(side + '_p50_ms'), 2)})",
+                f"{result.median(side + '_p99_ms'):.2f} ({spread_text(result.spread(side + '_p99_ms'), 2)})",
+                f"{result.median(side + '_cpu_ms'):.3f} ({spread_text(result.spread(side + '_cpu_ms'), 3)})",
+            )
+            for side in ("off", "on")
+        ],
+    )
+    report.console.print(
+        f"capture costs {100 * result.throughput_cost:.1f} % of the median throughput and adds "
+        f"{100 * result.p99_cost:.1f} % to the median p99; stored captures {result.captured}"
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "load-capture.json").write_text(json.dumps(result.to_json(), indent=2))
+
+
+@app.command()
+def drift(
+    windows: int = typer.Option(30, min=1, help="windows per shift and size"),
+    sizes: str = typer.Option("50,100,200", help="comma-separated window sizes"),
+    reference: int = typer.Option(500, min=10, help="held-out inputs in the reference (at most)"),
+    permutations: int = typer.Option(200, min=99, help="permutations of the test (the service's default)"),
+    alpha: float = typer.Option(0.01, min=0.0001, max=0.5, help="false-positive rate per window"),
+    threads: int = typer.Option(0, help="torch threads (0: leave torch's default)"),
+    out: Path | None = typer.Option(None, help="write drift.json into this folder"),
+) -> None:
+    """The drift test (`cl_core.drift`, as the service runs it) on the protocol MLP trained on digits 0-4: detection
+    rate per shift type and window size; for "none" it is the false-positive rate."""
+    from clbench.traffic import measure_drift, rate_text
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        window_sizes = [int(n) for n in sizes.split(",") if n]
+    except ValueError:
+        raise _fail(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    if not window_sizes or min(window_sizes) < 2:
+        raise _fail("--sizes: windows of at least 2 inputs")
+    from cl_core.drift import min_permutations
+
+    if permutations < min_permutations(alpha):
+        raise _fail(f"--permutations: at least {min_permutations(alpha)} for --alpha {alpha:g}")
+    with report.progress_bar() as bar:
+        task = bar.add_task("starting", total=None)
+        result = measure_drift(
+            windows,
+            window_sizes,
+            reference=reference,
+            permutations=permutations,
+            alpha=alpha,
+            on_step=lambda s: bar.update(task, description=s),
+        )
+        bar.update(task, description="done", total=1, completed=1)
+    shifts = list(dict.fromkeys(c.shift for c in result.cells))
+    by = {(c.shift, c.window): c for c in result.cells}
+    report.table(
+        f"Windows flagged as drift (α = {alpha:g}; reference: {result.reference} held-out digits 0-4; "
+        f"{permutations} permutations; test accuracy of the MLP on 0-4: {result.test_accuracy:.3f})",
+        ["shift", *[f"window {n}" for n in window_sizes], f"by features / by classes (window {window_sizes[-1]})"],
+        [
+            (
+                shift,
+                *[rate_text(by[shift, n].detected, by[shift, n].windows) for n in window_sizes],
+                f"{by[shift, window_sizes[-1]].mmd_detected} / {by[shift, window_sizes[-1]].class_detected}",
+            )
+            for shift in shifts
+        ],
+    )
+    report.console.print(
+        "ms per test (window "
+        + ", ".join(
+            f"{n}: {statistics.median(c.ms_per_test for c in result.cells if c.window == n):.0f}" for n in window_sizes
+        )
+        + ")"
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "drift.json").write_text(json.dumps(result.to_json(), indent=2))
 
 
 @app.command()

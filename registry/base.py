@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import Tensor
 
+from registry.captures import CaptureClaim, CaptureCounts, FeedbackResult
 from registry.records import (
     ExperienceRecord,
     LivePointer,
@@ -83,6 +84,11 @@ class Store(ABC):
     @abstractmethod
     def delete_model(self, name: str) -> None:
         """Remove the model and everything it owns (versions, samples, updates, pointer)."""
+
+    @abstractmethod
+    def update_model(self, name: str, change: Callable[[ModelRecord], ModelRecord]) -> ModelRecord:
+        """Replace the model's record by ``change(record)`` atomically (read, change and write as one step; the name
+        cannot change); returns the record as stored.  NotFound if absent."""
 
     # -- versions -------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -253,8 +259,8 @@ class Store(ABC):
 
     @abstractmethod
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:
-        """Forget samples by id: pending ones are never trained, stored ones (batches and the held-out store alike)
-        are dropped, and the ids are kept as
+        """Forget samples by id: pending ones are never trained, stored ones (batches, the held-out store and the
+        capture reservoir alike) are dropped, and the ids are kept as
         tombstones (`deleted_ids`) so exemplar memories can drop them too.  Returns how many were found.  One
         invalid id (`registry.names.check_sample_ids`) is an InvalidIdentifier, and nothing is deleted."""
 
@@ -286,6 +292,44 @@ class Store(ABC):
     def pending_counts(self, name: str) -> PendingCounts:
         """What is waiting for the next update (`samples.tally_pending` over `samples.SetAside.pending`: carried
         samples included, quarantined ones excluded)."""
+
+    # -- captured prediction traffic (`registry.captures`) -----------------------------------------------------------
+    @abstractmethod
+    def reserve_ids(self, name: str, count: int) -> int:
+        """Take ``count`` (1 to `captures.MAX_RESERVE`) consecutive sample ids that no sample will ever be given
+        otherwise; returns the first.  (The API takes them in blocks, so that a captured prediction carries its id
+        before the capture is stored.)"""
+
+    @abstractmethod
+    def add_captures(self, name: str, inputs: Tensor, ids: Sequence[str], capacity: int) -> list[str]:
+        """Offer captured inputs (ids from `reserve_ids`) to the model's capture reservoir of ``capacity``; returns
+        the ids stored.  Ids deleted meanwhile (tombstoned) are never stored; the captures evicted to make room are
+        removed.  A capture is durable in the embedded store once its index is written (rows are written first)."""
+
+    @abstractmethod
+    def claim_captures(self, name: str) -> CaptureClaim:
+        """The pending captures (unlabeled, with their ids), for an update's MAS importance."""
+
+    @abstractmethod
+    def ack_captures(self, name: str, claim: CaptureClaim, *, fence: int | None = None) -> None:
+        """The claimed captures were observed by a committed version: no longer pending (they stay stored for
+        feedback until newer captures need their slots).  ``fence`` as for commits."""
+
+    @abstractmethod
+    def label_captures(self, name: str, items: Sequence[tuple[str, str]], holdout_fraction: float) -> FeedbackResult:
+        """Feedback: each (id, label) whose capture is stored becomes a labeled sample with the same id, pending like
+        a posted one (held out by the same policy, screened by the next update), in one atomic step with its leaving
+        the reservoir; ids not stored (never captured, evicted, deleted) are "unknown", ids labeled before
+        "answered".  Ids must be distinct; one invalid id is an InvalidIdentifier and nothing changes."""
+
+    @abstractmethod
+    def trim_captures(self, name: str, capacity: int, *, max_age_s: float | None = None) -> int:
+        """Apply a new capacity (observed captures go first, then the newest) and drop observed captures older than
+        ``max_age_s`` (retention); capacity 0 empties the reservoir.  Returns how many were dropped."""
+
+    @abstractmethod
+    def capture_counts(self, name: str) -> CaptureCounts:
+        """What the capture reservoir holds (read from its index alone)."""
 
     # -- updates --------------------------------------------------------------------------------------------------
     @abstractmethod

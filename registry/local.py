@@ -26,6 +26,8 @@ Layout (format 2, recorded in ``FORMAT``; a store of format 1 is migrated when o
     models/<name>/update-order/<seq>.<id>       empty: the order updates were created in (pages list the names)
     models/<name>/update-index.json             {"next": seq, "active": [id, …]}: queued and running updates
     models/<name>/answers/<digest>.json         idempotent answers with their expiry
+    models/<name>/captures/index.json           the capture reservoir (registry.captures): positions, slots,
+    models/<name>/captures/rows/<id>.safetensors  answered ids / one captured input each
 
 Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file; a crash
 between the steps of a multi-file change leaves the store consistent (a version without experience record is a
@@ -53,21 +55,33 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
+from registry.captures import (
+    MAX_RESERVE,
+    CaptureClaim,
+    CaptureCounts,
+    CaptureIndex,
+    FeedbackResult,
+    gather,
+    row_bytes,
+    row_tensor,
+)
 from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
 from registry.heldout import DEFAULT_CAPACITY, HeldOutIndex, Part, by_experience, consolidate, empty, new_part
 from registry.names import (
     check_model_name,
     check_page,
     check_request_key,
+    check_sample_id,
     check_sample_ids,
     check_update_id,
     check_version,
@@ -307,6 +321,14 @@ class LocalStore(Store):
             self._remove_own(graveyard, "model.json")
             self._update_locks.pop(name, None)
         self._notify(name, None)
+
+    def update_model(self, name: str, change: Callable[[ModelRecord], ModelRecord]) -> ModelRecord:
+        with self._lock(name):
+            record = change(self.get_model(name))
+            if record.name != name:
+                raise ValueError(f"a model's name cannot change ({name!r} → {record.name!r})")
+            _write_json(self._dir(name) / "model.json", record.to_json())
+            return record
 
     # -- versions -------------------------------------------------------------------------------------------------
     def _versions(self, name: str) -> list[int]:
@@ -615,25 +637,40 @@ class LocalStore(Store):
                 if seq is not None and (path := self._batch_path(name, seq)).exists():
                     first_answer = self._read_meta(path)
                     return list(first_answer.original_ids or []), list(first_answer.original_held_out or [])
-            held = holdout_flags(labels, dict(ledger.per_class), holdout_fraction)
-            seq, first = ledger.next_batch, ledger.next_sample
-            ids = [str(first + i) for i in range(len(labels))]
-            meta = BatchMeta(
-                seq,
-                list(labels),
-                held,
-                ids,
-                at=time.time(),
-                request_key=request_key,
-                original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
-                original_held_out=held if request_key is not None else None,
-                relabel=relabel,
-            )
-            write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta.to_json()))
-            if request_key is not None:
-                self._log_request(name, request_key, seq)
-            ledger.add(meta)
-            self._write_ledger(name, ledger)
+            return self._store_batch(name, ledger, inputs, labels, holdout_fraction, request_key, relabel)
+
+    def _store_batch(
+        self,
+        name: str,
+        ledger: _Ledger,
+        inputs: Tensor,
+        labels: Sequence[str | None],
+        holdout_fraction: float,
+        request_key: str | None = None,
+        relabel: bool = False,
+        ids: Sequence[str] | None = None,
+    ) -> tuple[list[str], list[bool]]:
+        """Write the next batch (under the model's lock) with new ids, or with ``ids`` already taken (feedback on
+        captures keeps the capture's id), and account for it in the ledger."""
+        held = holdout_flags(labels, dict(ledger.per_class), holdout_fraction)
+        seq, first = ledger.next_batch, ledger.next_sample
+        ids = [str(first + i) for i in range(len(labels))] if ids is None else list(ids)
+        meta = BatchMeta(
+            seq,
+            list(labels),
+            held,
+            ids,
+            at=time.time(),
+            request_key=request_key,
+            original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
+            original_held_out=held if request_key is not None else None,
+            relabel=relabel,
+        )
+        write_atomic(self._batch_path(name, seq), tensors.dumps({"inputs": inputs}, meta.to_json()))
+        if request_key is not None:
+            self._log_request(name, request_key, seq)
+        ledger.add(meta)
+        self._write_ledger(name, ledger)
         return ids, held
 
     def _read_meta(self, path: Path) -> BatchMeta:
@@ -925,6 +962,7 @@ class LocalStore(Store):
                         self._rewrite_batch(path, [i not in hit for i in self._read_meta(path).ids])
                         found |= hit
                 found |= self._forget_held(name, wanted)
+                found |= self._forget_captures(name, wanted)
             entries = self._quarantine(name)
             if wanted & set(entries):
                 _write_json(self._dir(name) / "quarantine.json", {i: e for i, e in entries.items() if i not in wanted})
@@ -972,6 +1010,147 @@ class LocalStore(Store):
             pending = self._ledger(name).pending
             assert pending is not None  # counted by _ledger
             return pending
+
+    # -- captured prediction traffic (registry.captures) --------------------------------------------------------------
+    # captures/index.json is the reservoir's index; captures/rows/<id>.safetensors one capture's input each.  Rows are
+    # written before the index that lists them, without fsync: a crash loses at most the captures of its last moments
+    # (a row the index lists but the disk lost is dropped when it is read); rows no index lists are swept at
+    # acknowledgements.
+    def _capture_index(self, name: str) -> CaptureIndex:
+        path = self._dir(name) / "captures" / "index.json"
+        return CaptureIndex.from_json(_read_json(path)) if path.exists() else CaptureIndex()
+
+    def _write_capture_index(self, name: str, index: CaptureIndex) -> None:
+        # compact: json's C encoder (an indented dump runs in Python, holding the GIL the predict path needs)
+        data = json.dumps(index.to_json(), separators=(",", ":")).encode()
+        write_atomic(self._dir(name) / "captures" / "index.json", data)
+
+    def _rows(self, name: str) -> Path:
+        return self._dir(name) / "captures" / "rows"
+
+    @staticmethod
+    def _row_path(rows: Path, sample_id: str) -> Path:
+        return rows / f"{check_sample_id(sample_id)}.safetensors"
+
+    def _write_row(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def _read_rows(self, name: str, ids: Sequence[str], shape: Sequence[int]) -> dict[str, Tensor]:
+        rows, where = {}, self._rows(name)
+        for sample_id in ids:
+            try:
+                row = row_tensor(self._row_path(where, sample_id).read_bytes(), shape)
+            except FileNotFoundError:
+                row = None
+            if row is not None:
+                rows[sample_id] = row
+        return rows
+
+    def _drop_rows(self, name: str, ids: Iterable[str]) -> None:
+        where = self._rows(name)
+        for sample_id in ids:
+            self._row_path(where, sample_id).unlink(missing_ok=True)
+
+    def reserve_ids(self, name: str, count: int) -> int:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_RESERVE:
+            raise ValueError(f"reserve 1 to {MAX_RESERVE} ids at a time, not {count!r}")
+        with self._lock(name):
+            ledger = self._ledger(name)
+            first = ledger.next_sample
+            ledger.next_sample += count
+            self._write_ledger(name, ledger)
+            return first
+
+    def add_captures(self, name: str, inputs: Tensor, ids: Sequence[str], capacity: int) -> list[str]:
+        ids = check_sample_ids(ids)
+        if len(ids) != len(inputs):
+            raise ValueError(f"{len(inputs)} captured inputs with {len(ids)} ids")
+        with self._lock(name):
+            deleted = self.deleted_ids(name)
+            index = self._capture_index(name)
+            stored, evicted = index.offer([i for i in ids if int(i) not in deleted], time.time(), capacity)
+            rows, where = dict(zip(ids, inputs, strict=True)), self._rows(name)
+            for sample_id in stored:
+                self._write_row(self._row_path(where, sample_id), row_bytes(rows[sample_id]))
+            self._write_capture_index(name, index)
+            self._drop_rows(name, evicted)
+            return stored
+
+    def claim_captures(self, name: str) -> CaptureClaim:
+        with self._lock(name):
+            shape = self.get_model(name).input_shape
+            index = self._capture_index(name)
+            pending = index.pending
+            rows = self._read_rows(name, [s.id for s in pending], shape)
+            lost = [s.id for s in pending if s.id not in rows]
+            if lost:  # torn by a crash: gone
+                index.remove(lost)
+                self._write_capture_index(name, index)
+                self._drop_rows(name, lost)
+            return CaptureClaim(gather(pending, rows, shape), index.next_seq - 1)
+
+    def ack_captures(self, name: str, claim: CaptureClaim, *, fence: int | None = None) -> None:
+        with self._lock(name):
+            self._check_fence(name, fence)
+            index = self._capture_index(name)
+            index.consume(claim.upto)
+            self._write_capture_index(name, index)
+            rows = self._rows(name)
+            if rows.is_dir():  # rows of captures a crash kept out of the index
+                listed = index.ids
+                for path in rows.glob("*.safetensors"):
+                    if path.stem not in listed:
+                        path.unlink(missing_ok=True)
+
+    def label_captures(self, name: str, items: Sequence[tuple[str, str]], holdout_fraction: float) -> FeedbackResult:
+        ids = check_sample_ids([i for i, _ in items])
+        if len(set(ids)) != len(ids):
+            raise ValueError("feedback names an id more than once")
+        labels = {i: label for i, (_, label) in zip(ids, items, strict=True)}
+        with self._lock(name):
+            shape = self.get_model(name).input_shape
+            index = self._capture_index(name)
+            stored = index.ids
+            rows = self._read_rows(name, [i for i in ids if i in stored], shape)
+            lost = [i for i in ids if i in stored and i not in rows]
+            index.remove(lost)
+            status = index.take(ids)
+            accepted = [i for i in ids if status[i] == "accepted"]
+            held: dict[str, bool] = {}
+            if accepted:
+                inputs = torch.stack([rows[i] for i in accepted])
+                _, flags = self._store_batch(
+                    name, self._ledger(name), inputs, [labels[i] for i in accepted], holdout_fraction, ids=accepted
+                )
+                held = dict(zip(accepted, flags, strict=True))
+            if accepted or lost:
+                self._write_capture_index(name, index)
+                self._drop_rows(name, [*accepted, *lost])
+            return FeedbackResult(status, held, {i: labels[i] for i in accepted})
+
+    def trim_captures(self, name: str, capacity: int, *, max_age_s: float | None = None) -> int:
+        with self._lock(name):
+            index = self._capture_index(name)
+            dropped = index.trim(capacity, max_age_s=max_age_s)
+            if dropped:
+                self._write_capture_index(name, index)
+                self._drop_rows(name, dropped)
+            return len(dropped)
+
+    def capture_counts(self, name: str) -> CaptureCounts:
+        with self._lock(name):
+            return self._capture_index(name).counts()
+
+    def _forget_captures(self, name: str, wanted: set[str]) -> set[str]:
+        index = self._capture_index(name)
+        found = index.remove(wanted)
+        if found:
+            self._write_capture_index(name, index)
+            self._drop_rows(name, found)
+        return set(found)
 
     # -- migration from format 1 ------------------------------------------------------------------------------------
     def _migrate_from_1(self) -> None:

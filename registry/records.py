@@ -45,6 +45,8 @@ class ModelRecord(_JSON):
     created_by: str | None = None
     # how an image becomes an input (`cl_core.preprocessing.Preprocessing` JSON); None: the model takes no images
     preprocessing: dict[str, Any] | None = None
+    # prediction traffic kept as unlabeled samples (`registry.captures.CaptureConfig` JSON); None: capture is off
+    capture: dict[str, Any] | None = None
 
 
 @dataclass

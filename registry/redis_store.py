@@ -43,6 +43,8 @@ keeps a model's keys in one slot)::
                                        number (pages, trimming) / ZSET the queued and running ones (the queue
                                        limit reads only these), all changed with the record by one script
     P answer:<sha256>          STRING  remembered answers (with their expiry)
+    P capture / P caprows      HASH    the capture reservoir (registry.captures): its index JSON and gen / one
+                                       field per stored capture, id → its input (safetensors)
     P lock / P fence           STRING  the update lock "<token> <owner>" (with expiry) / the newest fencing token
     P op:<id>                  STRING  result of a finished script call, so a call retried after a lost reply
                                        applies once
@@ -84,6 +86,16 @@ from cl_core.validation import shown
 from registry import redis_scripts as scripts
 from registry import tensors
 from registry.base import UNSET, LiveListener, Store, Subscription
+from registry.captures import (
+    MAX_RESERVE,
+    CaptureClaim,
+    CaptureCounts,
+    CaptureIndex,
+    FeedbackResult,
+    gather,
+    row_bytes,
+    row_tensor,
+)
 from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
 from registry.heldout import DEFAULT_CAPACITY, HeldOutIndex, Part, by_experience, consolidate, empty, new_part
 from registry.names import (
@@ -136,6 +148,8 @@ GROUP = "updates"
 OP_TTL_MS = 3_600_000  # how long a finished script call is remembered (retries come within seconds)
 STAGING_TTL_MS = 6 * 3_600_000  # chunks of a commit that never happened expire after this
 _TRANSACTION_ATTEMPTS = 200
+_BATCH_KEYS = ("model", "classes", "bseq", "sseq", "requests", "tally", "sgen")
+"""What appending a batch reads: a transaction that appends one watches them."""
 _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "NOAUTH", "WRONGPASS", "NOPERM", "MASTERDOWN")
 
 P = ParamSpec("P")
@@ -436,6 +450,25 @@ class RedisStore(Store):
             [name, pattern, self.channel, message, repr(name)],
         )
 
+    @_translated
+    def update_model(self, name: str, change: Callable[[ModelRecord], ModelRecord]) -> ModelRecord:
+        key = self._k(name, "model")
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> ModelRecord:
+            pipe.watch(key)
+            raw = pipe.get(key)
+            if raw is None:
+                raise NotFound(f"model {name!r} does not exist")
+            record = change(ModelRecord.from_json(json.loads(raw)))
+            if record.name != name:
+                raise ValueError(f"a model's name cannot change ({name!r} → {record.name!r})")
+            pipe.multi()
+            pipe.set(key, json.dumps(record.to_json()))
+            pipe.execute()
+            return record
+
+        return self._optimistic(name, f"model {name!r} could not be changed", attempt)
+
     # -- versions -------------------------------------------------------------------------------------------------
     @_translated
     def commit_version(
@@ -682,7 +715,7 @@ class RedisStore(Store):
         k = functools.partial(self._k, name)
 
         def attempt(pipe: Pipeline, staged: list[Staged]) -> tuple[list[str], list[bool]]:
-            pipe.watch(k("model"), k("classes"), k("bseq"), k("sseq"), k("requests"), k("tally"), k("sgen"))
+            pipe.watch(*(k(key) for key in _BATCH_KEYS))
             if not pipe.exists(k("model")):
                 raise NotFound(f"model {name!r} does not exist")
             if request_key is not None:
@@ -691,43 +724,71 @@ class RedisStore(Store):
                 if meta_raw is not None:
                     first_answer = json.loads(meta_raw)
                     return list(first_answer["original_ids"]), list(first_answer["original_held_out"])
-            counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
-            before = dict(counts)
-            held = holdout_flags(labels, counts, holdout_fraction)
-            seq = int(pipe.get(k("bseq")) or 0) + 1
-            first = int(pipe.get(k("sseq")) or 0) + 1
-            ids = [str(first + i) for i in range(len(labels))]
-            meta = BatchMeta(
-                seq,
-                labels,
-                held,
-                ids,
-                at=time.time(),
-                request_key=request_key,
-                original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
-                original_held_out=held if request_key is not None else None,
-                relabel=relabel,
+            write, ids, held = self._prepare_batch(
+                pipe, name, inputs, labels, holdout_fraction, staged, request_key=request_key, relabel=relabel
             )
-            fields = self._batch_fields(name, inputs, held, staged)
-            tally = _Tally.read(pipe.get(k("tally")), pipe.get(k("sgen")), seq - 1)
             pipe.multi()
+            write(pipe)
+            pipe.execute()
+            return ids, held
+
+        return self._optimistic(name, f"samples of {name!r} could not be stored", attempt)
+
+    def _prepare_batch(
+        self,
+        pipe: Pipeline,
+        name: str,
+        inputs: Tensor,
+        labels: list[str | None],
+        holdout_fraction: float,
+        staged: list[Staged],
+        *,
+        request_key: str | None = None,
+        relabel: bool = False,
+        ids: Sequence[str] | None = None,
+    ) -> tuple[Callable[[Pipeline], None], list[str], list[bool]]:
+        """Read what the next batch needs (``pipe`` watching `_BATCH_KEYS`) and return the function that queues its
+        writes after ``pipe.multi()``, with its ids (new ones, or ``ids`` already taken: feedback on captures keeps
+        the capture's id) and held-out flags."""
+        k = functools.partial(self._k, name)
+        counts = {_text(c): int(n) for c, n in pipe.hgetall(k("classes")).items()}
+        before = dict(counts)
+        held = holdout_flags(labels, counts, holdout_fraction)
+        seq = int(pipe.get(k("bseq")) or 0) + 1
+        first = int(pipe.get(k("sseq")) or 0) + 1
+        new_ids = ids is None
+        ids = [str(first + i) for i in range(len(labels))] if ids is None else list(ids)
+        meta = BatchMeta(
+            seq,
+            labels,
+            held,
+            ids,
+            at=time.time(),
+            request_key=request_key,
+            original_ids=ids if request_key is not None else None,  # the answer to repeat on a retry
+            original_held_out=held if request_key is not None else None,
+            relabel=relabel,
+        )
+        fields = self._batch_fields(name, inputs, held, staged)
+        tally = _Tally.read(pipe.get(k("tally")), pipe.get(k("sgen")), seq - 1)
+        changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
+
+        def write(pipe: Pipeline) -> None:
             if tally is not None:  # a current tally plus this batch; a stale one is counted again when read
                 pipe.set(k("tally"), _Tally(tally.basis, seq, tally.counts.plus(labels, held)).to_raw())
-            changed: dict[Any, Any] = {c: n for c, n in counts.items() if before.get(c) != n}
             if changed:
                 pipe.hset(k("classes"), mapping=changed)
             pipe.set(k("bseq"), seq)
-            pipe.set(k("sseq"), first + len(labels) - 1)
+            if new_ids:
+                pipe.set(k("sseq"), first + len(labels) - 1)
             pipe.hset(k("b", seq), mapping={"meta": json.dumps(meta.to_json()), **fields})
             self._persist(pipe, name, staged)
             pipe.zadd(k("batches"), {str(seq): seq})
             pipe.xadd(k("stream"), {"seq": seq}, id=f"{seq}-0")
             if request_key is not None:
                 pipe.hset(k("requests"), request_key, seq)
-            pipe.execute()
-            return ids, held
 
-        return self._optimistic(name, f"samples of {name!r} could not be stored", attempt)
+        return write, ids, held
 
     def _batch(self, name: str, seq: int, data: dict[Any, Any], shape: Sequence[int]) -> _Batch:
         """A batch from its hash (HGETALL); raises _Moved if a chunked payload changed meanwhile."""
@@ -1153,6 +1214,11 @@ class RedisStore(Store):
                 found |= hit
         if wanted:
             found |= self._forget_held(name, wanted)
+            found |= set(
+                self._change_captures(
+                    name, lambda index: index.remove(wanted), f"the captures of {name!r} could not be changed"
+                )
+            )
             pipe = self._redis.pipeline(transaction=True)
             pipe.hdel(self._k(name, "quarantine"), *wanted)
             pipe.hdel(self._k(name, "carried"), *wanted)
@@ -1254,6 +1320,172 @@ class RedisStore(Store):
             return counts
 
         return self._optimistic(name, f"the pending samples of {name!r} could not be counted", attempt)
+
+    # -- captured prediction traffic (registry.captures) ------------------------------------------------------------
+    # P capture holds the index (and its gen), P caprows one field per stored capture: id → its input.
+    def _capture_read(self, pipe: Pipeline, name: str) -> CaptureIndex:
+        raw = pipe.hget(self._k(name, "capture"), "index")
+        return CaptureIndex() if raw is None else CaptureIndex.from_json(json.loads(raw))
+
+    def _capture_write(self, pipe: Pipeline, name: str, index: CaptureIndex, drop: Sequence[str] = ()) -> None:
+        pipe.hset(self._k(name, "capture"), mapping={"index": json.dumps(index.to_json()), "gen": index.gen})
+        if drop:
+            pipe.hdel(self._k(name, "caprows"), *drop)
+
+    def _capture_rows(self, name: str, ids: Sequence[str], shape: Sequence[int]) -> dict[str, Tensor]:
+        rows: dict[str, Tensor] = {}
+        for start in range(0, len(ids), 256):  # bounded replies
+            group = list(ids[start : start + 256])
+            got: list[bytes | None] = self._redis.hmget(self._k(name, "caprows"), group)  # type: ignore[assignment]
+            for sample_id, data in zip(group, got, strict=True):
+                row = None if data is None else row_tensor(data, shape)
+                if row is not None:
+                    rows[sample_id] = row
+        return rows
+
+    def _change_captures(self, name: str, change: Callable[[CaptureIndex], list[str]], what: str) -> list[str]:
+        """Change the capture index in one transaction; ``change`` edits it and returns the ids whose rows go."""
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> list[str]:
+            pipe.watch(self._k(name, "model"), self._k(name, "capture"))
+            if not pipe.exists(self._k(name, "model")):
+                raise NotFound(f"model {name!r} does not exist")
+            index = self._capture_read(pipe, name)
+            gen = index.gen
+            dropped = change(index)
+            if index.gen == gen:
+                return dropped
+            pipe.multi()
+            self._capture_write(pipe, name, index, dropped)
+            pipe.execute()
+            return dropped
+
+        return self._optimistic(name, what, attempt)
+
+    @_translated
+    def reserve_ids(self, name: str, count: int) -> int:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_RESERVE:
+            raise ValueError(f"reserve 1 to {MAX_RESERVE} ids at a time, not {count!r}")
+        k = functools.partial(self._k, name)
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> int:
+            pipe.watch(k("model"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            pipe.multi()
+            pipe.incrby(k("sseq"), count)
+            [last] = pipe.execute()
+            return int(last) - count + 1
+
+        return self._optimistic(name, f"sample ids of {name!r} could not be reserved", attempt)
+
+    @_translated
+    def add_captures(self, name: str, inputs: Tensor, ids: Sequence[str], capacity: int) -> list[str]:
+        ids = check_sample_ids(ids)
+        if len(ids) != len(inputs):
+            raise ValueError(f"{len(inputs)} captured inputs with {len(ids)} ids")
+        k = functools.partial(self._k, name)
+        rows = dict(zip(ids, inputs, strict=True))
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> list[str]:
+            pipe.watch(k("model"), k("capture"), k("deleted"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            index = self._capture_read(pipe, name)
+            check = self._redis.pipeline(transaction=False)  # WATCH on "deleted" guards these reads
+            for sample_id in ids:
+                check.sismember(k("deleted"), sample_id)
+            alive = [i for i, dead in zip(ids, check.execute(), strict=True) if not dead]
+            stored, evicted = index.offer(alive, time.time(), capacity)
+            pipe.multi()
+            self._capture_write(pipe, name, index, evicted)
+            if stored:
+                pipe.hset(k("caprows"), mapping={i: row_bytes(rows[i]) for i in stored})
+            pipe.execute()
+            return stored
+
+        return self._optimistic(name, f"captures of {name!r} could not be stored", attempt)
+
+    @_translated
+    def claim_captures(self, name: str) -> CaptureClaim:
+        shape = self.get_model(name).input_shape
+        [raw] = self._read(name, lambda pipe: pipe.hget(self._k(name, "capture"), "index"))
+        index = CaptureIndex() if raw is None else CaptureIndex.from_json(json.loads(raw))
+        pending = index.pending
+        rows = self._capture_rows(name, [s.id for s in pending], shape)
+        lost = {s.id for s in pending if s.id not in rows}
+        if lost:  # evicted meanwhile, or unreadable: not part of this claim (an unreadable row is dropped)
+            self._change_captures(name, lambda i: i.remove(lost), f"the captures of {name!r} could not be changed")
+        return CaptureClaim(gather(pending, rows, shape), index.next_seq - 1)
+
+    @_translated
+    def ack_captures(self, name: str, claim: CaptureClaim, *, fence: int | None = None) -> None:
+        k = functools.partial(self._k, name)
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> None:
+            pipe.watch(k("model"), k("capture"), k("fence"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            if fence is not None and _text(pipe.get(k("fence")) or b"") != str(fence):
+                raise Conflict(f"update lock of {name!r} was lost (fencing token {fence} is stale)")
+            index = self._capture_read(pipe, name)
+            index.consume(claim.upto)
+            pipe.multi()
+            self._capture_write(pipe, name, index)
+            pipe.execute()
+
+        self._optimistic(name, f"the captures of {name!r} could not be acknowledged", attempt)
+
+    @_translated
+    def label_captures(self, name: str, items: Sequence[tuple[str, str]], holdout_fraction: float) -> FeedbackResult:
+        ids = check_sample_ids([i for i, _ in items])
+        if len(set(ids)) != len(ids):
+            raise ValueError("feedback names an id more than once")
+        labels = {i: label for i, (_, label) in zip(ids, items, strict=True)}
+        shape = self.get_model(name).input_shape
+        k = functools.partial(self._k, name)
+
+        def attempt(pipe: Pipeline, staged: list[Staged]) -> FeedbackResult:
+            pipe.watch(*(k(key) for key in _BATCH_KEYS), k("capture"), k("caprows"))
+            if not pipe.exists(k("model")):
+                raise NotFound(f"model {name!r} does not exist")
+            index = self._capture_read(pipe, name)
+            stored = index.ids
+            rows = self._capture_rows(name, [i for i in ids if i in stored], shape)
+            lost = [i for i in ids if i in stored and i not in rows]
+            index.remove(lost)
+            status = index.take(ids)
+            accepted = [i for i in ids if status[i] == "accepted"]
+            write = None
+            held: list[bool] = []
+            if accepted:
+                inputs = torch.stack([rows[i] for i in accepted])
+                write, _, held = self._prepare_batch(
+                    pipe, name, inputs, [labels[i] for i in accepted], holdout_fraction, staged, ids=accepted
+                )
+            pipe.multi()
+            if accepted or lost:
+                self._capture_write(pipe, name, index, [*accepted, *lost])
+            if write is not None:
+                write(pipe)
+            pipe.execute()
+            return FeedbackResult(status, dict(zip(accepted, held, strict=True)), {i: labels[i] for i in accepted})
+
+        return self._optimistic(name, f"feedback for {name!r} could not be stored", attempt)
+
+    @_translated
+    def trim_captures(self, name: str, capacity: int, *, max_age_s: float | None = None) -> int:
+        dropped = self._change_captures(
+            name,
+            lambda index: index.trim(capacity, max_age_s=max_age_s),
+            f"the captures of {name!r} could not be trimmed",
+        )
+        return len(dropped)
+
+    @_translated
+    def capture_counts(self, name: str) -> CaptureCounts:
+        [raw] = self._read(name, lambda pipe: pipe.hget(self._k(name, "capture"), "index"))
+        return (CaptureIndex() if raw is None else CaptureIndex.from_json(json.loads(raw))).counts()
 
     # -- updates --------------------------------------------------------------------------------------------------
     def _update_keys(self, name: str) -> list[str]:

@@ -23,6 +23,7 @@ from cl_core.preprocessing import Preprocessing
 from cl_core.validation import shown
 from registry import tensors
 from registry.base import Store
+from registry.captures import CaptureConfig
 from registry.errors import Conflict
 from registry.names import check_model_name, check_update_id, check_version
 from registry.records import ModelRecord, VersionRecord
@@ -146,6 +147,11 @@ def _contents(manifest: dict[str, Any]) -> tuple[ModelRecord, list[VersionRecord
         except ValueError as exc:
             raise ValueError(f"the archive's model has an invalid preprocessing spec: {exc}") from exc
         record.preprocessing = spec.to_json()
+    if record.capture is not None:  # it decides how much of the traffic the service stores
+        try:
+            record.capture = CaptureConfig.from_json(record.capture).to_json()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"the archive's model has an invalid capture setting: {exc}") from exc
     versions = [VersionRecord.from_json(v) for v in manifest["versions"]]
     versions.sort(key=lambda v: check_version(v.version))
     live = manifest.get("live_version")

@@ -22,7 +22,7 @@ from service.bodies import add_documented_schemas
 from service.errors import install_error_handlers
 from service.observability import ApiMetrics, RequestGuard
 from service.predicting import PREDICT_ROUTE, LeanPredict
-from service.routers import health, models, predict, quarantine, reports, samples, updates, versions
+from service.routers import health, models, predict, quarantine, reports, samples, traffic, updates, versions
 from service.runtime import build_runtime, start
 from service.settings import Settings
 
@@ -70,6 +70,7 @@ def create_app(
         updates.router,
         versions.router,
         reports.router,
+        traffic.router,
         health.router,
     ):
         app.include_router(router)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,9 @@ def predict(
     input: str = typer.Option(None, "--input", help="one input as JSON"),
     limit: int = typer.Option(10, help="predict the first N inputs of the file"),
     top_k: int = typer.Option(None, help="also show the k most probable labels"),
+    save: Path = typer.Option(None, help="write the predictions (capture ids, the file's labels) as JSON"),
 ) -> None:
-    """Predict labels with the live version."""
+    """Predict labels with the live version (a captured prediction shows its id: `clctl feedback` labels it)."""
     if (file is None) == (input is None):
         raise typer.BadParameter("give --file or --input")
     if file is not None:
@@ -175,6 +177,15 @@ def predict(
     else:
         inputs, labels = [parse_json(input, "--input")], None
     answer = client().predict(name, inputs, top_k)
+    if save is not None:
+        rows = [
+            {**p, "true_label": None if labels is None or labels[i] is None else str(labels[i])}
+            for i, p in enumerate(answer["predictions"])
+        ]
+        save.write_text(json.dumps(rows, indent=1))
+        captured = sum("id" in p for p in answer["predictions"])
+        console.print(f"wrote {len(rows)} predictions ({captured} captured, with ids) to {save}")
+        return
     table = Table(title=f"{name} version {answer['version']}")
     table.add_column("#")
     if labels is not None:
@@ -183,12 +194,84 @@ def predict(
     table.add_column("probability")
     if top_k:
         table.add_column("top k")
+    captured = any("id" in p for p in answer["predictions"])
+    if captured:
+        table.add_column("capture id")
     for i, p in enumerate(answer["predictions"]):
         row = [str(i)] + ([str(labels[i])] if labels is not None else []) + [p["label"], f"{p['probability']:.3f}"]
         if top_k:
             row.append(", ".join(f"{t['label']}:{t['probability']:.2f}" for t in p["top_k"]))
+        if captured:
+            row.append(p.get("id", ""))
         table.add_row(*row)
     console.print(table)
+
+
+@app.command()
+def capture(
+    name: str,
+    rate: float = typer.Option(None, help="share of predicted inputs to keep, 0 to 1"),
+    max_samples: int = typer.Option(10_000, help="captured inputs kept at most (the reservoir)"),
+    off: bool = typer.Option(False, "--off", help="stop capturing and empty the capture reservoir"),
+) -> None:
+    """Capture a share of the model's predicted inputs as unlabeled samples (admin): MAS importance from real
+    traffic, feedback labels, drift monitoring."""
+    if off == (rate is not None):
+        raise typer.BadParameter("give --rate, or --off")
+    info = client().set_capture(name, None if off else rate, max_samples)
+    setting = info["capture"]
+    if setting is None:
+        console.print(f"{name}: capture is off")
+    else:
+        console.print(f"{name}: capturing {setting['rate']:.0%} of predicted inputs, at most {setting['max_samples']}")
+
+
+@app.command()
+def feedback(
+    name: str,
+    labels: list[str] = typer.Argument(None, help="ID=LABEL pairs: the id a captured prediction carried"),
+    from_file: Path = typer.Option(None, "--from", help="predictions saved by `clctl predict --save` (true labels)"),
+    limit: int = typer.Option(None, min=1, help="label at most this many of the file's captured predictions"),
+) -> None:
+    """Label captured predictions: each becomes a labeled sample (screened and gated like any)."""
+    given: dict[str, str] = {}
+    for pair in labels or []:
+        sample_id, sep, label = pair.partition("=")
+        if not sep or not sample_id or not label:
+            raise CommandError(f"expected ID=LABEL, got {pair!r}")
+        given[sample_id] = label
+    if from_file is not None:
+        try:
+            rows = json.loads(from_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot read {from_file}: {exc}") from exc
+        labeled = [r for r in rows if r.get("id") and r.get("true_label") is not None]
+        given.update({r["id"]: r["true_label"] for r in labeled[:limit]})
+    if not given:
+        raise CommandError("nothing to label: give ID=LABEL pairs or --from a file with captured predictions")
+    answer = client().feedback(name, given)
+    refused = [r for r in answer["results"] if r["status"] != "accepted"]
+    new = ", ".join(answer["new_classes"]) or "none"
+    console.print(f"accepted {answer['accepted']} of {len(given)} labels; new classes: {new}")
+    for r in refused[:10]:
+        console.print(f"  {r['id']}: {r['status']} ({r['detail']})")
+    if answer.get("update_id"):
+        console.print(f"the update policy started update {answer['update_id']}")
+
+
+@app.command()
+def drift(name: str) -> None:
+    """Input drift of the live version's captured traffic (the latest windows, newest first)."""
+    report = client().drift(name)
+    console.print(f"{name} version {report['live_version']}: {report['status']} {report['detail']}".rstrip())
+    if report["windows"]:
+        table = Table("tested", "inputs", "score", "feature p", "class p", "drift")
+        for w in report["windows"]:
+            when = time.strftime("%H:%M:%S", time.localtime(w["at"]))
+            verdict = "[red]yes[/red]" if w["detected"] else "no"
+            row = [when, str(w["inputs"]), f"{w['score']:.2f}", f"{w['mmd_p_value']:.4f}", f"{w['class_p_value']:.4f}"]
+            table.add_row(*row, verdict)
+        console.print(table)
 
 
 @app.command()

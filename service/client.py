@@ -118,6 +118,19 @@ class Client:
     def delete_model(self, name: str) -> None:
         self._call("DELETE", f"/v1/models/{name}")
 
+    def set_capture(self, name: str, rate: float | None, max_samples: int = 10_000) -> dict[str, Any]:
+        """Capture a share ``rate`` of the model's predicted inputs (None: capture off)."""
+        capture = None if rate is None else {"rate": rate, "max_samples": max_samples}
+        return self._call("PATCH", f"/v1/models/{name}", json={"capture": capture})
+
+    def feedback(self, name: str, labels: dict[str, Any]) -> dict[str, Any]:
+        """Label captured predictions: {id the prediction carried: label}."""
+        items = [{"id": sample_id, "label": label} for sample_id, label in labels.items()]
+        return self._call("POST", f"/v1/models/{name}/feedback", json={"items": items})
+
+    def drift(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/models/{name}/drift")
+
     def import_weights(self, name: str, safetensors_bytes: bytes) -> dict[str, Any]:
         return self._call(
             "PUT",

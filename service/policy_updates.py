@@ -34,3 +34,24 @@ def start_policy_update(
         max_queued=runtime.settings.max_queued_updates,
     )
     return update.update_id
+
+
+def start_drift_update(runtime: Runtime, name: str, triggered_by: str | None) -> str | None:
+    """The id of the update the policy starts because the model's traffic drifted and enough labels wait
+    (``CL_POLICY_DRIFT_FEEDBACK``; None when it waits, or the rule is off)."""
+    if not runtime.policy.after_drift_feedback or not runtime.drift.drifting(name):
+        return None
+    reason = runtime.policy.drift_reason(runtime.store.pending_counts(name), True)
+    if reason is None:
+        return None
+    update = request_update(
+        runtime.store,
+        runtime.executor,
+        name,
+        runtime.policy.method,
+        triggered_by=triggered_by,
+        reason=reason,
+        merge=True,
+        max_queued=runtime.settings.max_queued_updates,
+    )
+    return update.update_id

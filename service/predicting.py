@@ -15,7 +15,7 @@ OpenAPI document, which describes both.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import pydantic_core
@@ -54,11 +54,17 @@ async def answer_predict(runtime: Runtime, name: str, request: Request, top_k: i
     inputs = await predict_inputs(body, live, runtime.settings)
     live, probs = await runtime.batchers.get(name).infer(inputs)
     runtime.api_metrics.count_predictions(name, live.version, len(inputs))
-    return encode_predictions(name, live.version, live.classes, probs, top_k)
+    captured = runtime.capture.offer(name, live.version, inputs, probs)  # sampled for capture: off the request path
+    return encode_predictions(name, live.version, live.classes, probs, top_k, captured)
 
 
 def encode_predictions(
-    name: str, version: int, classes: tuple[str, ...], probs: torch.Tensor, top_k: int | None
+    name: str,
+    version: int,
+    classes: tuple[str, ...],
+    probs: torch.Tensor,
+    top_k: int | None,
+    ids: Sequence[str | None] | None = None,
 ) -> bytes:
     """``schemas.PredictResponse`` as JSON (``exclude_none``), built from plain dicts by pydantic-core's encoder:
     the same bytes as the model's ``model_dump_json`` (a test compares them) without building a model per
@@ -72,6 +78,10 @@ def encode_predictions(
         top_p, top_i = torch.topk(probs, k, dim=1)
         for prediction, ps, idx in zip(predictions, top_p.tolist(), top_i.tolist(), strict=True):
             prediction["top_k"] = [{"label": classes[i], "probability": p} for i, p in zip(idx, ps, strict=True)]
+    if ids is not None:  # the captured inputs' sample ids, in the schema's field order (after top_k)
+        for prediction, sample_id in zip(predictions, ids, strict=True):
+            if sample_id is not None:  # absent, as exclude_none leaves it, for an input not captured
+                prediction["id"] = sample_id
     return pydantic_core.to_json({"model": name, "version": version, "predictions": predictions})
 
 

@@ -13,6 +13,8 @@ from cl_core.models import register_architecture
 from registry import Store, StoreError, open_store
 from registry.signing import Verifier
 from service.batching import Batchers
+from service.capture import CaptureMetrics, TrafficCapture
+from service.drift import DriftMetrics, DriftMonitor, DriftWindow
 from service.observability import ApiMetrics
 from service.quotas import RateLimiter
 from service.serving import LiveModel, ModelServer
@@ -41,6 +43,8 @@ class Runtime:
     limiter: RateLimiter
     recovery: RecoveryLoop
     stopping: threading.Event = field(default_factory=threading.Event)
+    capture: TrafficCapture = field(kw_only=True)  # prediction traffic kept as unlabeled samples
+    drift: DriftMonitor = field(kw_only=True)  # input drift of the captured traffic
 
     async def close(self) -> None:
         self.stopping.set()
@@ -48,6 +52,8 @@ class Runtime:
         self.executor.shutdown(wait=True)
         self.server.stop()
         await self.batchers.close()
+        self.capture.stop()
+        self.drift.stop()
         self.store.close()
 
 
@@ -110,12 +116,72 @@ def build_runtime(settings: Settings, registry: CollectorRegistry, api_metrics: 
         min_samples_per_new_class=settings.policy_min_samples_per_new_class,
         after_labeled=settings.policy_after_labeled,
         method=settings.policy_method,
+        after_drift_feedback=settings.policy_drift_feedback,
     )
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     recovery = RecoveryLoop(store, executor.submit, settings)  # re-queues running updates nobody holds
-    return Runtime(
-        settings, store, server, executor, batchers, policy, registry, api_metrics, update_metrics, limiter, recovery
+    capture, drift = build_traffic(settings, registry, store, server)
+    runtime = Runtime(
+        settings,
+        store,
+        server,
+        executor,
+        batchers,
+        policy,
+        registry,
+        api_metrics,
+        update_metrics,
+        limiter,
+        recovery,
+        capture=capture,
+        drift=drift,
     )
+    drift.on_drift = lambda name, window: _drifted(runtime, name, window)
+    return runtime
+
+
+def build_traffic(
+    settings: Settings, registry: CollectorRegistry, store: Store, server: ModelServer
+) -> tuple[TrafficCapture, DriftMonitor]:
+    """The capture queue and the drift monitor that watches what it captures."""
+    capture = TrafficCapture(
+        store,
+        CaptureMetrics(registry),
+        queue_limit=settings.capture_queue_limit,
+        flush_s=settings.capture_flush_ms / 1000,
+        id_block=settings.capture_id_block,
+        reload_s=settings.reload_interval_s,
+        max_samples_limit=settings.capture_max_samples_limit,
+    )
+    drift = DriftMonitor(
+        store,
+        server,
+        DriftMetrics(registry),
+        window=settings.drift_window,
+        every=settings.drift_every,
+        reference=settings.drift_reference,
+        permutations=settings.drift_permutations,
+        alpha=settings.drift_alpha,
+        kept=settings.drift_windows_kept,
+        interval_s=settings.drift_interval_s,
+        max_class_labels=settings.max_class_labels,
+    )
+    capture.add_observer(drift.observe)
+    server.on_swap(lambda name, live: drift.forget(name) if live is None else None)
+    return capture, drift
+
+
+def _drifted(runtime: Runtime, name: str, window: DriftWindow) -> None:
+    """The policy may start an update now that the traffic drifted (``CL_POLICY_DRIFT_FEEDBACK``)."""
+    from service.policy_updates import start_drift_update  # imports this module
+
+    try:
+        update_id = start_drift_update(runtime, name, "drift monitor")
+    except StoreError:
+        log.warning("could not start the drift update of %s", name, exc_info=True)
+        return
+    if update_id is not None:
+        log.info("input drift of %s (score %.2f): update %s", name, window.score, update_id)
 
 
 def enforce_retention(runtime: Runtime) -> dict[str, int]:
@@ -134,6 +200,10 @@ def enforce_retention(runtime: Runtime) -> dict[str, int]:
             runtime.api_metrics.samples_dropped.labels(model.name, "retention").inc(total)
             audit("samples.dropped", actor="retention", model=model.name, **result)
         dropped[model.name] = total
+    if settings.retention_max_age_s is not None:  # observed captures, like consumed raw samples, by age
+        for name, captures in runtime.capture.apply_retention(settings.retention_max_age_s).items():
+            if captures:
+                audit("captures.dropped", actor="retention", model=name, captures=captures)
     return dropped
 
 
@@ -151,6 +221,8 @@ def start(runtime: Runtime) -> None:
     except StoreError:  # the store is unreachable now: reading a record ignores invalid entries all the same
         log.warning("the deletion records could not be checked at start", exc_info=True)
     runtime.server.start()
+    runtime.capture.start()
+    runtime.drift.start()
     runtime.executor.start()
     if runtime.settings.retention_max_age_s is not None or runtime.settings.retention_max_samples is not None:
         threading.Thread(target=_retention_loop, args=(runtime,), name="retention", daemon=True).start()

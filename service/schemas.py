@@ -51,6 +51,14 @@ class Preprocessing(Strict):
     )
 
 
+class CaptureSetting(Strict):
+    """Keep a sampled share of the predicted inputs as unlabeled samples (`registry.captures`): each input with
+    probability ``rate``, in a reservoir of at most ``max_samples`` (at most CL_CAPTURE_MAX_SAMPLES_LIMIT)."""
+
+    rate: StrictFloat | StrictInt = Field(ge=0, le=1, description="share of predicted inputs kept, 0 to 1")
+    max_samples: StrictInt = Field(ge=1, description="captures kept at most (the reservoir's size)")
+
+
 class ModelCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="becomes paths and keys: lowercase letters, digits, - and _")
     architecture: str = Field(max_length=64, description="a registered architecture: 'mlp', 'cnn' or an operator's own")
@@ -68,11 +76,25 @@ class ModelCreate(Strict):
     preprocessing: Preprocessing | None = Field(
         None, description="accept PNG and JPEG inputs, preprocessed so; absent: the model takes no images"
     )
+    capture: CaptureSetting | None = Field(None, description="capture prediction traffic; absent or null: off")
+
+
+class ModelPatch(Strict):
+    """What ``PATCH /v1/models/{name}`` changes: only the fields given."""
+
+    capture: CaptureSetting | None = Field(
+        None, description="the new capture setting; null switches capture off and empties the capture reservoir"
+    )
+
+
+class CaptureCounts(BaseModel):
+    stored: int = Field(description="captured inputs in the reservoir (pending or kept for feedback)")
+    pending: int = Field(description="captured inputs no update has observed yet (counted in pending.unlabeled)")
 
 
 class PendingCounts(BaseModel):
     labeled: int = Field(description="labeled training samples waiting for the next update")
-    unlabeled: int
+    unlabeled: int = Field(description="unlabeled samples waiting, captured predictions included (captured.pending)")
     held_out: int = Field(description="labeled samples kept for evaluation")
     per_class: dict[str, int] = Field(description="labeled samples per class, held-out ones included")
 
@@ -104,6 +126,8 @@ class ModelInfo(BaseModel):
     quarantined: int = Field(description="samples label screening set aside (GET …/quarantine)")
     state: Literal["no live version", "serving", "updating"]
     created_at: float
+    capture: CaptureSetting | None = Field(None, description="the capture setting (null: off)")
+    captured: CaptureCounts | None = Field(None, description="what the capture reservoir holds")
 
 
 class ModelList(BaseModel):
@@ -124,6 +148,11 @@ class Prediction(BaseModel):
     label: str
     probability: float
     top_k: list[LabelProbability] | None = None
+    id: str | None = Field(
+        None,
+        description="the sample id of this input when it was captured (capture on, input sampled): feedback and "
+        "samples/delete take it; absent: not captured",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -172,6 +201,64 @@ class SamplesDeleted(BaseModel):
     deleted: int = Field(description="stored samples found and removed")
     exemplars_removed: int = Field(description="copies removed from exemplar memories of stored versions")
     versions_scrubbed: int
+
+
+# -- feedback on captured predictions -----------------------------------------------------------------------------
+class FeedbackItem(Strict):
+    id: SampleId = Field(description="the id a captured prediction carried")
+    label: StrictStr | StrictInt = Field(description="the true label (a number: its decimal)")
+
+
+class FeedbackRequest(Strict):
+    items: list[FeedbackItem] = Field(min_length=1, max_length=100_000)
+
+
+class FeedbackItemResult(BaseModel):
+    id: str
+    status: Literal["accepted", "unknown", "answered"] = Field(
+        description="accepted: now a labeled sample; unknown: no captured input with this id is stored (never "
+        "captured, evicted from the reservoir, deleted); answered: it was given feedback before"
+    )
+    label: str | None = None
+    held_out: bool | None = Field(None, description="accepted and kept for evaluation, as any labeled sample")
+    detail: str | None = None
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    results: list[FeedbackItemResult] = Field(description="one per item, in order")
+    new_classes: list[str]
+    update_id: str | None = Field(None, description="the update the policy started, if any")
+
+
+# -- input drift -------------------------------------------------------------------------------------------------
+class DriftWindowInfo(BaseModel):
+    at: float
+    version: int
+    inputs: int
+    score: float = Field(description="MMD² over its permutation threshold (≥ 1: the features drifted)")
+    detected: bool = Field(description="the features or the predicted-class mix failed the test")
+    mmd2: float
+    mmd_threshold: float
+    mmd_p_value: float
+    class_chi2: float
+    class_threshold: float
+    class_p_value: float
+    class_shares: dict[str, float] = Field(description="predicted classes in the window")
+    reference_shares: dict[str, float] = Field(description="predicted classes in the reference")
+
+
+class DriftReport(BaseModel):
+    model: str
+    capture: CaptureSetting | None
+    live_version: int | None
+    status: Literal["off", "collecting", "no reference", "monitoring"]
+    detail: str
+    reference_samples: int = Field(description="held-out inputs of the live lineage in the reference")
+    window: int = Field(description="captured inputs per window (CL_DRIFT_WINDOW)")
+    window_inputs: int = Field(description="captured inputs in the current window")
+    alpha: float = Field(description="false-positive rate per window (CL_DRIFT_ALPHA)")
+    windows: list[DriftWindowInfo] = Field(description="the latest tested windows, newest first")
 
 
 # -- quarantine --------------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cl_core.drift import min_permutations
 from worker.config import WorkerSettings
 
 Scope = Literal["predict", "train", "admin"]
@@ -80,6 +81,28 @@ class Settings(WorkerSettings):
         GC_YOUNG_THRESHOLD, ge=100, description="allocations between young-generation collections (CPython: 700)"
     )
 
+    # captured prediction traffic (`service.capture`) and input drift (`service.drift`)
+    capture_max_samples_limit: int = Field(
+        100_000, ge=1, le=10_000_000, description="the largest capture.max_samples a model may ask for"
+    )
+    capture_queue_limit: int = Field(
+        10_000, ge=1, description="captured inputs waiting to be stored, per process; beyond: dropped and counted"
+    )
+    capture_flush_ms: float = Field(1000.0, gt=0, le=60_000, description="how often captured inputs are stored")
+    capture_id_block: int = Field(1024, ge=1, le=1_000_000, description="sample ids reserved at a time per model")
+    drift_window: int = Field(200, ge=10, le=100_000, description="captured inputs per drift window")
+    drift_every: int = Field(200, ge=1, description="test for drift after this many new captured inputs")
+    drift_interval_s: float = Field(
+        10.0, ge=0, le=86_400, description="…and at most this often per model (bounds the test's CPU under load)"
+    )
+    drift_reference: int = Field(500, ge=10, le=100_000, description="held-out inputs in the drift reference")
+    drift_permutations: int = Field(200, ge=99, le=10_000, description="permutations of the drift test")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="false-positive rate of the drift test per window")
+    drift_windows_kept: int = Field(20, ge=1, le=1000, description="latest drift windows GET …/drift shows")
+    policy_drift_feedback: int = Field(
+        0, ge=0, description="start an update when drift is detected and this many labeled samples wait (0: off)"
+    )
+
     # metrics
     max_class_labels: int = Field(100, ge=0, description="per-class gauges only for models with at most this many")
 
@@ -88,6 +111,16 @@ class Settings(WorkerSettings):
 
     # operator-registered architectures: {"name": "package.module:factory"}
     architectures: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _drift_test_can_detect(self) -> Settings:
+        needed = min_permutations(self.drift_alpha)
+        if self.drift_permutations < needed:
+            raise ValueError(
+                f"CL_DRIFT_PERMUTATIONS={self.drift_permutations} cannot reach p ≤ CL_DRIFT_ALPHA / 2: at least "
+                f"{needed} for CL_DRIFT_ALPHA={self.drift_alpha}"
+            )
+        return self
 
     @field_validator("api_keys")
     @classmethod

@@ -19,6 +19,7 @@ def model_info(
     else:
         classes = list(record.classes)
     pending = store.pending_counts(record.name)
+    captured = store.capture_counts(record.name)
     versions = store.version_counts(record.name).count
     state = "updating" if updating else ("serving" if live is not None else "no live version")
     return schemas.ModelInfo(
@@ -33,7 +34,10 @@ def model_info(
         live_version=live,
         versions=versions,
         pending=schemas.PendingCounts(
-            labeled=pending.labeled, unlabeled=pending.unlabeled, held_out=pending.held_out, per_class=pending.per_class
+            labeled=pending.labeled,
+            unlabeled=pending.unlabeled + captured.pending,
+            held_out=pending.held_out,
+            per_class=pending.per_class,
         ),
         pending_new_classes=natural_order(c for c in pending.per_class if c not in classes),
         waiting_classes=[
@@ -43,6 +47,8 @@ def model_info(
         quarantined=len(store.quarantined(record.name)),
         state=state,
         created_at=record.created_at,
+        capture=None if record.capture is None else schemas.CaptureSetting(**record.capture),
+        captured=schemas.CaptureCounts(stored=captured.stored, pending=captured.pending),
     )
 
 

@@ -245,7 +245,8 @@ def _update(
     if learner.stores_samples:
         learner.forget(store.deleted_ids(name))  # samples deleted since the parent was committed
     claimed = store.claim(name, limit=settings.max_samples_per_update)
-    if len(claimed.train) == 0:  # another update consumed them: nothing is wrong
+    traffic = store.claim_captures(name)  # captured predictions: MAS importance only (`registry.captures`)
+    if len(claimed.train) == 0 and len(traffic) == 0:  # another update consumed them: nothing is wrong
         return Outcome("skipped", note="nothing left to learn: no pending samples (another update consumed them)")
     spec, model = loaded.spec, loaded.model
     old_classes = list(spec.classes)
@@ -257,10 +258,11 @@ def _update(
     )
     claim = prepared.claim
     labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
-    if len(labeled) == 0 and len(unlabeled) == 0:
+    if len(labeled) == 0 and len(unlabeled) == 0 and (prepared.quarantined or len(traffic) == 0):
         if prepared.quarantined:  # a claim of nothing but flips: no version, the quarantine holds them
             return Outcome("rejected", None, {"screening": prepared.screening.to_json()}, prepared.nothing_left())
         return Outcome("skipped", note=f"nothing left to learn: {prepared.nothing_left()}")
+    unlabeled = SampleSet.concat([unlabeled, traffic.samples], spec.input_shape)
     report(0.05, force=True)
     evaluation.own = claim.held_out
     baseline = Baseline.measure(live, old_classes, evaluation, spec.input_shape, parent)
@@ -322,6 +324,7 @@ def _update(
         samples={
             "labeled": len(labeled),
             "unlabeled": len(unlabeled),
+            "captured": len(traffic),
             "held_out": len(claim.held_out),
             "new_classes": new_labels,
             "quarantined": len(prepared.quarantined),
@@ -341,15 +344,18 @@ def _update(
     if learner.stores_samples:
         learner.forget(store.deleted_ids(name))  # deleted while this update ran
     committed = store.commit_version(version, st.dumps(model.state_dict()), st.dumps(learner.state_dict()), fence=token)
-    store.ack(
-        name,
-        claim,
-        committed.version,
-        record.update_id,
-        fence=token,
-        quarantined=prepared.quarantined,
-        deferred=prepared.deferred,
-    )
+    if claim.ids or prepared.quarantined or prepared.deferred:  # nothing posted was claimed: no experience
+        store.ack(
+            name,
+            claim,
+            committed.version,
+            record.update_id,
+            fence=token,
+            quarantined=prepared.quarantined,
+            deferred=prepared.deferred,
+        )
+    if len(traffic):
+        store.ack_captures(name, traffic, fence=token)
     report(0.97, force=True)
     if training is not None:  # the update's record (and the worker's /metrics) carry the short form
         metrics = {**metrics, "training": training.summary()}

@@ -26,6 +26,7 @@ class UpdatePolicy:
     min_samples_per_new_class: int = 20
     after_labeled: int = 0
     method: str = "auto"
+    after_drift_feedback: int = 0  # with input drift detected, after this many pending labeled samples (0: off)
 
     def reason(self, pending: PendingCounts, known_classes: list[str]) -> str | None:
         """Why an update should start now, or None."""
@@ -39,6 +40,14 @@ class UpdatePolicy:
         if self.after_labeled and learnable >= self.after_labeled:
             return f"{POLICY}: {learnable} new labeled samples (≥ {self.after_labeled})"
         return None
+
+    def drift_reason(self, pending: PendingCounts, drifting: bool) -> str | None:
+        """Why an update should start now that the traffic drifted (the labels that arrived since, feedback on
+        captured predictions above all, show the model the new inputs), or None."""
+        if not self.after_drift_feedback or not drifting or pending.labeled < self.after_drift_feedback:
+            return None
+        wanted = self.after_drift_feedback
+        return f"{POLICY}: input drift detected and {pending.labeled} labeled samples wait (≥ {wanted})"
 
 
 def new_update_id() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -16,6 +17,7 @@ from service import schemas
 from service.deps import AdminCaller, ModelName, PredictCaller, RuntimeDep
 from service.errors import ApiError
 from service.ingest import labels_of
+from service.routers.traffic import checked_capture
 from service.schemas import NAME_PATTERN
 from service.views import model_info, version_info
 from worker.audit import audit
@@ -63,6 +65,7 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
         except ValueError as exc:
             raise ApiError(422, str(exc), field="preprocessing") from exc
         preprocessing = image_spec.to_json()
+    capture = checked_capture(body.capture, runtime.settings.capture_max_samples_limit)
     record = ModelRecord(
         name=body.name,
         architecture=body.architecture,
@@ -73,8 +76,10 @@ def create_model(body: schemas.ModelCreate, runtime: RuntimeDep, caller: AdminCa
         method_hparams=dict(body.method_hparams),
         created_by=caller.name,
         preprocessing=preprocessing,
+        capture=None if capture is None else capture.to_json(),
     )
     runtime.store.create_model(record)
+    runtime.capture.configure(record.name, capture)
     audit("model.created", actor=caller.name, model=record.name, architecture=record.architecture)
     return model_info(runtime.store, runtime.server, record, False, runtime.settings.policy_min_samples_per_new_class)
 
@@ -105,6 +110,24 @@ def get_model(name: ModelName, runtime: RuntimeDep, _: PredictCaller) -> schemas
         _updating(runtime, name),
         runtime.settings.policy_min_samples_per_new_class,
     )
+
+
+@router.patch("/{name}", response_model=schemas.ModelInfo, responses={404: {"model": schemas.ErrorBody}})
+def patch_model(
+    name: ModelName, body: schemas.ModelPatch, runtime: RuntimeDep, caller: AdminCaller
+) -> schemas.ModelInfo:
+    """Change a model's settings: only the fields given (now: ``capture``; null switches capture off and empties
+    the capture reservoir, a smaller ``max_samples`` trims it)."""
+    if "capture" not in body.model_fields_set:
+        raise ApiError(422, "nothing to change: give at least one field (capture)", field="body")
+    capture = checked_capture(body.capture, runtime.settings.capture_max_samples_limit)
+    stored = None if capture is None else capture.to_json()
+    record = runtime.store.update_model(name, lambda r: dataclasses.replace(r, capture=stored))
+    runtime.capture.configure(name, capture)
+    dropped = runtime.store.trim_captures(name, 0 if capture is None else capture.max_samples)
+    audit("model.changed", actor=caller.name, model=name, capture=stored, captures_dropped=dropped)
+    needed = runtime.settings.policy_min_samples_per_new_class
+    return model_info(runtime.store, runtime.server, record, _updating(runtime, name), needed)
 
 
 @router.put(
@@ -158,6 +181,8 @@ def delete_model(name: ModelName, runtime: RuntimeDep, caller: AdminCaller) -> N
     runtime.store.delete_model(name)
     runtime.server.refresh(name)
     runtime.api_metrics.forget_model(name)
+    runtime.capture.configure(name, None)
+    runtime.capture.metrics.forget_model(name)
     audit("model.deleted", actor=caller.name, model=name)
 
 

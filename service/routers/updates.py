@@ -65,7 +65,7 @@ def start_update(
         hparams = check_update_hparams(method, body.hparams or {}) if body is not None else {}
     except ValueError as exc:
         raise ApiError(422, str(exc), field="hparams") from exc
-    if store.pending_counts(name).trainable == 0:
+    if store.pending_counts(name).trainable == 0 and store.capture_counts(name).pending == 0:
         raise ApiError(409, f"model {name!r} has no pending samples to learn from; post samples first")
     update = request_update(
         store,

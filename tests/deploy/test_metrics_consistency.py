@@ -48,9 +48,9 @@ def sample_names(exposition: str) -> set[str]:
 
 
 def train_first_version(client: Client, api_url: str) -> None:
-    """Create a model, post labeled samples (the update policy starts an update), wait until the API serves it, and
-    predict once, so that every series of every metric exists."""
-    client.create_model("m", "mlp", [8], options={"hidden": [16]})
+    """Create a model that captures its traffic, post labeled samples (the update policy starts an update), wait
+    until the API serves it, and predict once, so that every series of every metric exists."""
+    client.create_model("m", "mlp", [8], options={"hidden": [16]}, capture={"rate": 1.0, "max_samples": 100})
     inputs, labels = blobs(["a", "b", "c"], 30)
     update_id = client.post_samples("m", inputs, labels)["update_id"]
     assert update_id, "the update policy started no update"
@@ -62,6 +62,11 @@ def train_first_version(client: Client, api_url: str) -> None:
         lambda: 'cl_model_live_version{model="m"}' in scrape(f"{api_url}/metrics"),
         timeout=30,
         what="the live version in the API's metrics",
+    )
+    wait_for(  # the predictions were captured, stored and watched for drift (off the request path)
+        lambda: 'cl_prediction_class_share{class="a",model="m"}' in scrape(f"{api_url}/metrics"),
+        timeout=30,
+        what="the captured traffic in the API's metrics",
     )
 
 

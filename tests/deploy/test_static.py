@@ -16,6 +16,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from service.capture import CaptureMetrics
+from service.drift import DriftMetrics
 from service.observability import ApiMetrics
 from tests.deploy import smoke
 from tests.deploy.sources import (
@@ -391,6 +393,8 @@ def declared_sample_names(registry: CollectorRegistry) -> set[str]:
 def test_every_metric_the_dashboard_and_alerts_use_is_declared_by_the_api_or_the_workers() -> None:
     api_registry, worker_registry = CollectorRegistry(), CollectorRegistry()
     ApiMetrics(api_registry)
+    CaptureMetrics(api_registry)  # capture and drift are measured where predictions are served
+    DriftMetrics(api_registry)
     UpdateMetrics(worker_registry)
     api, worker = declared_sample_names(api_registry), declared_sample_names(worker_registry)
     used = used_metric_names()

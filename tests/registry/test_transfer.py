@@ -94,6 +94,30 @@ def test_the_preprocessing_spec_travels_and_a_hostile_one_is_refused(store: Stor
     assert sorted(m.name for m in store.list_models()) == ["copy", "m"]
 
 
+def test_the_capture_setting_travels_and_a_hostile_one_is_refused(store: Store) -> None:
+    capture = {"rate": 0.25, "max_samples": 100}
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=[], capture=capture))
+    archive = export_model(store, "m")
+    assert import_model(store, archive, name="copy").capture == capture
+
+    def with_capture(bad: object) -> bytes:
+        data = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(data, "w") as target:
+            for info in source.infolist():
+                content = source.read(info)
+                if info.filename == "manifest.json":
+                    manifest = json.loads(content)
+                    manifest["model"]["capture"] = bad
+                    content = json.dumps(manifest).encode()
+                target.writestr(info, content)
+        return data.getvalue()
+
+    for bad in ({"rate": 2, "max_samples": 10}, {"rate": 0.1, "max_samples": -1}, {"rate": 0.1}, "on", [1, 2]):
+        with pytest.raises(ValueError, match="capture"):
+            import_model(store, with_capture(bad), name="other")
+    assert sorted(m.name for m in store.list_models()) == ["copy", "m"]
+
+
 def test_a_model_moves_between_local_and_redis_stores(tmp_path, redis_url: str) -> None:  # type: ignore[no-untyped-def]
     from registry import LocalStore
     from registry.redis_store import RedisStore
