@@ -184,6 +184,12 @@ def test_new_classes_show_progress_then_version_2_with_the_figures_the_api_repor
     assert matrix is not None and json.loads(matrix) == metrics["matrix"]
     summary = model_page.locator("#summary-figures").inner_text()
     assert f"ACC {metrics['acc']:.3f}" in summary and f"forgetting {metrics['forgetting']:.3f}" in summary
+    # input drift, as GET …/drift reports it (the demo captures nothing: the monitor says so)
+    drift = httpx.get(f"{demo.url}/v1/models/digits/drift").json()
+    status = model_page.locator("#drift-status")
+    status.wait_for()
+    assert status.get_attribute("data-status") == drift["status"] == "off"
+    assert status.inner_text() == f"{drift['status']}: {drift['detail']}"
     listing.page.close()
 
 

@@ -16,6 +16,7 @@ import { classList, progressBar } from "./models.js";
 export const DEFAULT_CLASS_DROP = 0.1;
 const RECENT_UPDATES = 20;
 const SHOWN_QUARANTINE = 200;
+const SHOWN_DRIFT_WINDOWS = 10;
 const ACTIVE = new Set(["queued", "running"]);
 
 function perClass(version) {
@@ -163,6 +164,7 @@ export function modelView(root, name, context) {
     learned: h("section", { id: "learned" }),
     versions: h("section", { id: "versions" }),
     quarantine: h("section", { id: "quarantine" }),
+    drift: h("section", { id: "drift" }),
   };
   fill(root, Object.values(sections));
   const shown = {};
@@ -453,12 +455,42 @@ export function modelView(root, name, context) {
     update();
   }
 
+  /** Input drift of the captured traffic (GET …/drift): the monitor's state and the latest tested windows. */
+  function renderDrift(report) {
+    const title = h("h2", {}, "Input drift");
+    const capture = report.capture ? `capture ${report.capture.rate} of predictions, at most ${report.capture.max_samples.toLocaleString()} kept` : "capture off";
+    const windows = (report.windows || []).slice(0, SHOWN_DRIFT_WINDOWS);
+    const rows = windows.map((w) =>
+      h(
+        "tr",
+        { class: w.detected ? "detected" : null, dataset: { detected: w.detected } },
+        h("td", {}, when(w.at)),
+        h("td", { class: "num" }, `v${w.version}`),
+        h("td", { class: "num" }, String(w.inputs)),
+        h("td", { class: "num" }, ratio(w.score, 2)),
+        h("td", { class: "num" }, ratio(w.mmd_p_value, 3)),
+        h("td", { class: "num" }, ratio(w.class_p_value, 3)),
+        h("td", {}, w.detected ? "drift" : "no drift"),
+      ),
+    );
+    fill(
+      sections.drift,
+      title,
+      h("p", { id: "drift-status", dataset: { status: report.status } }, `${report.status}: ${report.detail}`),
+      h("p", { class: "muted" }, `${capture} · windows of ${report.window} inputs (${report.window_inputs} in the current one) · false-positive rate ${report.alpha} per window · reference: ${report.reference_samples.toLocaleString()} held-out inputs`),
+      rows.length
+        ? h("div", { class: "scroll" }, h("table", { class: "drift" }, h("thead", {}, h("tr", {}, ["tested", "version", "inputs", "score", "features p", "class mix p", "verdict"].map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rows)))
+        : null,
+    );
+  }
+
   async function refresh() {
-    const [model, versionPages, metrics, updates] = await Promise.all([
+    const [model, versionPages, metrics, updates, drift] = await Promise.all([
       get(modelPath(name)),
       collect(modelPath(name, "versions"), "versions"),
       get(modelPath(name, "metrics")),
       firstPage(modelPath(name, "updates"), "updates", RECENT_UPDATES),
+      get(modelPath(name, "drift")),
     ]);
     let listed = [];
     if (model.quarantined > 0) {
@@ -479,6 +511,7 @@ export function modelView(root, name, context) {
     draw("learned", [versions.map((v) => [v.version, v.metrics, v.promotions]), metrics], () => renderLearned(versions, metrics, drops));
     draw("versions", [versions, model.live_version, versionPages.complete], () => renderVersions(versions, model.live_version, drops, versionPages.complete));
     draw("quarantine", [model.quarantined, listed instanceof ApiError ? listed.message : listed], () => renderQuarantine(model.quarantined, listed));
+    draw("drift", drift, () => renderDrift(drift));
     return model.state === "updating" || recent.some((u) => ACTIVE.has(u.status));
   }
 
