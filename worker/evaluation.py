@@ -382,7 +382,7 @@ class VersionMetrics:
         if self.screening is not None:
             data["screening"] = self.screening
         if self.history is not None:
-            data[HISTORY_KEY] = self.history.to_json()
+            data[HISTORY_KEY] = self.history.stored()
         return data
 
 

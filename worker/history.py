@@ -31,6 +31,7 @@ version have no known diagonal, and BWT and forgetting are null (ACC stays exact
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -152,11 +153,24 @@ class StoredHistory:
             "depth": self.depth,
         }
 
+    def stored(self) -> str:
+        """The form kept in a version's metrics: one JSON text.  A listing of versions parses every record it
+        shows, and this history holds O(experiences) numbers; as a string it is skipped over, not parsed, and only
+        the forgetting report and an update (`from_metrics`) decode it."""
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> StoredHistory | None:
         """The stored history, or None for a record without a readable one (written before the ledger existed, or
-        imported from an archive that holds something else there: the report replays the rows instead)."""
+        imported from an archive that holds something else there: the report replays the rows instead).  Both the
+        JSON text `stored` writes and an object (as the first records with a ledger held it) are read."""
         data = metrics.get(HISTORY_KEY)
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError:
+                log.warning("a version's stored history is not JSON; its report is replayed from the stored rows")
+                return None
         if not isinstance(data, Mapping):
             return None
         try:

@@ -41,7 +41,7 @@ class Step:
             "forgetting": summary.forgetting,
         }
         if ledger:
-            metrics[HISTORY_KEY] = self.stored.to_json()
+            metrics[HISTORY_KEY] = self.stored.stored()
         return metrics
 
 

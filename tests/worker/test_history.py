@@ -4,6 +4,7 @@ are replayed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,14 @@ def test_a_stored_history_round_trips_and_an_unreadable_one_is_replayed() -> Non
     broken: list[Any] = [{"ledger": {}}, {"ledger": "x"}, "nonsense", {"ledger": {"experiences": [1], "first": [2.0]}}]
     for broken_history in broken:
         assert StoredHistory.from_metrics({"history": broken_history}) is None
-    bad = made[-1].metrics()
-    bad["history"]["ledger"]["last"][0] = "NaN"
-    assert StoredHistory.from_metrics(bad) is None
+    assert isinstance(made[-1].metrics()["history"], str)  # kept as one JSON text: listings skip over it
+    bad = json.loads(made[-1].stored.stored())  # a copy (to_json shares its lists with the history)
+    bad["ledger"]["last"][0] = "NaN"
+    assert StoredHistory.from_metrics({"history": bad}) is None
+    assert StoredHistory.from_metrics({"history": json.dumps(bad)}) is None
+    assert StoredHistory.from_metrics({"history": "{not json"}) is None
+    # the object form the first ledgers were stored in still reads
+    assert StoredHistory.from_metrics({"history": made[-1].stored.to_json()}) == made[-1].stored
 
 
 def test_first_versions_and_empty_histories() -> None:
