@@ -34,6 +34,23 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
 
 
 @pytest.fixture
+def app_at(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """Clients on a data folder of the test's choosing (a store the test filled first, or the same folder again to
+    start the service anew)."""
+    clients: list[TestClient] = []
+
+    def make(data_dir: Path, **overrides: Any) -> TestClient:
+        client = TestClient(create_app(Settings(data_dir=data_dir, **{**FAST, **overrides})))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
 

@@ -10,16 +10,14 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.service.conftest import FAST, blobs, create, post_samples, trained, wait_update
+from tests.service.conftest import blobs, create, post_samples, trained, wait_update
 
 ECHO_LIMIT = 200
 
@@ -41,22 +39,6 @@ def with_manifest(archive: bytes, change: Callable[[dict[str, Any]], None]) -> b
                 data = json.dumps(manifest).encode()
             target.writestr(info.filename, data)
     return out.getvalue()
-
-
-@pytest.fixture
-def app_at(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """Clients on a data folder of the test's choosing (to start the service again on the same folder)."""
-    clients: list[TestClient] = []
-
-    def make(data_dir: Path, **overrides: Any) -> TestClient:
-        client = TestClient(create_app(Settings(data_dir=data_dir, **{**FAST, **overrides})))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 # -- 6: names from an imported archive --------------------------------------------------------------------------

@@ -5,37 +5,16 @@ a 422."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cl_core.metrics import summarize
 from registry import LocalStore
-from service.app import create_app
-from service.settings import Settings
 from tests.worker.histories import CountingStore, Step, commit, new_model, steps
 from worker.evaluation import accuracy_matrix, lineage
-
-FAST = {"epochs": 1, "device": "cpu"}
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """A service on a store the test filled first."""
-    clients: list[TestClient] = []
-
-    def make(data_dir: Path, **overrides: Any) -> TestClient:
-        client = TestClient(create_app(Settings(data_dir=data_dir, **{**FAST, **overrides})))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 def filled(data_dir: Path, made: list[Step], ledger: bool = True) -> LocalStore:
@@ -53,11 +32,11 @@ def gauge(exposition: str, name: str) -> float:
 
 
 def test_a_thousand_experiences_report_in_a_small_answer_from_one_record(
-    tmp_path: Path, serve: Callable[..., TestClient]
+    tmp_path: Path, app_at: Callable[..., TestClient]
 ) -> None:
     made = list(steps(1000, width=10, opener_share=1.0))
     filled(tmp_path / "store", made[-1:])  # only the live version is kept: its ancestors were deleted
-    client = serve(tmp_path / "store")
+    client = app_at(tmp_path / "store")
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     counting = CountingStore(runtime.store)
     runtime.store = counting
@@ -90,26 +69,26 @@ def test_a_thousand_experiences_report_in_a_small_answer_from_one_record(
 
 
 def test_the_report_covers_the_whole_history_beyond_the_window(
-    tmp_path: Path, serve: Callable[..., TestClient]
+    tmp_path: Path, app_at: Callable[..., TestClient]
 ) -> None:
     made = list(steps(30, width=10, seed=7, opener_share=0.6))
     store = filled(tmp_path / "store", made)
     matrix = accuracy_matrix(lineage(store, "m", made[-1].version))
     assert len(matrix.columns) > 12
     s = summarize(matrix.values)  # type: ignore[arg-type]
-    client = serve(tmp_path / "store", report_window=5)
+    client = app_at(tmp_path / "store", report_window=5)
     report = client.get("/v1/models/m/metrics").json()
     assert (report["acc"], report["bwt"], report["forgetting"]) == (s.acc, s.bwt, s.forgetting)
     assert report["matrix"]["columns"] == matrix.columns[-5:] and report["experiences"] == len(matrix.columns)
     assert report["matrix"]["values"][-1] == matrix.values[-1][-5:]
 
 
-def test_records_written_before_the_ledger_still_report(tmp_path: Path, serve: Callable[..., TestClient]) -> None:
+def test_records_written_before_the_ledger_still_report(tmp_path: Path, app_at: Callable[..., TestClient]) -> None:
     made = list(steps(12, width=10, seed=2))
     store = filled(tmp_path / "store", made, ledger=False)
     matrix = accuracy_matrix(lineage(store, "m", made[-1].version))
     s = summarize(matrix.values)  # type: ignore[arg-type]
-    client = serve(tmp_path / "store")
+    client = app_at(tmp_path / "store")
     report = client.get("/v1/models/m/metrics").json()
     assert report["history"] == "replay" and report["matrix"]["columns"] == matrix.columns[-10:]
     assert (report["acc"], report["bwt"], report["forgetting"]) == (s.acc, s.bwt, s.forgetting)
@@ -119,9 +98,9 @@ def test_records_written_before_the_ledger_still_report(tmp_path: Path, serve: C
     assert partial["bwt"] is None and partial["forgetting"] is None
 
 
-def test_a_model_without_a_live_version_has_an_empty_report(tmp_path: Path, serve: Callable[..., TestClient]) -> None:
+def test_a_model_without_a_live_version_has_an_empty_report(tmp_path: Path, app_at: Callable[..., TestClient]) -> None:
     new_model(LocalStore(tmp_path / "store"))
-    report = serve(tmp_path / "store").get("/v1/models/m/metrics").json()
+    report = app_at(tmp_path / "store").get("/v1/models/m/metrics").json()
     assert report["live_version"] is None and report["matrix"] == {"rows": [], "columns": [], "values": []}
     assert report["acc"] is None and report["experiences"] == 0
 
@@ -130,9 +109,9 @@ def test_a_model_without_a_live_version_has_an_empty_report(tmp_path: Path, serv
     "query",
     ["window=0", "window=-1", "window=101", f"window={10**30}", "window=abc", "window=1.5", "window=", "full=maybe"],
 )
-def test_hostile_report_parameters_are_a_422(tmp_path: Path, serve: Callable[..., TestClient], query: str) -> None:
+def test_hostile_report_parameters_are_a_422(tmp_path: Path, app_at: Callable[..., TestClient], query: str) -> None:
     filled(tmp_path / "store", list(steps(3, width=10)))
-    client = serve(tmp_path / "store")
+    client = app_at(tmp_path / "store")
     answer = client.get(f"/v1/models/m/metrics?{query}")
     assert answer.status_code == 422, answer.text
     assert query.split("=")[0] in answer.text
@@ -140,11 +119,11 @@ def test_hostile_report_parameters_are_a_422(tmp_path: Path, serve: Callable[...
 
 
 def test_a_page_of_versions_stays_small_however_long_the_history(
-    tmp_path: Path, serve: Callable[..., TestClient]
+    tmp_path: Path, app_at: Callable[..., TestClient]
 ) -> None:
     made = list(steps(1000, width=10, opener_share=1.0))
     filled(tmp_path / "store", made[-50:])  # the newest 50 versions, each measured on up to 1,000 experiences
-    client = serve(tmp_path / "store")
+    client = app_at(tmp_path / "store")
     answer = client.get("/v1/models/m/versions")
     assert answer.status_code == 200, answer.text
     assert len(answer.content) < 100_000
