@@ -199,7 +199,12 @@ class ExemplarMemory:
             stored = [((self.targets == cls) & (self.tasks == t)).nonzero().flatten() for t in tasks]
             new = (labels == cls).nonzero().flatten()
             capacities = [len(new) if t == task else len(rows) for t, rows in zip(tasks, stored, strict=True)]
-            for t, rows, share in zip(tasks, stored, balanced_shares(quota, capacities), strict=True):
+            shares = balanced_shares(quota, capacities)
+            # A task left without rows can never hold any again (old tasks keep a prefix; `balanced_shares` gives
+            # nothing to an empty one), so it is forgotten: the list stays within the quota, however many updates
+            # a class appears in (the newest stays, so that the class keeps counting in the quota).
+            self.appearances[cls] = [t for t, share in zip(tasks, shares, strict=True) if share > 0] or tasks[-1:]
+            for t, rows, share in zip(tasks, stored, shares, strict=True):
                 if share == 0:
                     continue
                 if t == task:

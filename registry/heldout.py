@@ -219,16 +219,21 @@ def consolidate(index: HeldOutIndex, parts: Mapping[str, Part], shape: Sequence[
 
 
 def by_experience(index: HeldOutIndex, parts: Mapping[str, Part], shape: Sequence[int]) -> dict[int, SampleSet]:
-    """The live rows of ``parts`` grouped by experience (versions ascending; rows in the order they were stored)."""
+    """The live rows of ``parts`` grouped by experience (versions ascending; rows in the order they were stored).
+    One pass over the rows and one gather per experience: the cost is linear in the (bounded) rows, whatever the
+    number of experiences they came from."""
     live = index.live
-    rows: dict[int, list[SampleSet]] = {}
-    for name in sorted(parts, key=int):
-        part = parts[name]
-        for version in dict.fromkeys(part.experiences):
-            keep = [v == version and i in live for v, i in zip(part.experiences, part.samples.ids, strict=True)]
-            if any(keep):
-                rows.setdefault(version, []).append(part.samples.select(keep))
-    return {v: SampleSet.concat(rows[v], shape) for v in sorted(rows)}
+    ordered = [parts[name] for name in sorted(parts, key=int)]
+    every = SampleSet.concat([p.samples for p in ordered], shape)
+    versions = [v for p in ordered if len(p.samples) for v in p.experiences]
+    rows: dict[int, list[int]] = {}  # experience → its live rows of ``every``, in storage order
+    for row, (version, sample_id) in enumerate(zip(versions, every.ids, strict=True)):
+        if sample_id in live:
+            rows.setdefault(version, []).append(row)
+    return {
+        v: SampleSet(every.inputs[rows[v]], [every.labels[r] for r in rows[v]], [every.ids[r] for r in rows[v]])
+        for v in sorted(rows)
+    }
 
 
 def empty(shape: Sequence[int]) -> SampleSet:

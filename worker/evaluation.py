@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from cl_core.labels import natural_order
 from cl_core.metrics import summarize
 from registry import NotFound, SampleSet, Store, VersionRecord
-from worker.history import DEFAULT_WIDTH, HISTORY_KEY, History, StoredHistory, derive
+from worker.history import DEFAULT_WIDTH, HISTORY_KEY, History, StoredHistory, compact_row, derive, measured_row
 
 
 def predict_labels(model: nn.Module, classes: Sequence[str], inputs: Tensor, batch_size: int = 1024) -> list[str]:
@@ -381,8 +381,9 @@ class VersionMetrics:
             data["gate"] = asdict(self.gate)
         if self.screening is not None:
             data["screening"] = self.screening
-        if self.history is not None:
+        if self.history is not None:  # the ledger holds the full row: the record keeps the newest columns
             data[HISTORY_KEY] = self.history.stored()
+            data.update(compact_row(self.experience_accuracy))
         return data
 
 
@@ -401,9 +402,14 @@ def version_metrics(
     ACC/BWT/forgetting along its lineage, the gate.  ``again``: a stored version measured again (its number and
     stored history, which stands for its parent's: ancestors deleted since do not matter)."""
     everything = data.all(input_shape)
-    predicted = predict_labels(model, classes, everything.inputs)
-    measured = {v: accuracy(predict_labels(model, classes, s.inputs), s.labels) for v, s in data.experiences.items()}
-    own = accuracy(predict_labels(model, classes, data.own.inputs), data.own.labels) if len(data.own) else None
+    predicted = predict_labels(model, classes, everything.inputs)  # one pass; each experience is a slice of it
+    measured: dict[int, float | None] = {}
+    start = 0
+    for v, samples in data.experiences.items():
+        end = start + len(samples)
+        measured[v] = accuracy(predicted[start:end], samples.labels)
+        start = end
+    own = accuracy(predicted[start:], data.own.labels) if len(data.own) else None
     stored = derive(parent, measured, width) if again is None else again[1].remeasured(again[0], measured)
     summary = stored.aggregates(own)
     return VersionMetrics(
@@ -465,7 +471,7 @@ def accuracy_matrix(
     values: list[list[float | None]] = []
     for i in row_indices:
         m = metrics_of(i)
-        record = chain[i]
+        measured = measured_row(m)
         row: list[float | None] = []
         for column, opener in zip(columns, openers, strict=True):
             if opener > i:
@@ -473,7 +479,7 @@ def accuracy_matrix(
             if opener == i:
                 row.append(m.get("own_experience_accuracy"))
             else:
-                row.append(m.get("experience_accuracy", {}).get(str(column)))
+                row.append(measured.get(str(column)))
         values.append(row)
     rows = [chain[i].version if chain[i] is not None else None for i in row_indices]  # type: ignore[union-attr]
     return AccuracyMatrix(rows, columns, values)

@@ -377,6 +377,29 @@ def history_from(store: Store, record: VersionRecord, width: int = DEFAULT_WIDTH
     return base
 
 
+def measured_row(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """What a version measured on each of its ancestors' experiences (its full row of the matrix), experience
+    number (decimal) → accuracy: the stored ``experience_accuracy`` when it is whole, else (a version with a ledger
+    keeps only the newest few, `compact_row`) the ledger's ``last`` values that this version measured (not
+    carried)."""
+    row = metrics.get("experience_accuracy")
+    stored = StoredHistory.from_metrics(metrics) if "experiences_measured" in metrics else None
+    if stored is None:  # the stored row is whole
+        return dict(row) if isinstance(row, Mapping) else {}
+    ledger = stored.ledger
+    return {str(e): v for e, v in zip(ledger.experiences, ledger.last, strict=True) if e not in ledger.carried}
+
+
+def compact_row(row: Mapping[str, float | None], columns: int | None = DEFAULT_WIDTH) -> dict[str, Any]:
+    """``experience_accuracy`` cut to the newest ``columns`` experiences (None: all), with the number measured as
+    ``experiences_measured`` when something was cut: what version records and listings keep, so that a record's
+    size does not grow with the history (`measured_row` gives the whole row back from the ledger)."""
+    if columns is None or len(row) <= columns:
+        return {"experience_accuracy": dict(row)}
+    newest = sorted(row, key=lambda k: (len(k), k))[-columns:]  # decimal version numbers, oldest first
+    return {"experience_accuracy": {k: row[k] for k in newest}, "experiences_measured": len(row)}
+
+
 def without_history(metrics: Mapping[str, Any], columns: int | None = DEFAULT_WIDTH) -> dict[str, Any]:
     """A version's metrics as listings and update records show them: without the history (O(experiences) numbers,
     read by the forgetting report) and with ``experience_accuracy`` cut to the newest ``columns`` experiences (None:
@@ -384,8 +407,6 @@ def without_history(metrics: Mapping[str, Any], columns: int | None = DEFAULT_WI
     measured is kept as ``experiences_measured``.  The forgetting report has every figure."""
     out = {k: v for k, v in metrics.items() if k != HISTORY_KEY}
     measured = out.get("experience_accuracy")
-    if columns is not None and isinstance(measured, dict) and len(measured) > columns:
-        newest = sorted(measured, key=lambda k: (len(k), k))[-columns:]  # decimal version numbers, oldest first
-        out["experience_accuracy"] = {k: measured[k] for k in newest}
-        out["experiences_measured"] = len(measured)
+    if isinstance(measured, dict) and columns is not None and len(measured) > columns:
+        out.update(compact_row(measured, columns))
     return out

@@ -124,3 +124,28 @@ def test_protocol_1_budget_is_unchanged() -> None:
 def test_bad_budgets_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ExemplarMemory(**kwargs)
+
+
+def test_a_class_in_many_tasks_keeps_the_counts_of_the_full_history_with_a_bounded_task_list() -> None:
+    """The service makes every update a task: a class seen in 60 updates.  Tasks left without rows are dropped from
+    `appearances` (so it and the state stay within the quota), and the rows each (class, task) keeps equal what
+    `balanced_shares` gives over the whole, unpruned history."""
+    memory = ExemplarMemory(total=10)
+    history: dict[int, list[int]] = {0: [], 1: []}  # per class: every task's capacity, the full history
+    stored: dict[tuple[int, int], int] = {}
+    for t in range(1, 61):
+        sizes = {0: 3 + t % 4, 1: 1 + t % 3}
+        memory.update(Identity(), samples(sizes, seed=t, ids_from=100 * t))
+        for c, n in sizes.items():
+            history[c].append(t)
+            capacities = [n if k == t else stored.get((c, k), 0) for k in history[c]]
+            for k, share in zip(history[c], balanced_shares(5, capacities), strict=True):
+                stored[(c, k)] = share
+        for c in (0, 1):
+            assert [count(memory, c, k) for k in history[c]] == [stored[(c, k)] for k in history[c]]
+            assert len(memory.appearances[c]) <= 5
+            assert all(count(memory, c, k) > 0 for k in memory.appearances[c])
+    restored = ExemplarMemory(**memory.hparams())
+    restored.load_state_dict(load(save(memory.state_dict())))
+    assert restored.appearances == memory.appearances
+    assert len(memory.state_dict()["appear_tasks"]) <= 10

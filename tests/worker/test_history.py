@@ -15,8 +15,8 @@ from cl_core.metrics import summarize
 from registry import LocalStore, ModelRecord, UpdateRecord
 from tests.worker.histories import CountingStore, Step, commit, new_model, steps
 from worker.config import WorkerSettings
-from worker.evaluation import accuracy_matrix, lineage
-from worker.history import History, StoredHistory, Window, derive, history_of
+from worker.evaluation import VersionMetrics, accuracy_matrix, lineage
+from worker.history import History, StoredHistory, Window, derive, history_of, measured_row
 from worker.pipeline import run_update
 from worker.scheduling import new_update_id
 from worker.tasks import evaluate_version
@@ -249,3 +249,18 @@ def test_a_version_measured_again_keeps_what_it_knew_of_its_ancestors() -> None:
     fresh = stored.remeasured(2, {1: 0.25})
     assert fresh.ledger.last == [0.25] and fresh.ledger.carried == {} and fresh.ledger.best == stored.ledger.best
     assert fresh.aggregates(None).bwt == 0.25 - 0.75 and fresh.window == stored.window
+
+
+def test_a_record_keeps_the_newest_row_entries_and_its_ledger_gives_the_whole_row() -> None:
+    """A version record's size must not grow with the history through its row: it keeps the newest columns and
+    `measured_row` gives back every measured value, equal to what was measured."""
+    made = list(steps(40, width=10, seed=3, unmeasured_share=0.2))
+    last = made[-1]
+    measured = {str(k): v for k, v in last.measured.items()}
+    metrics = VersionMetrics(1, None, {}, measured, last.own, None, None, None, history=last.stored).to_json()
+    assert len(measured) > 10 and len(metrics["experience_accuracy"]) == 10
+    assert metrics["experiences_measured"] == len(measured)
+    assert set(metrics["experience_accuracy"]) == set(sorted(measured, key=int)[-10:])
+    assert measured_row(metrics) == measured
+    whole = VersionMetrics(1, None, {}, dict(list(measured.items())[:5]), None, None, None, None).to_json()
+    assert measured_row(whole) == dict(list(measured.items())[:5]) and "experiences_measured" not in whole
