@@ -196,7 +196,11 @@ class ExemplarMemory:
         keep_k: list[Tensor] = []
         for cls in sorted(self.appearances):
             tasks = self.appearances[cls]
-            stored = [((self.targets == cls) & (self.tasks == t)).nonzero().flatten() for t in tasks]
+            mine = (self.targets == cls).nonzero().flatten()
+            by_task: dict[int, list[int]] = {}
+            for row, t in zip(mine.tolist(), self.tasks[mine].tolist(), strict=True):
+                by_task.setdefault(t, []).append(row)  # ascending, as a mask's nonzero() gives them
+            stored = [torch.tensor(by_task.get(t, []), dtype=torch.long) for t in tasks]
             new = (labels == cls).nonzero().flatten()
             capacities = [len(new) if t == task else len(rows) for t, rows in zip(tasks, stored, strict=True)]
             shares = balanced_shares(quota, capacities)

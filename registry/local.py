@@ -224,6 +224,7 @@ class LocalStore(Store):
         (self.root / "models").mkdir(exist_ok=True)
         self._real_root = self.root.resolve()
         self._locks: dict[str, threading.RLock] = {}
+        self._experience_cache: dict[str, tuple[Any, list[dict[str, Any]], tuple[ExperienceRecord, ...]]] = {}
         self._locks_guard = threading.Lock()
         self._listeners: set[LiveListener] = set()
         self._update_locks: dict[str, tuple[int, float, str]] = {}  # name → (token, expires at, owner)
@@ -707,8 +708,24 @@ class LocalStore(Store):
         return dropped
 
     def _experiences(self, name: str) -> list[ExperienceRecord]:
+        return list(self._experience_log(name)[1])
+
+    def _experience_log(self, name: str) -> tuple[list[dict[str, Any]], tuple[ExperienceRecord, ...]]:
+        """experiences.json as stored and parsed: read again only when the file changed (its identity, size and
+        time), since an update reads it several times and it grows by one record per update."""
         path = self._dir(name) / "experiences.json"
-        return [ExperienceRecord.from_json(e) for e in _read_json(path)] if path.exists() else []
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return [], ()
+        key = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._experience_cache.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        raw: list[dict[str, Any]] = _read_json(path)
+        records = tuple(ExperienceRecord.from_json(e) for e in raw)
+        self._experience_cache[name] = (key, raw, records)
+        return raw, records
 
     def _consumed_upto(self, name: str) -> int:
         return max((ClaimToken.from_json(e.claim).upto for e in self._experiences(name)), default=0)
@@ -756,8 +773,11 @@ class LocalStore(Store):
             return plan.claim(parts, shape)
 
     def _append_experience(self, name: str, record: ExperienceRecord) -> None:
-        experiences = self._experiences(name)
-        _write_json(self._dir(name) / "experiences.json", [e.to_json() for e in [*experiences, record]])
+        """The commit point of an acknowledgement: the whole file written again (atomically), compact."""
+        raw, _ = self._experience_log(name)
+        write_atomic(
+            self._dir(name) / "experiences.json", json.dumps([*raw, record.to_json()], separators=(",", ":")).encode()
+        )
 
     def ack(
         self,
