@@ -189,44 +189,52 @@ class ExemplarMemory:
         for cls in sorted(set(labels.tolist())):
             self.appearances.setdefault(int(cls), []).append(task)
         quota = self.quota(len(self.appearances))
-        keep_x: list[Tensor] = []
-        keep_y: list[Tensor] = []
-        keep_g: list[Tensor] = []
-        keep_i: list[Tensor] = []
-        keep_k: list[Tensor] = []
+        # Old rows are kept by index; new ones are appended to a pool after them; one gather builds the memory (a
+        # class can hold one exemplar from each of hundreds of updates: no per-(class, task) copies).
+        old = 0 if self.inputs is None else len(self.inputs)
+        fresh: list[tuple[Tensor, Tensor]] = []  # the new selections (inputs, tags), in pool order
+        index: list[int] = []  # the kept rows of the pool, (class, task) after (class, task)
+        classes: list[int] = []
+        kept_tasks: list[int] = []
+        lengths: list[int] = []
+        fresh_rows = old
         for cls in sorted(self.appearances):
             tasks = self.appearances[cls]
             mine = (self.targets == cls).nonzero().flatten()
             by_task: dict[int, list[int]] = {}
             for row, t in zip(mine.tolist(), self.tasks[mine].tolist(), strict=True):
                 by_task.setdefault(t, []).append(row)  # ascending, as a mask's nonzero() gives them
-            stored = [torch.tensor(by_task.get(t, []), dtype=torch.long) for t in tasks]
             new = (labels == cls).nonzero().flatten()
-            capacities = [len(new) if t == task else len(rows) for t, rows in zip(tasks, stored, strict=True)]
+            capacities = [len(new) if t == task else len(by_task.get(t, ())) for t in tasks]
             shares = balanced_shares(quota, capacities)
             # A task left without rows can never hold any again (old tasks keep a prefix; `balanced_shares` gives
             # nothing to an empty one), so it is forgotten: the list stays within the quota, however many updates
             # a class appears in (the newest stays, so that the class keeps counting in the quota).
             self.appearances[cls] = [t for t, share in zip(tasks, shares, strict=True) if share > 0] or tasks[-1:]
-            for t, rows, share in zip(tasks, stored, shares, strict=True):
+            for t, share in zip(tasks, shares, strict=True):
                 if share == 0:
                     continue
                 if t == task:
                     x, tag = self._select(model, experience.inputs[new].cpu(), tags[new], share, generator)
+                    fresh.append((x, tag))
+                    rows = list(range(fresh_rows, fresh_rows + len(x)))
+                    fresh_rows += len(x)
                 else:
-                    assert self.inputs is not None
-                    rows = rows[:share]  # the prefix of the selection order
-                    x, tag = self.inputs[rows], torch.stack([self.groups[rows], self.ids[rows]], dim=1)
-                keep_x.append(x)
-                keep_y.append(torch.full((len(x),), cls, dtype=torch.long))
-                keep_g.append(tag[:, 0])
-                keep_i.append(tag[:, 1])
-                keep_k.append(torch.full((len(x),), t, dtype=torch.long))
-        if not keep_x:
+                    rows = by_task[t][:share]  # the prefix of the selection order
+                index.extend(rows)
+                classes.append(cls)
+                kept_tasks.append(t)
+                lengths.append(len(rows))
+        if not index:
             return
-        self.inputs = torch.cat(keep_x)
-        self.targets = torch.cat(keep_y)
-        self.groups, self.ids, self.tasks = torch.cat(keep_g).clone(), torch.cat(keep_i).clone(), torch.cat(keep_k)
+        pool_x = [x for x, _ in fresh] if self.inputs is None else [self.inputs, *(x for x, _ in fresh)]
+        tags_pool = torch.cat([torch.stack([self.groups, self.ids], dim=1), *(tag for _, tag in fresh)])
+        gather = torch.tensor(index, dtype=torch.long)
+        self.inputs = torch.cat(pool_x)[gather]
+        self.groups, self.ids = tags_pool[gather, 0].clone(), tags_pool[gather, 1].clone()
+        counts = torch.tensor(lengths)
+        self.targets = torch.repeat_interleave(torch.tensor(classes, dtype=torch.long), counts)
+        self.tasks = torch.repeat_interleave(torch.tensor(kept_tasks, dtype=torch.long), counts)
         self._drop_unused_groups()
 
     def _select(
