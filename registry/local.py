@@ -262,8 +262,11 @@ class LocalStore(Store):
             raise NotFound(f"model {name!r} does not exist")
         return path
 
-    def _version_dir(self, name: str, version: int) -> Path:
-        path = self._inside(self._dir(name) / "versions" / str(check_version(version, allow_zero=True)))
+    def _version_dir(self, name: str, version: int, model_dir: Path | None = None) -> Path:
+        """``model_dir``: ``self._dir(name)`` when the caller already has it (a page of versions checks the model's
+        folder once, each version's folder on its own)."""
+        base = self._dir(name) if model_dir is None else model_dir
+        path = self._inside(base / "versions" / str(check_version(version, allow_zero=True)))
         if not (path / "meta.json").exists():
             raise NotFound(f"model {name!r} has no version {version}")
         return path
@@ -403,7 +406,10 @@ class LocalStore(Store):
         return record
 
     def get_version(self, name: str, version: int) -> VersionRecord:
-        return VersionRecord.from_json(_read_json(self._version_dir(name, version) / "meta.json"))
+        return self._read_version(name, version)
+
+    def _read_version(self, name: str, version: int, model_dir: Path | None = None) -> VersionRecord:
+        return VersionRecord.from_json(_read_json(self._version_dir(name, version, model_dir) / "meta.json"))
 
     def list_versions(self, name: str) -> list[VersionRecord]:
         with self._lock(name):
@@ -415,9 +421,10 @@ class LocalStore(Store):
         below = numbers[: bisect.bisect_left(numbers, before)] if before is not None else numbers
         chosen = below[::-1][:limit]
         records = []
+        model_dir = self._dir(name)
         for v in chosen:
             try:
-                records.append(self.get_version(name, v))
+                records.append(self._read_version(name, v, model_dir))
             except NotFound:  # deleted since the index was read
                 continue
         more = len(below) > len(chosen)
@@ -1288,8 +1295,9 @@ class LocalStore(Store):
     def _records(self, name: str, ids: Sequence[str]) -> list[UpdateRecord]:
         """The stored records among ``ids`` (gone ones skipped), in that order."""
         out = []
+        model_dir = self._dir(name)
         for update_id in ids:
-            path = self._update_path(name, update_id, ".json")
+            path = self._inside(model_dir / "updates" / f"{check_update_id(update_id)}.json")
             if path.exists():
                 out.append(UpdateRecord.from_json(_read_json(path)))
         return out
