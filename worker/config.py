@@ -97,6 +97,12 @@ class WorkerSettings(BaseSettings):
     auto_ewc_lambda: float = Field(100.0, ge=0)
     auto_ewc_gamma: float = Field(1.0, ge=0, le=1)
     auto_mas_lambda: float = Field(0.1, ge=0)
+    mas_accumulate: Literal["sum", "mean"] = Field(
+        "mean",
+        description="how MAS (the auto method's companion, `mas`, `slnid`) joins each update's importance to the "
+        "past: 'mean' (sample-weighted, the service's default: updates and captured traffic re-measure one deployed "
+        "distribution, so a sum would grow the penalty with every update) or 'sum' (the paper's, per task)",
+    )
 
     # the forgetting gate (judged on trusted held-out data: what versions that went live had held out)
     max_forgetting: float = Field(0.05, ge=0, le=1, description="largest allowed drop of old-class accuracy")

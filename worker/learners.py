@@ -44,6 +44,7 @@ def build_learner(method: str, settings: WorkerSettings, overrides: dict[str, An
         unlabeled = {
             "lam": settings.auto_mas_lambda,
             "max_samples": settings.importance_max_samples,
+            "accumulate": settings.mas_accumulate,
             **(unlabeled or {}),
         }
     else:
@@ -53,6 +54,8 @@ def build_learner(method: str, settings: WorkerSettings, overrides: dict[str, An
         accepted = inspect.signature(cls).parameters
         if "max_samples" in accepted and "max_samples" not in method_hparams:
             method_hparams["max_samples"] = settings.importance_max_samples
+        if "accumulate" in accepted and "accumulate" not in method_hparams:  # MAS, SLNID: see mas_accumulate
+            method_hparams["accumulate"] = settings.mas_accumulate
         if cls.memory_argument is not None and cls.memory_argument not in method_hparams:
             method_hparams[cls.memory_argument] = settings.own_memory_size()  # DER++'s buffer: the memory's total
     spec = parse_method_name(name)

@@ -64,7 +64,7 @@ from worker.learners import AUTO
 # -- what a caller may fix per update (POST …/updates {"hparams": {…}}) ---------------------------------------------
 UPDATE_HPARAMS: dict[str, str] = {
     "lam": "the penalty strength λ of the method (a number from 0 to 1e12)",
-    "gamma": "online EWC's decay γ of older importance (0 to 1)",
+    "gamma": "online EWC's decay γ of older importance, which also weights its penalty, γF* (0 to 1)",
     "replay_repeat": "how many times the exemplars are replayed per epoch (an integer from 1 to 16)",
 }
 MAX_LAMBDA = 1e12

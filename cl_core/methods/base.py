@@ -157,6 +157,10 @@ class QuadraticPenalty(ContinualMethod):
         self.anchor: dict[str, Tensor] = {}
         self._scaled: dict[str, Tensor] = {}  # λ·Ω on the parameters' device, rebuilt when state changes
 
+    def penalty_weight(self) -> float:
+        """The scalar that multiplies Ω in the penalty: λ here; online EWC's is γλ (Progress & Compress)."""
+        return self.lam
+
     # -- state ----------------------------------------------------------------------------------------------------
     def _set(self, importance: dict[str, Tensor], anchor: dict[str, Tensor]) -> None:
         self.importance = {k: v.detach().clone() for k, v in importance.items()}
@@ -177,7 +181,7 @@ class QuadraticPenalty(ContinualMethod):
                 self._scaled.pop(name, None)
             scaled = self._scaled.get(name)
             if scaled is None or scaled.device != param.device:
-                scaled = self._scaled[name] = (self.lam * omega).to(param.device, param.dtype)
+                scaled = self._scaled[name] = (self.penalty_weight() * omega).to(param.device, param.dtype)
                 self.anchor[name] = self.anchor[name].to(param.device, param.dtype)
             triples.append((param, scaled, self.anchor[name]))
         return triples

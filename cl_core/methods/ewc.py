@@ -18,6 +18,15 @@ from cl_core.importance import FisherMode, fisher_diagonal
 from cl_core.methods.base import ConsolidationReport, JSONValue, QuadraticPenalty, budget_subset
 
 
+def fold_quadratics(old_omega: Tensor, old_anchor: Tensor, omega: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
+    """Ω_old (θ − θ̄_old)² + Ω (θ − θ*)² = (Ω_old + Ω)(θ − θ̄)² + const: returns (Ω_old + Ω, θ̄)."""
+    total = old_omega + omega
+    # θ̄ = (Ω_old θ̄_old + Ω θ*) / (Ω_old + Ω), written as θ* + Ω_old (θ̄_old − θ*) / (Ω_old + Ω) so that it is
+    # exactly θ* where nothing was important before; where nothing is important at all, θ* will do.
+    shift = old_omega * (old_anchor - anchor) / total.clamp_min(torch.finfo(omega.dtype).tiny)
+    return total, anchor + torch.where(total > 0, shift, torch.zeros_like(shift))
+
+
 class EWC(QuadraticPenalty):
     """EWC with the exact diagonal Fisher (true by default: the expectation over the model's own predictions)."""
 
@@ -64,21 +73,19 @@ class EWC(QuadraticPenalty):
     def consolidate(self, model: nn.Module, experience: Experience) -> ConsolidationReport:
         start = time.perf_counter()
         fisher, samples = self.estimate(model, experience)
-        theta = self.current_parameters(model, fisher)
+        self.fold(fisher, self.current_parameters(model, fisher))
+        self.experiences += 1
+        return ConsolidationReport(samples=samples, seconds=time.perf_counter() - start)
+
+    def fold(self, fisher: dict[str, Tensor], theta: dict[str, Tensor]) -> None:
+        """Fold one more penalty F (θ − θ*)² into the state (Ω, θ̄), exactly up to a θ-independent constant."""
         omega, anchor = self.grown_state(theta)
         folded_omega, folded_anchor = {}, {}
         for name, f in fisher.items():
             old_omega = omega.get(name, torch.zeros_like(f))
             old_anchor = anchor.get(name, theta[name])
-            total = old_omega + f
-            # θ̄ = (Ω_old θ̄_old + F θ*) / (Ω_old + F), written as θ* + Ω_old (θ̄_old − θ*) / (Ω_old + F) so that
-            # it is exactly θ* where nothing was important before; where nothing is important at all, θ* will do.
-            shift = old_omega * (old_anchor - theta[name]) / total.clamp_min(torch.finfo(f.dtype).tiny)
-            folded_omega[name] = total
-            folded_anchor[name] = theta[name] + torch.where(total > 0, shift, torch.zeros_like(shift))
+            folded_omega[name], folded_anchor[name] = fold_quadratics(old_omega, old_anchor, f, theta[name])
         self._set(folded_omega, folded_anchor)
-        self.experiences += 1
-        return ConsolidationReport(samples=samples, seconds=time.perf_counter() - start)
 
     def state_dict(self) -> dict[str, Tensor]:
         state = super().state_dict()

@@ -2,16 +2,29 @@
 
 Importance from unlabeled data, eq. (4) with the squared ℓ2 norm of the output (eq. 5):
     Ωᵢ = (1/N) Σₙ |∂ ‖f(xₙ)‖²₂ / ∂θᵢ|.
-Across experiences Ω is accumulated as a running mean weighted by sample counts,
-    Ω ← (N·Ω + n·Ω_new) / (N + n),   N ← N + n,
-and the anchor is the present parameters; the penalty is λ/2 · Σᵢ Ωᵢ (θᵢ − θ*ᵢ)² (eq. 6, with the ½ that all
-quadratic methods here share).  Labels are never needed, so a deployed model can measure importance on its
-users' own inputs.
+Across experiences, ``accumulate`` chooses how a new experience's Ω joins the past:
+
+* ``"sum"`` (default, the paper): Ω ← Ω + Ω_new.  The paper accumulates importance over tasks ("the importance
+  weights are accumulated"), and the official code adds them (``acc_omega = prev_omega + new_omega``): after K
+  tasks every task keeps its own full protection, so a fixed λ protects the first task as much after the tenth
+  task as after the second.
+* ``"mean"`` (departs from the paper): a running mean weighted by sample counts,
+  Ω ← (N·Ω + n·Ω_new) / (N + n),   N ← N + n.
+  Ω then stays on one task's scale however many experiences pass, so the protection of each old task shrinks as
+  1/K at a fixed λ.  Kept because it is the right accumulator when the "experiences" are repeated measurements of
+  one distribution, not new tasks: the service's companion MAS measures importance on every update's captured
+  traffic (`cl_core.learner.Learner.observe`), and a sum there would multiply the penalty by the number of
+  updates (see ``worker.config.WorkerSettings.mas_accumulate``).
+
+The anchor is the present parameters; the penalty is λ/2 · Σᵢ Ωᵢ (θᵢ − θ*ᵢ)² (eq. 6 writes λ Σᵢ Ωᵢ (θᵢ − θ*ᵢ)²;
+the ½ is the one all quadratic methods here share, so λ here is twice the paper's).  Labels are never needed, so a
+deployed model can measure importance on its users' own inputs.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -20,20 +33,45 @@ from cl_core.experience import Experience
 from cl_core.importance import mas_importance
 from cl_core.methods.base import ConsolidationReport, JSONValue, QuadraticPenalty, budget_subset
 
+Accumulate = Literal["sum", "mean"]
+ACCUMULATORS: tuple[Accumulate, ...] = ("sum", "mean")
+
 
 class MAS(QuadraticPenalty):
-    """MAS with exact per-sample absolute gradients, accumulated across experiences by sample count."""
+    """MAS with exact per-sample absolute gradients, summed over experiences (or their sample-weighted mean)."""
 
     name = "mas"
 
-    def __init__(self, lam: float = 1.0, max_samples: int | None = None, batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        lam: float = 1.0,
+        max_samples: int | None = None,
+        batch_size: int = 256,
+        accumulate: Accumulate = "sum",
+    ) -> None:
         super().__init__(lam)
+        if accumulate not in ACCUMULATORS:
+            raise ValueError(f"unknown accumulate {accumulate!r}; expected 'sum' (the paper) or 'mean'")
         self.max_samples = max_samples
         self.batch_size = batch_size
+        self.accumulate: Accumulate = accumulate
         self.seen_samples = 0
 
     def hparams(self) -> dict[str, JSONValue]:
-        return {"lam": self.lam, "max_samples": self.max_samples, "batch_size": self.batch_size}
+        return {
+            "lam": self.lam,
+            "max_samples": self.max_samples,
+            "batch_size": self.batch_size,
+            "accumulate": self.accumulate,
+        }
+
+    def merge(self, old: Tensor | None, new: Tensor, n: int) -> Tensor:
+        """One experience's importance (measured on ``n`` samples) joined to the past's, as ``accumulate`` says."""
+        if old is None:
+            return new
+        if self.accumulate == "sum":
+            return old + new  # the paper's accumulation (official code: acc_omega = prev_omega + new_omega)
+        return (self.seen_samples * old + n * new) / (self.seen_samples + n)
 
     def consolidate(self, model: nn.Module, experience: Experience) -> ConsolidationReport:
         start = time.perf_counter()
@@ -42,13 +80,9 @@ class MAS(QuadraticPenalty):
         n = len(data)
         theta = self.current_parameters(model, new)
         old, _ = self.grown_state(theta)
-        total = self.seen_samples + n
-        merged = {
-            name: (self.seen_samples * old[name] + n * omega) / total if name in old else omega
-            for name, omega in new.items()
-        }
+        merged = {name: self.merge(old.get(name), omega, n) for name, omega in new.items()}
         self._set(merged, theta)
-        self.seen_samples = total
+        self.seen_samples += n
         return ConsolidationReport(samples=n, seconds=time.perf_counter() - start)
 
     def state_dict(self) -> dict[str, Tensor]:

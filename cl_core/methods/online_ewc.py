@@ -1,7 +1,19 @@
 """Online EWC (Schwarz et al., ICML 2018, "Progress & Compress", eq. 8).
 
-One running Fisher and one anchor: after each experience  F ← γ·F + F_new  and  θ* ← θ.  The penalty is
-λ/2 · Σᵢ Fᵢ (θᵢ − θ*ᵢ)².  Memory does not grow with the number of experiences.
+One running Fisher and one anchor.  After each experience k (the paper's eq. 8 and its running Fisher),
+
+    F*ₖ = γ F*ₖ₋₁ + Fₖ,      θ*ₖ = θ   (the parameters after experience k),
+
+and while experience k + 1 trains the penalty is, as the paper writes it,
+
+    λ/2 · ‖θ − θ*ₖ‖²_{γF*ₖ} = λ/2 · Σᵢ γ F*ₖ,ᵢ (θᵢ − θ*ₖ,ᵢ)²,
+
+so γ multiplies the stored F* once more in the penalty (van de Ven's reference implementation does the same:
+``fisher = self.gamma * fisher``).  λ is therefore on the paper's (and the literature's) scale; before this
+project applied γ only in the running sum, its λ was γ · λ of the paper.  γ = 1 is EWC with its K penalties folded
+into one (`cl_core.methods.ewc`) except that the anchor is the latest parameters rather than the Fisher-weighted
+mean of all anchors; γ = 0 keeps no protection at all.  Memory does not grow with the number of experiences.
+The Fisher is the exact diagonal one of `EWC` (``fisher_mode``: true by default, or empirical).
 """
 
 from __future__ import annotations
@@ -17,7 +29,8 @@ from cl_core.methods.ewc import EWC
 
 
 class OnlineEWC(EWC):
-    """EWC with a decayed running Fisher (γ) and the latest parameters as the single anchor."""
+    """EWC with a decayed running Fisher (γ), the latest parameters as the single anchor, and the penalty weighted
+    by γF* as in Progress & Compress."""
 
     name = "online-ewc"
 
@@ -37,12 +50,16 @@ class OnlineEWC(EWC):
     def hparams(self) -> dict[str, JSONValue]:
         return {**super().hparams(), "gamma": self.gamma}
 
+    def penalty_weight(self) -> float:
+        """γλ: the penalty is λ/2 ‖θ − θ*‖² weighted by γF* (Schwarz et al. 2018, eq. 8)."""
+        return self.gamma * self.lam
+
     def consolidate(self, model: nn.Module, experience: Experience) -> ConsolidationReport:
         start = time.perf_counter()
         fisher, samples = self.estimate(model, experience)
         theta = self.current_parameters(model, fisher)
         old, _ = self.grown_state(theta)
-        running: dict[str, Tensor] = {
+        running: dict[str, Tensor] = {  # F*ₖ = γ F*ₖ₋₁ + Fₖ
             name: (self.gamma * old[name] + f) if name in old else f for name, f in fisher.items()
         }
         self._set(running, theta)

@@ -10,6 +10,9 @@ weighted by λ_SSL: neurons that fire together are inhibited (SNI), only within 
 σ (local inhibition, SLNI), and less so for neurons important to earlier experiences (discounting, the D of
 SLNID).  The parameters are protected by MAS as in the paper: MAS's penalty on θ plus λ_SSL · Σ_layers R_SLNID.
 
+* The parameters' Ω is MAS's (`cl_core.methods.mas`), summed over experiences by default as the paper and the
+  official code do (``accumulate="sum"``; ``"mean"`` is MAS's sample-weighted mean, a departure kept as an option).
+
 * Neuron importance αᵢ is MAS measured on the activation: the per-sample |∂‖f(x)‖²₂ / ∂hᵢ|, averaged over the
   experience (``active_outputs`` respected, like MAS).  Across experiences the averages are *summed*, as the
   official code does by default (its ``divide_by_tasks=False``; its Tiny ImageNet script switches to a per-task
@@ -39,7 +42,7 @@ from torch import Tensor, nn
 
 from cl_core.experience import Experience
 from cl_core.methods.base import ConsolidationReport, JSONValue, budget_subset
-from cl_core.methods.mas import MAS
+from cl_core.methods.mas import MAS, Accumulate
 
 Discount = Literal["sum", "max"]
 
@@ -166,8 +169,9 @@ class SLNID(MAS):
         layers: Sequence[str] | None = None,
         max_samples: int | None = None,
         batch_size: int = 256,
+        accumulate: Accumulate = "sum",
     ) -> None:
-        super().__init__(lam, max_samples, batch_size)
+        super().__init__(lam, max_samples, batch_size, accumulate)
         if not ssl_lam >= 0:
             raise ValueError(f"ssl_lam must be non-negative, got {ssl_lam}")
         if not sigma_scale > 0:

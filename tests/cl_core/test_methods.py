@@ -99,9 +99,9 @@ def test_online_ewc_decays_running_fisher() -> None:
         assert torch.equal(online.anchor[name], p.detach())
 
 
-def test_mas_weights_experiences_by_sample_count() -> None:
+def test_mas_mean_option_weights_experiences_by_sample_count() -> None:
     model = build("mlp")
-    mas = MAS()
+    mas = MAS(accumulate="mean")
     small, large = experience(0, n=4), experience(1, n=12)
     mas.consolidate(model, small)
     a = {k: v.clone() for k, v in mas.importance.items()}
@@ -111,6 +111,66 @@ def test_mas_weights_experiences_by_sample_count() -> None:
     for name in a:
         torch.testing.assert_close(mas.importance[name], (4 * a[name] + 12 * b.importance[name]) / 16)
     assert mas.seen_samples == 16
+
+
+@pytest.mark.parametrize("cls", ["mas", "slnid"])
+def test_mas_accumulates_like_the_paper_k_identical_tasks_give_k_times_one(cls: str) -> None:
+    """Aljundi et al. 2018 (official code: acc_omega = prev_omega + new_omega): after K identical tasks Ω = K Ω₁,
+    where Ω₁ = (1/N) Σₙ |∂‖f(xₙ)‖²/∂θ| is checked against a per-sample loop."""
+    model = build("mlp")
+    data = experience(0, n=5)
+    one = build_method(cls)
+    assert isinstance(one, MAS)
+    one.consolidate(model, data)
+    for name, p in model.named_parameters():  # one task's Ω by its definition, sample by sample
+        total = torch.zeros_like(p)
+        for x in data.inputs:
+            model.zero_grad()
+            model(x[None]).square().sum().backward()
+            total += p.grad.abs()  # type: ignore[union-attr]
+        torch.testing.assert_close(one.importance[name], total / len(data))
+    k = 4
+    summed = build_method(cls)
+    assert isinstance(summed, MAS)
+    for _ in range(k):
+        summed.consolidate(model, data)
+    for name, omega in one.importance.items():
+        torch.testing.assert_close(summed.importance[name], k * omega)
+    mean = build_method(cls, accumulate="mean")
+    assert isinstance(mean, MAS)
+    for _ in range(k):
+        mean.consolidate(model, data)
+    for name, omega in one.importance.items():
+        torch.testing.assert_close(mean.importance[name], omega)
+    with pytest.raises(ValueError, match="accumulate"):
+        build_method(cls, accumulate="max")
+
+
+def test_online_ewc_penalty_is_progress_and_compress_formula() -> None:
+    """Schwarz et al. 2018, eq. 8: F*ₖ = γF*ₖ₋₁ + Fₖ and the penalty λ/2 ‖θ − θ*ₖ‖²_{γF*ₖ}, computed by hand from
+    the exact Fisher of each experience (`fisher_diagonal`), against the method's penalty and its gradient."""
+    model = build("mlp")
+    lam, gamma = 7.0, 0.6
+    online = OnlineEWC(lam=lam, gamma=gamma)
+    running: dict[str, torch.Tensor] = {}
+    for seed in range(3):
+        perturb(model, 0.2, 10 + seed)
+        data = experience(seed)
+        fisher = fisher_diagonal(model, data.inputs, mode="true")
+        running = {k: gamma * running[k] + f if k in running else f for k, f in fisher.items()}
+        anchor = {k: p.detach().clone() for k, p in model.named_parameters()}
+        online.consolidate(model, data)
+    perturb(model, 0.3, 99)
+    expected = sum((gamma * running[k] * (p.detach() - anchor[k]).square()).sum() for k, p in model.named_parameters())
+    assert float(online.penalty(model).detach()) == pytest.approx(lam / 2 * float(expected), rel=1e-10)
+    model.zero_grad()
+    online.add_penalty_grad(model)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, lam * gamma * running[k] * (p.detach() - anchor[k]))
+    forgetful = OnlineEWC(lam=lam, gamma=0.0)  # γ = 0: the paper keeps no protection at all
+    forgetful.consolidate(model, experience(0))
+    perturb(model, 0.3, 100)
+    assert float(forgetful.penalty(model).detach()) == 0.0
 
 
 def test_mas_needs_no_labels() -> None:

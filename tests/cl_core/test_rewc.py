@@ -13,6 +13,7 @@ from cl_core.data import build_scenario, load_mnist5k
 from cl_core.experience import Experience
 from cl_core.importance import fisher_diagonal, mas_importance
 from cl_core.methods import EWC, REWC, build_method
+from cl_core.methods.rewc import Term, fold_into
 from cl_core.methods.rotation import (
     RotatedConv2d,
     RotatedLayer,
@@ -180,12 +181,21 @@ def test_consolidate_and_prepare_refuse_a_wrong_state() -> None:
         method.consolidate(model, experience("mlp", 1))
 
 
+def folded_state(rewc: REWC) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(Ω, θ̄) of every parameter of a REWC with one term per layer (``max_terms=1``), as EWC keys them."""
+    importance, anchor = dict(rewc.importance), dict(rewc.anchor)
+    for layer, terms in rewc.terms.items():
+        assert len(terms) == 1
+        importance[f"{layer}.weight"], anchor[f"{layer}.weight"] = terms[0].importance, terms[0].anchor
+    return importance, anchor
+
+
 def test_fold_with_an_unchanged_basis_is_the_ewc_fold() -> None:
-    """Same model, same data twice: the new rotations are the old ones, and R-EWC folds exactly as EWC does on the
-    rotated model (Ω = F + F, θ̄ = θ′)."""
+    """Same model, same data twice: the new rotations are the old ones, and R-EWC with ``max_terms=1`` folds exactly
+    as EWC does on the rotated model (Ω = F + F, θ̄ = θ′)."""
     model = build("mlp")
     data = experience("mlp", 0)
-    rewc = REWC(lam=2.0)
+    rewc = REWC(lam=2.0, max_terms=1)
     rewc.consolidate(model, data)
     first = dict(rewc.rotations)
     rewc.consolidate(model, data)
@@ -196,118 +206,200 @@ def test_fold_with_an_unchanged_basis_is_the_ewc_fold() -> None:
     with rotated(model, first):
         ewc.consolidate(model, data)
         ewc.consolidate(model, data)
-    assert rewc.importance.keys() == ewc.importance.keys()
+    importance, anchor = folded_state(rewc)
+    assert importance.keys() == ewc.importance.keys()
     for key in ewc.importance:
-        torch.testing.assert_close(rewc.importance[key], ewc.importance[key], rtol=1e-9, atol=1e-14)
-        torch.testing.assert_close(rewc.anchor[key], ewc.anchor[key], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(importance[key], ewc.importance[key], rtol=1e-9, atol=1e-14)
+        torch.testing.assert_close(anchor[key], ewc.anchor[key], rtol=1e-9, atol=1e-12)
 
 
-def test_change_of_basis_moves_the_anchor_exactly_and_keeps_the_diagonal_of_the_old_quadratic() -> None:
+def test_the_folded_option_moves_the_anchor_exactly_and_keeps_the_diagonal_of_the_old_quadratic() -> None:
+    """``max_terms=1``: the past is moved to the new basis, Ω_proj = (P₂∘P₂)ᵀ Ω (P₁∘P₁), W̄′ₙ = P₂ᵀ W̄′ₒ P₁, then
+    folded with the new Fisher as EWC folds."""
     model = build("mlp")
-    rewc = REWC(lam=1.0)
+    rewc = REWC(lam=1.0, max_terms=1)
     rewc.consolidate(model, experience("mlp", 0))
     old = dict(rewc.rotations)
-    old_state = {k: v.clone() for k, v in rewc.state_dict().items()}
+    old_importance, old_anchor = (dict(d) for d in folded_state(rewc))
     perturb(model, 0.3, 1)
     rewc.consolidate(model, experience("mlp", 1))  # new rotations: the past was moved into them, then folded
-    ewc = EWC(lam=1.0)
     moved: dict[str, Tensor] = {}
-    for key, value in old_state.items():
-        if not key.startswith(("importance.", "anchor.")):
-            continue
-        name = key.split(".", 1)[1]
+    for name in old_importance:
+        omega, point = old_importance[name], old_anchor[name]
         layer = name.rpartition(".")[0]
         if name.endswith("weight") and layer in old:
             p_in = old[layer][0].T @ rewc.rotations[layer][0]  # P₁ = U₁,oldᵀ U₁,new
             p_out = old[layer][1].T @ rewc.rotations[layer][1]  # P₂ = U₂,oldᵀ U₂,new
-            if key.startswith("importance."):
-                value = (p_out * p_out).T @ value @ (p_in * p_in)  # Ω_proj = (P₂∘P₂)ᵀ Ω (P₁∘P₁)
-            else:
-                value = p_out.T @ value @ p_in  # W̄′ₙ = P₂ᵀ W̄′ₒ P₁
-        moved[key] = value
+            omega = (p_out * p_out).T @ omega @ (p_in * p_in)
+            point = p_out.T @ point @ p_in
+        moved[f"importance.{name}"], moved[f"anchor.{name}"] = omega, point
+    ewc = EWC(lam=1.0)
     ewc.load_state_dict(moved)
     with rotated(model, rewc.rotations):
         ewc.consolidate(model, experience("mlp", 1))
+    importance, anchor = folded_state(rewc)
     for key in ewc.importance:
-        torch.testing.assert_close(rewc.importance[key], ewc.importance[key], rtol=1e-9, atol=1e-14)
-        torch.testing.assert_close(rewc.anchor[key], ewc.anchor[key], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(importance[key], ewc.importance[key], rtol=1e-9, atol=1e-14)
+        torch.testing.assert_close(anchor[key], ewc.anchor[key], rtol=1e-9, atol=1e-12)
 
 
-def test_an_isotropic_penalty_survives_any_change_of_basis() -> None:
-    """With Ω constant the old quadratic is rotation invariant, so keeping its diagonal loses nothing: the
-    penalty in the new basis equals the old one at every point."""
-    model = build("mlp")
-    rewc = REWC(lam=1.0)
-    rewc.consolidate(model, experience("mlp", 0))
-    rewc.load_state_dict(
-        {**rewc.state_dict(), **{f"importance.{k}": torch.full_like(v, 0.7) for k, v in rewc.importance.items()}}
-    )
-    perturb(model, 0.5, 2)
-    before = float(rewc.penalty(model).detach())
+def test_an_isotropic_penalty_survives_the_approximate_fold_into_any_basis() -> None:
+    """With Ω constant the old quadratic is rotation invariant, so keeping its diagonal loses nothing."""
     g = torch.Generator().manual_seed(5)
-    new = {}
-    for layer, (u_in, u_out) in rewc.rotations.items():
-        q_in, _ = torch.linalg.qr(torch.randn(u_in.shape, generator=g, dtype=torch.float64))
-        q_out, _ = torch.linalg.qr(torch.randn(u_out.shape, generator=g, dtype=torch.float64))
-        new[layer] = (q_in, q_out)
-    rewc._move_to_basis(model, new)
-    rewc.rotations = new
-    assert float(rewc.penalty(model).detach()) == pytest.approx(before, rel=1e-10)
+    u_in, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    u_out, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    q_in, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    q_out, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    old = Term(
+        torch.full((4, 6), 0.7, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64), u_in, u_out
+    )
+    empty = Term(
+        torch.zeros(4, 6, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64), q_in, q_out
+    )
+    folded = fold_into(old, empty)
+    for _ in range(3):
+        w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+        before = (old.importance * (change_basis(w, u_out, u_in) - old.anchor).square()).sum()
+        after = (folded.importance * (change_basis(w, q_out, q_in) - folded.anchor).square()).sum()
+        assert float(after) == pytest.approx(float(before), rel=1e-10)
 
 
-def test_penalty_is_zero_at_the_anchor_and_its_gradient_is_exact_on_plain_and_rotated_models() -> None:
+def exact_reference(model: nn.Module, rewc: REWC, data: Experience) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One experience's penalty by its definition: the rotations R-EWC chose for it, the exact diagonal Fisher of
+    the model rotated by them (`fisher_diagonal`, checked against a per-sample loop elsewhere) and the anchor
+    W̄ = U₂ᵀ W U₁ (rotated weights) or θ (the rest)."""
+    with rotated(model, rewc.rotations):
+        fisher = fisher_diagonal(model, data.inputs, data.targets, mode="true")
+        anchor = {k: p.detach().clone() for k, p in model.named_parameters()}
+    return fisher, anchor
+
+
+def test_every_past_penalty_stays_exact_after_the_basis_changes() -> None:
+    """After three experiences whose bases differ, the penalty is the sum of the exact per-experience penalties
+    λ/2 Σₖ Fₖ ∘ (U₂ₖᵀ W U₁ₖ − W̄ₖ)² (biases: λ/2 Σₖ Fₖ (b − bₖ)², which EWC folds exactly up to a constant): equal
+    differences between any two points, equal gradients by autograd, by the closed form on the plain and on the
+    rotated model, and by finite differences."""
+    lam = 3.0
     model = build("mlp")
-    method = REWC(lam=3.0)
-    method.consolidate(model, experience("mlp", 0))
-    assert float(method.penalty(model).detach()) < 1e-28
-    perturb(model, 0.1, 1)
-    method.consolidate(model, experience("mlp", 1))  # the anchor is now the Ω-weighted mean of two points
-    method.prepare(model)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(method.anchor[name])
-    assert float(method.penalty(model).detach()) == 0.0
-    method.finish(model)
-    assert float(method.penalty(model).detach()) < 1e-28
-    perturb(model, 0.2, 2)
-    plain_value = method.penalty(model)
+    rewc = REWC(lam=lam, rotate_output=True)
+    references = []
+    for k in range(3):
+        perturb(model, 0.3, 10 + k)
+        data = experience("mlp", k)
+        rewc.consolidate(model, data)
+        fisher, anchor = exact_reference(model, rewc, data)
+        references.append((dict(rewc.rotations), fisher, anchor))
+    assert all(len(terms) == 3 for terms in rewc.terms.values()) and set(rewc.terms) == {"0", "2", "4"}
+    first, last = references[0][0], references[-1][0]
+    assert all(float((first[n][0] - last[n][0]).abs().max()) > 0.1 for n in first)  # the bases did move
+
+    def exact(m: nn.Module) -> Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        params = dict(m.named_parameters())
+        for rotations, fisher, anchor in references:
+            for name, p in params.items():
+                layer = name.rpartition(".")[0]
+                value = change_basis(p, rotations[layer][1], rotations[layer][0]) if name.endswith("weight") else p
+                total = total + (fisher[name] * (value - anchor[name]).square()).sum()
+        return lam / 2 * total
+
+    points = []
+    for seed in (20, 21):
+        perturb(model, 0.2, seed)
+        params = dict(model.named_parameters())
+        value, reference = rewc.penalty(model), exact(model)
+        grads = torch.autograd.grad(value, list(params.values()))
+        reference_grads = torch.autograd.grad(reference, list(params.values()))
+        for g, r in zip(grads, reference_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-13)
+        model.zero_grad()
+        rewc.add_penalty_grad(model)
+        for p, r in zip(params.values(), reference_grads, strict=True):
+            torch.testing.assert_close(p.grad, r, rtol=1e-9, atol=1e-13)
+        points.append((float(value.detach()), float(reference.detach())))
+    (a, ra), (b, rb) = points
+    assert a - b == pytest.approx(ra - rb, rel=1e-9) and abs(ra - rb) > 1e-6
+    # a finite difference along one direction agrees with the gradient
     params = dict(model.named_parameters())
-    plain_grads = dict(zip(params, torch.autograd.grad(plain_value, list(params.values())), strict=True))
-    # the closed form on the plain model: U₂ [λΩ∘(W′ − W̄′)] U₁ᵀ for rotated weights, λΩ(θ − θ̄) otherwise
-    for name, p in params.items():
-        layer = name.rpartition(".")[0]
-        if name.endswith("weight") and layer in method.rotations:
-            u_in, u_out = method.rotations[layer]
-            rotated_diff = change_basis(p.detach(), u_out, u_in) - method.anchor[name]
-            expected = u_out @ (3.0 * method.importance[name] * rotated_diff) @ u_in.T
-        else:
-            expected = 3.0 * method.importance[name] * (p.detach() - method.anchor[name])
-        torch.testing.assert_close(plain_grads[name], expected)
-        p.grad = torch.ones_like(p)
-    method.add_penalty_grad(model)
-    for name, p in params.items():
-        torch.testing.assert_close(p.grad, 1 + plain_grads[name])
-    # the rotated model: same value, gradient λΩ(W′ − W̄′), and the plain gradient is its pull-back U₂ G′ U₁ᵀ
-    method.prepare(model)
+    model.zero_grad()
+    rewc.add_penalty_grad(model)
+    generator = torch.Generator().manual_seed(3)
+    direction = {n: torch.randn(p.shape, generator=generator, dtype=p.dtype) for n, p in params.items()}
+    slope = sum(float((p.grad * direction[n]).sum()) for n, p in params.items() if p.grad is not None)
+    eps = 1e-5
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.add_(sign * eps * direction[n])
+        values.append(float(rewc.penalty(model).detach()))
+        with torch.no_grad():
+            for n, p in params.items():
+                p.sub_(sign * eps * direction[n])
+    assert (values[0] - values[1]) / (2 * eps) == pytest.approx(slope, rel=1e-6)
+    # the rotated (training) model: the same penalty, and its gradient is the plain one's W′ = U₂ᵀ W U₁ image
+    plain_value = float(rewc.penalty(model).detach())
+    plain_grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+    rewc.prepare(model)
     rotated_params = dict(model.named_parameters())
-    value = method.penalty(model)
-    assert float(value.detach()) == pytest.approx(float(plain_value.detach()), rel=1e-10)
-    grads = dict(zip(rotated_params, torch.autograd.grad(value, list(rotated_params.values())), strict=True))
+    rotated_value = rewc.penalty(model)
+    assert float(rotated_value.detach()) == pytest.approx(plain_value, rel=1e-10)
+    rotated_grads = torch.autograd.grad(rotated_value, list(rotated_params.values()))
+    by_name = dict(zip(rotated_params, rotated_grads, strict=True))
     for name, p in rotated_params.items():
-        torch.testing.assert_close(grads[name], 3.0 * method.importance[name] * (p.detach() - method.anchor[name]))
         layer = name.rpartition(".")[0]
-        if name.endswith("weight") and layer in method.rotations:
-            u_in, u_out = method.rotations[layer]
-            torch.testing.assert_close(plain_grads[name], u_out @ grads[name] @ u_in.T)
-        p.grad = None
-    method.add_penalty_grad(model)
+        expected = plain_grads[name]
+        if name.endswith("weight"):
+            u_in, u_out = rewc.rotations[layer]
+            expected = change_basis(expected, u_out, u_in)  # ∂/∂W′ = U₂ᵀ (∂/∂W) U₁
+        torch.testing.assert_close(by_name[name], expected, rtol=1e-9, atol=1e-13)
+        p.grad = torch.ones_like(p)
+    rewc.add_penalty_grad(model)
     for name, p in rotated_params.items():
-        torch.testing.assert_close(p.grad, grads[name])
-    # quadratic: twice as far from the anchor, four times the penalty
-    with torch.no_grad():
-        for name, p in rotated_params.items():
-            p.copy_(method.anchor[name] + 2 * (p - method.anchor[name]))
-    assert float(method.penalty(model).detach()) == pytest.approx(4 * float(value.detach()), rel=1e-10)
+        torch.testing.assert_close(p.grad, 1 + by_name[name], rtol=1e-9, atol=1e-13)
+    rewc.finish(model)
+
+
+def test_an_old_experience_keeps_all_of_its_penalty_where_the_fold_loses_it() -> None:
+    """Along an old experience's most important direction in its own basis, the exact state keeps its full
+    penalty; the folded approximation (``max_terms=1``) keeps another amount once the basis moved."""
+    model = build("mlp")
+    exact, folded = REWC(lam=1.0), REWC(lam=1.0, max_terms=1)
+    for method in (exact, folded):
+        method.consolidate(model, experience("mlp", 0))
+    term = exact.terms["0"][0]
+    i, j = divmod(int(term.importance.argmax()), term.importance.shape[1])
+    u_in, u_out = term.rotation_in, term.rotation_out
+    perturb(model, 0.5, 1)
+    for method in (exact, folded):
+        method.consolidate(model, experience("mlp", 1, n=6))
+    with torch.no_grad():  # move the weight along that direction only: W = W̄₀ + t u₂,ᵢ u₁,ⱼᵀ in plain coordinates
+        weight = dict(model.named_parameters())["0.weight"]
+        start = change_basis(term.anchor, u_out.T, u_in.T)
+    t = 0.5
+
+    def first_layer_penalty(method: REWC, w: Tensor) -> float:
+        with torch.no_grad():
+            weight.copy_(w)
+        return float(method.penalty(model).detach())
+
+    shift = t * torch.outer(u_out[:, i], u_in[:, j])
+    gain_exact = first_layer_penalty(exact, start + shift) - first_layer_penalty(exact, start)
+    gain_folded = first_layer_penalty(folded, start + shift) - first_layer_penalty(folded, start)
+    own = 0.5 * float(term.importance[i, j]) * t**2  # this direction's penalty in experience 0's own term
+    later = exact.terms["0"][1]
+    later_value = change_basis(shift, later.rotation_out, later.rotation_in)
+    later_gain = 0.5 * float(
+        (
+            later.importance
+            * (
+                (change_basis(start, later.rotation_out, later.rotation_in) + later_value - later.anchor).square()
+                - (change_basis(start, later.rotation_out, later.rotation_in) - later.anchor).square()
+            )
+        ).sum()
+    )
+    assert gain_exact == pytest.approx(own + later_gain, rel=1e-8)
+    assert abs(gain_folded - gain_exact) > 0.05 * gain_exact
 
 
 def test_state_round_trips_through_safetensors_and_restores_outputs_and_penalty() -> None:
@@ -321,6 +413,8 @@ def test_state_round_trips_through_safetensors_and_restores_outputs_and_penalty(
     restored = build_method("rewc", **method.hparams())
     restored.load_state_dict(load(save(method.state_dict())))
     assert any(k.startswith("rotation.") for k in method.state_dict())
+    assert isinstance(method, REWC) and {len(t) for t in method.terms.values()} == {2}
+    assert any(k.startswith("term.") for k in method.state_dict())
     assert restored.state_dict().keys() == method.state_dict().keys()
     for key, value in method.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value), key
@@ -404,3 +498,24 @@ def test_clbench_rotation_reports_a_smaller_off_diagonal_share(tmp_path) -> None
     for b in blocks:
         assert b["max_abs_diff"] < 1e-10
         assert b["squared_share_rotated"] < b["squared_share_plain"]
+
+
+def test_a_state_written_before_terms_existed_loads_as_one_exact_term() -> None:
+    """The earlier format kept a rotated weight's folded Ω and W̄ under importance./anchor., in the coordinates of
+    rotation.*: it loads as one term in that basis, with the same penalty, and saves in the new format."""
+    model = build("mlp")
+    method = REWC(lam=2.0, max_terms=1)
+    method.consolidate(model, experience("mlp", 0))
+    perturb(model, 0.2, 1)
+    method.consolidate(model, experience("mlp", 1))
+    perturb(model, 0.2, 2)
+    old_format = {k: v for k, v in method.state_dict().items() if not k.startswith("term.")}
+    for layer, terms in method.terms.items():
+        old_format[f"importance.{layer}.weight"] = terms[0].importance
+        old_format[f"anchor.{layer}.weight"] = terms[0].anchor
+    restored = REWC(lam=2.0)
+    restored.load_state_dict(old_format)
+    assert restored.state_dict().keys() == method.state_dict().keys()
+    assert float(restored.penalty(model).detach()) == pytest.approx(float(method.penalty(model).detach()), rel=1e-12)
+    with pytest.raises(ValueError, match="term"):
+        REWC().load_state_dict({"term.0.0.importance": torch.ones(2, 2)})

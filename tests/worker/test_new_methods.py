@@ -91,3 +91,25 @@ def test_deleted_samples_leave_the_derpp_buffer(tmp_path: Path, digits: dict[int
     assert result.exemplars == copies and result.versions == 1
     after = load_version(store, "digits", 1).learner_state["method.buffer.ids"].tolist()
     assert not set(map(int, victims)) & set(after) and len(after) == 20 - copies
+
+
+def test_the_service_keeps_mas_importance_a_mean_so_repeated_traffic_does_not_grow_the_penalty() -> None:
+    """cl_core's MAS sums per task as the paper does; the service's updates re-measure one deployed distribution
+    (captured traffic every update), so its MAS (auto's companion, `mas`, `slnid`) averages unless told to sum."""
+    from cl_core.methods import MAS
+    from cl_core.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("mlp", (6,), ["a", "b"], {"hidden": [5]}), seed=0)
+    traffic = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
+    for method in ("auto", "mas", "slnid"):
+        learner = build_learner(method, SETTINGS)
+        mas = learner.unlabeled if method == "auto" else learner.method
+        assert isinstance(mas, MAS) and mas.accumulate == "mean"
+        learner.observe(model, traffic)
+        once = {k: v.clone() for k, v in mas.importance.items()}
+        for _ in range(3):
+            learner.observe(model, traffic)
+        for name, omega in once.items():
+            torch.testing.assert_close(mas.importance[name], omega)
+    summing = build_learner("auto", SETTINGS.model_copy(update={"mas_accumulate": "sum"}))
+    assert isinstance(summing.unlabeled, MAS) and summing.unlabeled.accumulate == "sum"
