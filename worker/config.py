@@ -97,6 +97,13 @@ class WorkerSettings(BaseSettings):
     auto_ewc_lambda: float = Field(100.0, ge=0)
     auto_ewc_gamma: float = Field(1.0, ge=0, le=1)
     auto_mas_lambda: float = Field(0.1, ge=0)
+    max_penalty_terms: int | None = Field(
+        3,
+        ge=1,
+        description="past penalties a method that keeps one per experience (R-EWC) keeps exactly; older ones are "
+        "folded into the oldest kept (every update is an experience, so without a bound a version's state grows "
+        "with the history: about 13 MB per term for the protocol MLP); none: every one exact",
+    )
     mas_accumulate: Literal["sum", "mean"] = Field(
         "mean",
         description="how MAS (the auto method's companion, `mas`, `slnid`) joins each update's importance to the "

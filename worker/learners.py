@@ -56,6 +56,8 @@ def build_learner(method: str, settings: WorkerSettings, overrides: dict[str, An
             method_hparams["max_samples"] = settings.importance_max_samples
         if "accumulate" in accepted and "accumulate" not in method_hparams:  # MAS, SLNID: see mas_accumulate
             method_hparams["accumulate"] = settings.mas_accumulate
+        if cls.grows_with_experiences and "max_terms" in accepted and "max_terms" not in method_hparams:
+            method_hparams["max_terms"] = settings.max_penalty_terms  # every update is an experience: bound it
         if cls.memory_argument is not None and cls.memory_argument not in method_hparams:
             method_hparams[cls.memory_argument] = settings.own_memory_size()  # DER++'s buffer: the memory's total
     spec = parse_method_name(name)

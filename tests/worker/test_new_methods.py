@@ -113,3 +113,24 @@ def test_the_service_keeps_mas_importance_a_mean_so_repeated_traffic_does_not_gr
             torch.testing.assert_close(mas.importance[name], omega)
     summing = build_learner("auto", SETTINGS.model_copy(update={"mas_accumulate": "sum"}))
     assert isinstance(summing.unlabeled, MAS) and summing.unlabeled.accumulate == "sum"
+
+
+def test_the_service_bounds_the_past_penalties_a_method_keeps_per_experience() -> None:
+    """Every update is an experience: R-EWC's exact per-experience terms would grow a version's state with the
+    history (#15), so the service keeps `max_penalty_terms` of them (the older ones folded)."""
+    from cl_core.experience import Experience
+    from cl_core.methods import REWC
+    from cl_core.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("mlp", (6,), ["a", "b"], {"hidden": [5]}), seed=0)
+    settings = SETTINGS.model_copy(update={"max_penalty_terms": 2})
+    method = build_learner("rewc", settings).method
+    assert isinstance(method, REWC) and method.max_terms == 2
+    assert isinstance(build_learner("rewc", SETTINGS.model_copy(update={"max_penalty_terms": None})).method, REWC)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        method.prepare(model)  # training happens in the rotated basis; consolidation on the plain model
+        method.finish(model)
+        method.consolidate(model, Experience(torch.randn(16, 6, generator=g), torch.randint(0, 2, (16,), generator=g)))
+    assert method.terms and all(len(terms) <= 2 for terms in method.terms.values())
+    assert build_learner("rewc", SETTINGS, {"max_terms": 4}).method.max_terms == 4  # type: ignore[attr-defined]
