@@ -67,3 +67,19 @@ def build_learner(method: str, settings: WorkerSettings, overrides: dict[str, An
         memory_hparams=memory if spec.replay else None,
         unlabeled_hparams=unlabeled,
     )
+
+
+def stored_learner(hparams: dict[str, Any]) -> Learner:
+    """An empty learner as a stored version's settings describe it.  MAS (the auto method's companion, `mas`,
+    `slnid`) averaged its importance before it learned to sum it, and a stored learner from then does not say
+    so: where its settings name no ``accumulate``, it is the mean it was built with, not today's default."""
+    stored = dict(hparams)
+    unlabeled = stored.get("unlabeled")
+    if isinstance(unlabeled, dict) and "accumulate" not in unlabeled:
+        stored["unlabeled"] = {**unlabeled, "accumulate": "mean"}
+    method = stored.get("method")
+    if isinstance(method, dict) and "accumulate" not in method:
+        cls = METHODS[parse_method_name(str(stored["name"])).base]
+        if "accumulate" in inspect.signature(cls).parameters:
+            stored["method"] = {**method, "accumulate": "mean"}
+    return Learner.from_hparams(stored)

@@ -31,7 +31,7 @@ from worker.claims import prepare_claim
 from worker.config import WorkerSettings
 from worker.evaluation import Baseline, EvaluationData, version_metrics
 from worker.history import history_of
-from worker.learners import build_learner
+from worker.learners import build_learner, stored_learner
 from worker.lifecycle import Outcome
 from worker.locking import HeldLock, LockLost, task_owner, update_lock, update_owner
 from worker.promotion import auto_promote, trusted_live_version
@@ -87,7 +87,7 @@ def restore_learner(
         try:
             fresh.load_state_dict(loaded.learner_state)
         except ValueError:  # the settings changed the learner's parts (e.g. no companion MAS any more)
-            fresh = Learner.from_hparams(loaded.learner_hparams)
+            fresh = stored_learner(loaded.learner_hparams)
             fresh.load_state_dict(loaded.learner_state)
         return fresh, None
     note = None

@@ -10,7 +10,7 @@ from cl_core.data import load_mnist5k
 from cl_core.methods import METHODS
 from registry import LocalStore, ModelRecord, Store, UpdateRecord
 from worker.config import WorkerSettings
-from worker.learners import build_learner, validate_method
+from worker.learners import build_learner, stored_learner, validate_method
 from worker.pipeline import load_version, run_update
 from worker.scheduling import new_update_id
 
@@ -134,3 +134,22 @@ def test_the_service_bounds_the_past_penalties_a_method_keeps_per_experience() -
         method.consolidate(model, Experience(torch.randn(16, 6, generator=g), torch.randint(0, 2, (16,), generator=g)))
     assert method.terms and all(len(terms) <= 2 for terms in method.terms.values())
     assert build_learner("rewc", SETTINGS, {"max_terms": 4}).method.max_terms == 4  # type: ignore[attr-defined]
+
+
+def test_a_learner_stored_before_mas_summed_is_rebuilt_as_the_mean_it_was() -> None:
+    """A stored version's learner settings without ``accumulate`` were written when MAS averaged: rebuilt from them
+    (the worker's fallback when today's settings change the learner's parts) it averages still; settings that name
+    it keep theirs."""
+    from cl_core.methods import MAS
+
+    for method in ("auto", "mas", "slnid"):
+        hparams = build_learner(method, SETTINGS).hparams()
+        part = "unlabeled" if method == "auto" else "method"
+        legacy = {**hparams, part: {k: v for k, v in hparams[part].items() if k != "accumulate"}}
+        rebuilt = stored_learner(legacy)
+        mas = rebuilt.unlabeled if method == "auto" else rebuilt.method
+        assert isinstance(mas, MAS) and mas.accumulate == "mean"
+        summing = {**hparams, part: {**hparams[part], "accumulate": "sum"}}
+        again = stored_learner(summing)
+        assert (again.unlabeled if method == "auto" else again.method).accumulate == "sum"  # type: ignore[union-attr]
+    assert stored_learner(build_learner("online-ewc", SETTINGS).hparams()).name == "online-ewc"
