@@ -191,13 +191,12 @@ class ExemplarMemory:
         quota = self.quota(len(self.appearances))
         # Old rows are kept by index; new ones are appended to a pool after them; one gather builds the memory (a
         # class can hold one exemplar from each of hundreds of updates: no per-(class, task) copies).
-        old = 0 if self.inputs is None else len(self.inputs)
         fresh: list[tuple[Tensor, Tensor]] = []  # the new selections (inputs, tags), in pool order
         index: list[int] = []  # the kept rows of the pool, (class, task) after (class, task)
         classes: list[int] = []
         kept_tasks: list[int] = []
         lengths: list[int] = []
-        fresh_rows = old
+        fresh_rows = 0 if self.inputs is None else len(self.inputs)  # where the next new selection starts
         for cls in sorted(self.appearances):
             tasks = self.appearances[cls]
             mine = (self.targets == cls).nonzero().flatten()
