@@ -271,8 +271,9 @@ class LocalStore(Store):
             raise NotFound(f"model {name!r} has no version {version}")
         return path
 
-    def _update_path(self, name: str, update_id: str, suffix: str) -> Path:
-        return self._inside(self._dir(name) / "updates" / f"{check_update_id(update_id)}{suffix}")
+    def _update_path(self, name: str, update_id: str, suffix: str, model_dir: Path | None = None) -> Path:
+        base = self._dir(name) if model_dir is None else model_dir  # as `_version_dir`
+        return self._inside(base / "updates" / f"{check_update_id(update_id)}{suffix}")
 
     def _remove_own(self, path: Path, marker: str) -> None:
         """Remove a directory tree, only if it is verifiably the store's: a real directory inside the data folder
@@ -1297,7 +1298,7 @@ class LocalStore(Store):
         out = []
         model_dir = self._dir(name)
         for update_id in ids:
-            path = self._inside(model_dir / "updates" / f"{check_update_id(update_id)}.json")
+            path = self._update_path(name, update_id, ".json", model_dir)
             if path.exists():
                 out.append(UpdateRecord.from_json(_read_json(path)))
         return out

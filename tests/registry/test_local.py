@@ -222,3 +222,18 @@ def test_a_format_1_store_is_migrated_when_opened(tmp_path: Path) -> None:
     store.ack("m", claim, 2, "u2")
     assert list(store.held_out("m")) == [1, 2]
     assert LocalStore(tmp_path).held_out("m")[1].ids == ["2", "4"]  # opened again: nothing migrates twice
+
+
+def test_experiences_another_store_instance_writes_are_seen(tmp_path: Path) -> None:
+    """The parsed experiences.json is kept per instance until the file changes: a second instance on the same folder
+    (another process of the same deployment) acknowledges, and the first sees it at once and claims past it."""
+    first, second = LocalStore(tmp_path / "s"), LocalStore(tmp_path / "s")
+    first.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=[]))
+    first.append_samples("m", torch.rand(4, 3), ["a", "a", "b", "b"], 0.0)
+    assert first.experiences("m") == []  # parsed (nothing yet), then written by the other instance
+    second.ack("m", second.claim("m"), version=1, update_id="u1")
+    assert [e.version for e in first.experiences("m")] == [1]
+    first.append_samples("m", torch.rand(2, 3), ["c", "c"], 0.0)
+    assert first.claim("m").train.labels == ["c", "c"]
+    first.ack("m", first.claim("m"), version=2, update_id="u2")
+    assert [e.version for e in second.experiences("m")] == [1, 2]

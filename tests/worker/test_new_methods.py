@@ -153,3 +153,9 @@ def test_a_learner_stored_before_mas_summed_is_rebuilt_as_the_mean_it_was() -> N
         again = stored_learner(summing)
         assert (again.unlabeled if method == "auto" else again.method).accumulate == "sum"  # type: ignore[union-attr]
     assert stored_learner(build_learner("online-ewc", SETTINGS).hparams()).name == "online-ewc"
+
+
+@pytest.mark.parametrize("bad", [0, -1, "many", 2.5])
+def test_a_hostile_penalty_term_bound_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        WorkerSettings(max_penalty_terms=bad)
