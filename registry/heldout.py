@@ -220,20 +220,29 @@ def consolidate(index: HeldOutIndex, parts: Mapping[str, Part], shape: Sequence[
 
 def by_experience(index: HeldOutIndex, parts: Mapping[str, Part], shape: Sequence[int]) -> dict[int, SampleSet]:
     """The live rows of ``parts`` grouped by experience (versions ascending; rows in the order they were stored).
-    One pass over the rows and one gather per experience: the cost is linear in the (bounded) rows, whatever the
-    number of experiences they came from."""
+    One pass over the rows and at most one gather per part, each experience a slice of it: the cost is linear in the
+    (bounded) rows, whatever the number of experiences they came from.  A part whose rows are all live and in order
+    is not copied: its slices share the part's tensor (read-only, as every held-out tensor is)."""
     live = index.live
-    ordered = [parts[name] for name in sorted(parts, key=int)]
-    every = SampleSet.concat([p.samples for p in ordered], shape)
-    versions = [v for p in ordered if len(p.samples) for v in p.experiences]
-    rows: dict[int, list[int]] = {}  # experience → its live rows of ``every``, in storage order
-    for row, (version, sample_id) in enumerate(zip(versions, every.ids, strict=True)):
-        if sample_id in live:
-            rows.setdefault(version, []).append(row)
-    return {
-        v: SampleSet(every.inputs[rows[v]], [every.labels[r] for r in rows[v]], [every.ids[r] for r in rows[v]])
-        for v in sorted(rows)
-    }
+    pieces: dict[int, list[SampleSet]] = {}
+    for name in sorted(parts, key=int):
+        samples, experiences = parts[name].samples, parts[name].experiences
+        rows: dict[int, list[int]] = {}  # experience → its live rows of this part, in storage order
+        for row, (version, sample_id) in enumerate(zip(experiences, samples.ids, strict=True)):
+            if sample_id in live:
+                rows.setdefault(version, []).append(row)
+        order = [r for kept in rows.values() for r in kept]  # the part's live rows, experience by experience
+        if order == list(range(len(samples))):  # every row live and already in that order: views, no copy
+            inputs, labels, ids = samples.inputs, samples.labels, samples.ids
+        else:  # one gather per part (indexing once per experience costs ≈ 50 µs each)
+            inputs = samples.inputs.index_select(0, torch.tensor(order, dtype=torch.long))
+            labels, ids = [samples.labels[r] for r in order], [samples.ids[r] for r in order]
+        start = 0
+        for (version, kept), view in zip(rows.items(), inputs.split([len(k) for k in rows.values()]), strict=True):
+            end = start + len(kept)
+            pieces.setdefault(version, []).append(SampleSet(view, labels[start:end], ids[start:end]))
+            start = end
+    return {v: pieces[v][0] if len(pieces[v]) == 1 else SampleSet.concat(pieces[v], shape) for v in sorted(pieces)}
 
 
 def empty(shape: Sequence[int]) -> SampleSet:

@@ -149,12 +149,41 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _write_json(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode())
+def _write_json(path: Path, value: Any, *, compact: bool = False) -> None:
+    """Readable JSON; ``compact`` for files written on every update that grow to thousands of entries (json's C
+    encoder serves only unindented output: the held-out index with its thousands of ids costs ≈ 10 ms indented)."""
+    text = json.dumps(value, separators=(",", ":")) if compact else json.dumps(value, indent=1, sort_keys=True)
+    write_atomic(path, text.encode())
 
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+@dataclass
+class _ExperienceLog:
+    """experiences.json parsed, with what claims derive from all of it, kept up to date record by record: the last
+    consumed batch, the samples experiences deferred (carried) and the carried ones they consumed."""
+
+    key: Any  # the file's identity when read (None: no file)
+    raw: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ExperienceRecord] = field(default_factory=list)
+    upto: int = 0
+    carried: dict[str, int] = field(default_factory=dict)
+    consumed: set[str] = field(default_factory=set)
+
+    def add(self, raw: dict[str, Any], record: ExperienceRecord) -> None:
+        self.raw.append(raw)
+        self.records.append(record)
+        self.upto = max(self.upto, ClaimToken.from_json(record.claim).upto)
+        self.carried.update({str(i): int(seq) for i, seq in dict(record.claim.get("deferred") or {}).items()})
+        self.consumed.update(str(i) for i in dict(record.claim.get("consumed") or {}))
+
+    def extended(self, key: Any, raw: dict[str, Any], record: ExperienceRecord) -> _ExperienceLog:
+        """A new log with ``record`` appended (this one is left as it was: a reader may hold it)."""
+        log = _ExperienceLog(key, list(self.raw), list(self.records), self.upto, dict(self.carried), set(self.consumed))
+        log.add(raw, record)
+        return log
 
 
 @dataclass
@@ -224,7 +253,8 @@ class LocalStore(Store):
         (self.root / "models").mkdir(exist_ok=True)
         self._real_root = self.root.resolve()
         self._locks: dict[str, threading.RLock] = {}
-        self._experience_cache: dict[str, tuple[Any, list[dict[str, Any]], tuple[ExperienceRecord, ...]]] = {}
+        self._experience_cache: dict[str, _ExperienceLog] = {}
+        self._part_cache: dict[str, dict[str, tuple[Any, Part]]] = {}  # name → part → (file identity, part)
         self._locks_guard = threading.Lock()
         self._listeners: set[LiveListener] = set()
         self._update_locks: dict[str, tuple[int, float, str]] = {}  # name → (token, expires at, owner)
@@ -325,6 +355,7 @@ class LocalStore(Store):
             os.rename(path, graveyard)  # atomic: the model vanishes at once
             self._remove_own(graveyard, "model.json")
             self._update_locks.pop(name, None)
+            self._part_cache.pop(name, None)
         self._notify(name, None)
 
     def update_model(self, name: str, change: Callable[[ModelRecord], ModelRecord]) -> ModelRecord:
@@ -716,27 +747,29 @@ class LocalStore(Store):
         return dropped
 
     def _experiences(self, name: str) -> list[ExperienceRecord]:
-        return list(self._experience_log(name)[1])
+        return list(self._experience_log(name).records)
 
-    def _experience_log(self, name: str) -> tuple[list[dict[str, Any]], tuple[ExperienceRecord, ...]]:
-        """experiences.json as stored and parsed: read again only when the file changed (its identity, size and
-        time), since an update reads it several times and it grows by one record per update."""
+    def _experience_log(self, name: str) -> _ExperienceLog:
+        """experiences.json as stored and parsed, with what the claim derives from it: read again only when the
+        file changed (its identity, size and time), since an update reads it several times and it grows by one
+        record per update; this instance's own appends extend it without reading (`_append_experience`)."""
         path = self._dir(name) / "experiences.json"
         try:
             info = path.stat()
         except FileNotFoundError:
-            return [], ()
+            return _ExperienceLog(None)
         key = (path, info.st_ino, info.st_size, info.st_mtime_ns)
         cached = self._experience_cache.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        raw: list[dict[str, Any]] = _read_json(path)
-        records = tuple(ExperienceRecord.from_json(e) for e in raw)
-        self._experience_cache[name] = (key, raw, records)
-        return raw, records
+        if cached is not None and cached.key == key:
+            return cached
+        log = _ExperienceLog(key)
+        for raw in _read_json(path):
+            log.add(raw, ExperienceRecord.from_json(raw))
+        self._experience_cache[name] = log
+        return log
 
     def _consumed_upto(self, name: str) -> int:
-        return max((ClaimToken.from_json(e.claim).upto for e in self._experiences(name)), default=0)
+        return self._experience_log(name).upto
 
     def _quarantine(self, name: str) -> dict[str, dict[str, Any]]:
         path = self._dir(name) / "quarantine.json"
@@ -747,11 +780,8 @@ class LocalStore(Store):
         """Carried, quarantined and exempt samples, from experiences.json and quarantine.json: a sample deferred by
         an update or released from quarantine is carried (pending again, id → batch) until an experience lists it
         as consumed."""
-        carried: dict[str, int] = {}
-        consumed: set[str] = set()
-        for e in self._experiences(name):
-            carried.update({str(i): int(seq) for i, seq in dict(e.claim.get("deferred") or {}).items()})
-            consumed.update(str(i) for i in dict(e.claim.get("consumed") or {}))
+        log = self._experience_log(name)
+        carried, consumed = dict(log.carried), log.consumed
         quarantine = self._quarantine(name)
         for i, entry in quarantine.items():
             if entry.get("released"):
@@ -781,11 +811,14 @@ class LocalStore(Store):
             return plan.claim(parts, shape)
 
     def _append_experience(self, name: str, record: ExperienceRecord) -> None:
-        """The commit point of an acknowledgement: the whole file written again (atomically), compact."""
-        raw, _ = self._experience_log(name)
-        write_atomic(
-            self._dir(name) / "experiences.json", json.dumps([*raw, record.to_json()], separators=(",", ":")).encode()
-        )
+        """The commit point of an acknowledgement: the whole file written again (atomically), compact; the parsed
+        log is extended, not read again."""
+        log = self._experience_log(name)
+        raw = record.to_json()
+        path = self._dir(name) / "experiences.json"
+        write_atomic(path, json.dumps([*log.raw, raw], separators=(",", ":")).encode())
+        info = path.stat()
+        self._experience_cache[name] = log.extended((path, info.st_ino, info.st_size, info.st_mtime_ns), raw, record)
 
     def ack(
         self,
@@ -877,7 +910,7 @@ class LocalStore(Store):
         return HeldOutIndex.from_json(_read_json(path)) if path.exists() else HeldOutIndex()
 
     def _write_held_index(self, name: str, index: HeldOutIndex) -> None:
-        _write_json(self._dir(name) / "heldout" / "index.json", index.to_json())
+        _write_json(self._dir(name) / "heldout" / "index.json", index.to_json(), compact=True)
 
     def _commit_experience(self, name: str, experience: ExperienceRecord, held: SampleSet) -> None:
         index = self._held_catch_up(name)
@@ -941,12 +974,27 @@ class LocalStore(Store):
             parts.append(batch.select(experience_mask(experience.claim, meta)))
         return SampleSet.concat(parts, shape)
 
+    def _held_parts(self, name: str, index: HeldOutIndex) -> dict[str, Part]:
+        """The parts the index lists, each parsed again only when its file changed (identity, size, time): an
+        update reads the held-out store once and adds one part, so it reads that part, not the whole store."""
+        cached = self._part_cache.get(name, {})
+        parts: dict[str, Part] = {}
+        fresh: dict[str, tuple[Any, Part]] = {}
+        for p in index.parts:
+            path = self._part_path(name, p)
+            info = path.stat()
+            key = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+            hit = cached.get(p)
+            part = hit[1] if hit is not None and hit[0] == key else Part.from_bytes(path.read_bytes())
+            parts[p], fresh[p] = part, (key, part)
+        self._part_cache[name] = fresh  # only the listed parts: the cache is as bounded as the store
+        return parts
+
     def held_out(self, name: str) -> dict[int, SampleSet]:
         with self._lock(name):
             shape = self.get_model(name).input_shape
             index = self._held_catch_up(name)
-            parts = {p: Part.from_bytes(self._part_path(name, p).read_bytes()) for p in index.parts}
-            return by_experience(index, parts, shape)
+            return by_experience(index, self._held_parts(name, index), shape)
 
     def experience_samples(self, name: str, version: int) -> SampleSet:
         with self._lock(name):

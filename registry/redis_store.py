@@ -259,6 +259,9 @@ class RedisStore(Store):
         self.channel = f"{prefix}:db{db}:live"  # pub/sub ignores database numbers: the channel names one
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._update_indexed: set[str] = set()  # models whose update indexes this process found complete
+        # name → part → ((index seed, the part's ids), part): a stored part's rows are fixed by its name and ids (a
+        # rewrite that drops rows changes the ids; a model made again gets a new seed), so a part is fetched once
+        self._part_cache: dict[str, dict[str, tuple[tuple[int, tuple[str, ...]], Part]]] = {}
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
@@ -449,6 +452,7 @@ class RedisStore(Store):
             [f"{self._prefix}:models", self._k(name, "model")],
             [name, pattern, self.channel, message, repr(name)],
         )
+        self._part_cache.pop(name, None)
 
     @_translated
     def update_model(self, name: str, change: Callable[[ModelRecord], ModelRecord]) -> ModelRecord:
@@ -1078,13 +1082,29 @@ class RedisStore(Store):
         return parts
 
     def _held_store(self, name: str) -> tuple[HeldOutIndex, dict[str, Part]]:
+        """The index and the parts it lists: the index first, then only the parts this process has not fetched
+        before (an update adds one part, so it transfers that part, not the whole store), read again when the
+        index changed in between."""
         self._held_index(name)  # folds in what is not folded yet
+        key = self._k(name, "held")
         for _ in range(10):
-            [data] = self._read(name, lambda pipe: pipe.hgetall(self._k(name, "held")))
+            [(raw, gen)] = self._read(name, lambda pipe: pipe.hmget(key, ["index", "gen"]))
+            index = _index(raw, gen)
+            cached = self._part_cache.get(name, {})
+            wanted = {p: (index.seed, tuple(ids)) for p, ids in index.parts.items()}
+            missing = [p for p in wanted if p not in cached or cached[p][0] != wanted[p]]
+            fields = ["gen", *(f for p in missing for f in (f"p:{p}", f"p:{p}@"))]
+            [values] = self._read(name, functools.partial(_hmget, key=key, fields=fields))
+            if int(values[0] or 0) != index.gen:
+                continue  # changed between the two reads
             try:
-                return _index(data.get(b"index"), data.get(b"gen")), self._held_parts(name, data)
+                fetched = {p: self._payload(name, values[1 + 2 * i], values[2 + 2 * i]) for i, p in enumerate(missing)}
             except _Moved:
                 continue
+            fresh = {p: cached[p] for p in wanted if p not in fetched}
+            fresh.update({p: (wanted[p], Part.from_bytes(b)) for p, b in fetched.items() if b is not None})
+            self._part_cache[name] = fresh  # only the listed parts: the cache is as bounded as the store
+            return index, {p: part for p, (_, part) in fresh.items()}
         raise StoreUnavailable(f"the held-out store of {name!r} kept changing while being read")
 
     @_translated
@@ -1658,6 +1678,10 @@ def _merge_rows(batch: _Batch, keep: Sequence[bool]) -> Tensor:
     if held_rows:
         rows[held_rows] = batch.held.inputs
     return rows[[i for i, k in enumerate(keep) if k]]
+
+
+def _hmget(pipe: Pipeline, *, key: str, fields: list[str]) -> None:
+    pipe.hmget(key, fields)
 
 
 def _index(raw: bytes | str | None, gen: bytes | str | None) -> HeldOutIndex:

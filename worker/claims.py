@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from torch import nn
+from torch import Tensor, nn
 
 from cl_core.labels import natural_order
 from registry import Claim, QuarantineRecord, SampleSet, Store, UpdateRecord
@@ -81,11 +81,12 @@ def prepare_claim(
     update: UpdateRecord,
     settings: WorkerSettings,
     fence: int | None,
+    trusted_logits: Tensor | None = None,
 ) -> Prepared:
     """Defer the samples of new classes that are not ready (in updates the policy started), screen the rest with
     the ``live`` model (None: the first version, nothing to screen against) against the lineage's ``trusted``
-    held-out samples, and record the systematic flips in the store's quarantine (before training: a crash later
-    keeps them there)."""
+    held-out samples (``trusted_logits``: the live model's outputs on them, when already computed), and record the
+    systematic flips in the store's quarantine (before training: a crash later keeps them there)."""
     name, update_id = update.model, update.update_id
     min_samples_per_new_class = settings.policy_min_samples_per_new_class if by_policy(update.reason) else 1
     claimed = SampleSet.concat([claim.train, claim.held_out], trusted.inputs.shape[1:])
@@ -100,7 +101,9 @@ def prepare_claim(
     if live is None:
         return prepared
     rest = SampleSet.concat([prepared.claim.train.labeled, prepared.claim.held_out], trusted.inputs.shape[1:])
-    prepared.screening = screening = screen(live, known, rest, trusted, claim.exempt, settings.screening_rules())
+    prepared.screening = screening = screen(
+        live, known, rest, trusted, claim.exempt, settings.screening_rules(), trusted_logits
+    )
     if not screening.quarantined:
         return prepared
     held = set(claim.held_out.ids)

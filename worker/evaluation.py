@@ -22,6 +22,8 @@ A candidate that breaks either rule is kept but not promoted.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -35,41 +37,63 @@ from registry import NotFound, SampleSet, Store, VersionRecord
 from worker.history import DEFAULT_WIDTH, HISTORY_KEY, History, StoredHistory, compact_row, derive, measured_row
 
 
+def logits_of(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Tensor:
+    """The model's outputs (eval mode, batched, float32 on the CPU): one forward pass that the predictions and the
+    label screening's confidences are both read from."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    out: list[Tensor] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                out.append(model(inputs[start : start + batch_size].to(param.device, param.dtype)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def labels_of(logits: Tensor, classes: Sequence[str]) -> list[str]:
+    """The argmax class names of ``logits`` (one row per input)."""
+    if len(logits) == 0:
+        return []
+    if not classes:
+        return ["" for _ in range(len(logits))]
+    return [classes[i] for i in logits.argmax(1).tolist()]
+
+
 def predict_labels(model: nn.Module, classes: Sequence[str], inputs: Tensor, batch_size: int = 1024) -> list[str]:
     """The model's argmax class names (eval mode, batched)."""
     if len(inputs) == 0:
         return []
     if not classes:
         return ["" for _ in range(len(inputs))]
-    param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    out: list[str] = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(inputs), batch_size):
-                logits = model(inputs[start : start + batch_size].to(param.device, param.dtype))
-                out.extend(classes[i] for i in logits.argmax(1).tolist())
-    finally:
-        model.train(was_training)
-    return out
+    return labels_of(logits_of(model, inputs, batch_size), classes)
 
 
 def accuracy(
     predicted: Sequence[str], labels: Sequence[str | None], keep: Sequence[bool] | None = None
 ) -> float | None:
-    """Share of correct predictions (over ``keep``), None when nothing is scored."""
-    pairs = [(p, y) for i, (p, y) in enumerate(zip(predicted, labels, strict=True)) if keep is None or keep[i]]
-    return sum(p == y for p, y in pairs) / len(pairs) if pairs else None
+    """Share of correct predictions (over ``keep``), None when nothing is scored.  Compared in C (``map``,
+    ``compress``): the gate scores thousands of held-out rows on every update."""
+    if len(predicted) != len(labels) or (keep is not None and len(keep) != len(labels)):
+        raise ValueError("accuracy needs one prediction (and keep flag) per label")
+    right = map(operator.eq, predicted, labels)
+    if keep is None:
+        return sum(right) / len(labels) if len(labels) else None
+    scored = sum(keep)
+    return sum(itertools.compress(right, keep)) / scored if scored else None
 
 
 def per_class_accuracy(predicted: Sequence[str], labels: Sequence[str | None]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for label in natural_order({y for y in labels if y is not None}):
-        value = accuracy(predicted, labels, [y == label for y in labels])
-        assert value is not None
-        out[label] = value
-    return out
+    """Accuracy per labeled class (one pass over the rows)."""
+    right: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for p, y in zip(predicted, labels, strict=True):
+        if y is not None:
+            total[y] = total.get(y, 0) + 1
+            right[y] = right.get(y, 0) + (p == y)
+    return {label: right[label] / total[label] for label in natural_order(set(total))}
 
 
 def lineage(store: Store, name: str, version: int | None) -> list[VersionRecord]:
@@ -98,6 +122,7 @@ class EvaluationData:
 
     experiences: dict[int, SampleSet]  # experience (the version that consumed it) → its held-out samples
     own: SampleSet
+    _trusted: SampleSet | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def gather(cls, store: Store, name: str, versions: Iterable[int], own: SampleSet) -> EvaluationData:
@@ -111,8 +136,12 @@ class EvaluationData:
         return SampleSet.concat([*self.experiences.values(), self.own], input_shape)
 
     def trusted(self, input_shape: Sequence[int]) -> SampleSet:
-        """The lineage's held-out samples: what versions that went live had held out (never the update's own)."""
-        return SampleSet.concat(list(self.experiences.values()), input_shape)
+        """The lineage's held-out samples: what versions that went live had held out (never the update's own).
+        Joined once: screening, the baseline, the gate and the metrics all read it (``experiences`` is not changed
+        after `gather`)."""
+        if self._trusted is None:
+            self._trusted = SampleSet.concat(list(self.experiences.values()), input_shape)
+        return self._trusted
 
 
 @dataclass(frozen=True)
@@ -218,8 +247,12 @@ def class_checks(
 ) -> list[ClassCheck]:
     """The per-class rule for every parent class that has trusted samples."""
     checks = []
+    rows_of: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        if y is not None:
+            rows_of.setdefault(y, []).append(i)
     for label in old_classes:
-        rows = [i for i, y in enumerate(labels) if y == label]
+        rows = rows_of.get(label, [])
         if not rows:
             continue
         before = [parent_predictions[i] == label for i in rows]
@@ -249,7 +282,8 @@ def gate(
 ) -> Gate:
     """Compare parent and candidate on the trusted held-out samples of the parent's classes: the average rule and
     the per-class rule."""
-    keep = [y in old_classes for y in labels]
+    old = set(old_classes)
+    keep = [y in old for y in labels]
     samples = sum(keep)
     if parent_predictions is None or samples == 0:
         return Gate(
@@ -313,7 +347,8 @@ def claim_figures(
 @dataclass
 class Baseline:
     """The parent's predictions on the trusted and the update's own held-out samples, taken before training (the
-    model is trained in place), to judge the candidate against afterwards."""
+    model is trained in place), to judge the candidate against afterwards; then the candidate's, which the version's
+    metrics reuse (`version_metrics`' ``predicted``: the trusted and own samples are scored once per model)."""
 
     evaluation: EvaluationData
     input_shape: Sequence[int]
@@ -321,6 +356,7 @@ class Baseline:
     parent_version: int | None
     trusted: list[str] | None  # None: no parent
     own: list[str] | None
+    candidate: list[str] | None = None  # the judged candidate's predictions: trusted, then own (`EvaluationData.all`)
 
     @classmethod
     def measure(
@@ -330,27 +366,27 @@ class Baseline:
         evaluation: EvaluationData,
         input_shape: Sequence[int],
         parent_version: int | None,
+        trusted_logits: Tensor | None = None,
     ) -> Baseline:
+        """``trusted_logits``: the parent's outputs on the trusted samples when already computed (the label
+        screening scores them with the same model)."""
         trusted = own = None
         if parent is not None:
-            trusted = predict_labels(parent, old_classes, evaluation.trusted(input_shape).inputs)
+            if trusted_logits is not None and len(trusted_logits) == len(evaluation.trusted(input_shape)):
+                trusted = labels_of(trusted_logits, old_classes)
+            else:
+                trusted = predict_labels(parent, old_classes, evaluation.trusted(input_shape).inputs)
             own = predict_labels(parent, old_classes, evaluation.own.inputs)
         return cls(evaluation, input_shape, list(old_classes), parent_version, trusted, own)
 
     def judge(self, candidate: nn.Module, classes: Sequence[str], rules: GateRules) -> Gate:
         trusted = self.evaluation.trusted(self.input_shape)
-        verdict = gate(
-            self.trusted,
-            predict_labels(candidate, classes, trusted.inputs),
-            trusted.labels,
-            self.old_classes,
-            self.parent_version,
-            rules,
-        )
         own = self.evaluation.own
-        verdict.claim = claim_figures(
-            self.own, predict_labels(candidate, classes, own.inputs), own.labels, self.old_classes
-        )
+        on_trusted = predict_labels(candidate, classes, trusted.inputs)
+        on_own = predict_labels(candidate, classes, own.inputs)
+        self.candidate = on_trusted + on_own
+        verdict = gate(self.trusted, on_trusted, trusted.labels, self.old_classes, self.parent_version, rules)
+        verdict.claim = claim_figures(self.own, on_own, own.labels, self.old_classes)
         return verdict
 
 
@@ -396,13 +432,16 @@ def version_metrics(
     gate_result: Gate | None = None,
     width: int = DEFAULT_WIDTH,
     again: tuple[int, StoredHistory] | None = None,
+    predicted: Sequence[str] | None = None,
 ) -> VersionMetrics:
     """Everything stored with a version: per-class and overall held-out accuracy, its matrix row, its history
     derived from its ``parent``'s (None: a first version; ``width``: the report window it keeps) and from it
     ACC/BWT/forgetting along its lineage, the gate.  ``again``: a stored version measured again (its number and
-    stored history, which stands for its parent's: ancestors deleted since do not matter)."""
-    everything = data.all(input_shape)
-    predicted = predict_labels(model, classes, everything.inputs)  # one pass; each experience is a slice of it
+    stored history, which stands for its parent's: ancestors deleted since do not matter).  ``predicted``: the
+    model's predictions on ``data.all`` when already taken (`Baseline.judge`)."""
+    labels = [*data.trusted(input_shape).labels, *data.own.labels]  # the rows of `data.all`, in its order
+    if predicted is None or len(predicted) != len(labels):
+        predicted = predict_labels(model, classes, data.all(input_shape).inputs)  # each experience is a slice
     measured: dict[int, float | None] = {}
     start = 0
     for v, samples in data.experiences.items():
@@ -413,9 +452,9 @@ def version_metrics(
     stored = derive(parent, measured, width) if again is None else again[1].remeasured(again[0], measured)
     summary = stored.aggregates(own)
     return VersionMetrics(
-        held_out_samples=len(everything),
-        accuracy=accuracy(predicted, everything.labels),
-        per_class_accuracy=per_class_accuracy(predicted, everything.labels),
+        held_out_samples=len(labels),
+        accuracy=accuracy(predicted, labels),
+        per_class_accuracy=per_class_accuracy(predicted, labels),
         experience_accuracy={str(v): a for v, a in measured.items()},
         own_experience_accuracy=own,
         acc=summary.acc,

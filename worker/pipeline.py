@@ -29,7 +29,7 @@ from registry import tensors as st
 from worker import lifecycle
 from worker.claims import prepare_claim
 from worker.config import WorkerSettings
-from worker.evaluation import Baseline, EvaluationData, version_metrics
+from worker.evaluation import Baseline, EvaluationData, logits_of, version_metrics
 from worker.history import history_of
 from worker.learners import build_learner, stored_learner
 from worker.lifecycle import Outcome
@@ -253,9 +253,10 @@ def _update(
     history = history_of(store, name, parent, settings.report_window)  # one read: the parent's ledger
     evaluation = EvaluationData.gather(store, name, history.experiences, SampleSet.concat([], spec.input_shape))
     live = model if parent is not None else None
-    prepared = prepare_claim(
-        store, claimed, live, old_classes, evaluation.trusted(spec.input_shape), record, settings, token
-    )
+    trusted = evaluation.trusted(spec.input_shape)
+    # the live model scores the trusted samples once: screening's thresholds and the gate's baseline read it
+    live_logits = logits_of(live, trusted.inputs) if live is not None and len(trusted) else None
+    prepared = prepare_claim(store, claimed, live, old_classes, trusted, record, settings, token, live_logits)
     claim = prepared.claim
     labeled, unlabeled = claim.train.labeled, claim.train.unlabeled
     if len(labeled) == 0 and len(unlabeled) == 0 and (prepared.quarantined or len(traffic) == 0):
@@ -265,7 +266,7 @@ def _update(
     unlabeled = SampleSet.concat([unlabeled, traffic.samples], spec.input_shape)
     report(0.05, force=True)
     evaluation.own = claim.held_out
-    baseline = Baseline.measure(live, old_classes, evaluation, spec.input_shape, parent)
+    baseline = Baseline.measure(live, old_classes, evaluation, spec.input_shape, parent, live_logits)
 
     # new classes join the head in natural order (whatever order the samples came in)
     new_labels = natural_order({label for label in labeled.labels if label is not None and label not in spec.classes})
@@ -302,7 +303,14 @@ def _update(
 
     verdict = baseline.judge(model, spec.classes, settings.gate_rules())
     measured = version_metrics(
-        model, spec.classes, evaluation, history, spec.input_shape, verdict, settings.report_window
+        model,
+        spec.classes,
+        evaluation,
+        history,
+        spec.input_shape,
+        verdict,
+        settings.report_window,
+        predicted=baseline.candidate,
     )
     measured.screening = prepared.screening.to_json()
     metrics = measured.to_json()
@@ -425,7 +433,14 @@ def import_weights(
         base.model.load_state_dict(state)
         verdict = baseline.judge(base.model, base.spec.classes, settings.gate_rules())
         measured = version_metrics(
-            base.model, base.spec.classes, evaluation, history, base.spec.input_shape, verdict, settings.report_window
+            base.model,
+            base.spec.classes,
+            evaluation,
+            history,
+            base.spec.input_shape,
+            verdict,
+            settings.report_window,
+            predicted=baseline.candidate,
         )
         record = VersionRecord(
             model=name,

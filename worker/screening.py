@@ -33,9 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from registry import SampleSet
+from worker.evaluation import logits_of
 
 MAX_CORE = 4096
 """At most about this many of a new class's samples are compared against (the neighbour search's cost)."""
+
+MAX_REFERENCE = 256
+"""At most this many trusted samples of a class are compared against, evenly spread over its held-out reservoir
+(the neighbour search's cost stays the same however full the reservoir is; its thresholds use every one)."""
 
 PROJECTION_DIM = 512
 """Inputs with more values than this are compared after a fixed random projection (distances are kept within a
@@ -100,24 +105,13 @@ class Screening:
         return f"label screening quarantined {len(self.quarantined)} samples: " + "; ".join(parts)
 
 
-def _probabilities(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Tensor:
-    param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(inputs), batch_size):
-                logits = model(inputs[start : start + batch_size].to(param.device, param.dtype))
-                out.append(logits.float().softmax(1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 0)
+def _probabilities(model: nn.Module, inputs: Tensor) -> Tensor:
+    return logits_of(model, inputs).softmax(1) if len(inputs) else torch.zeros(0, 0)
 
 
 def _flat(inputs: Tensor) -> Tensor:
     """Inputs as vectors (randomly projected, with a fixed seed, when they are long)."""
-    flat = inputs.reshape(len(inputs), -1).float()
+    flat = inputs.flatten(1).float()
     if flat.shape[1] <= PROJECTION_DIM:
         return flat
     generator = torch.Generator().manual_seed(0)
@@ -138,19 +132,38 @@ def _mostly_reference(queries: Tensor, reference: Tensor, others: Tensor, k: int
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
+class _References:
+    """The trusted samples of each class as vectors for the neighbour search: at most `MAX_REFERENCE` per class,
+    evenly spread, flattened only for the classes a search needs."""
+
+    def __init__(self, inputs: Tensor, rows: dict[str, list[int]]) -> None:
+        self.inputs, self.rows = inputs, rows
+        self._vectors: dict[str, Tensor] = {}
+
+    def count(self, label: str) -> int:
+        return len(self.rows.get(label, []))
+
+    def of(self, label: str) -> Tensor:
+        if label not in self._vectors:
+            rows = self.rows.get(label, [])
+            stride = max(1, math.ceil(len(rows) / MAX_REFERENCE))
+            self._vectors[label] = _flat(self.inputs[rows[::stride]])
+        return self._vectors[label]
+
+
 def _given_side(
     vectors: Tensor,
-    trusted_vectors: Tensor,
+    trusted: _References,
+    label: str,
     given: list[int],
-    trusted_given: list[int],
     suspects: set[int],
     rules: ScreeningRules,
 ) -> Tensor:
     """What the samples labeled ``g`` are compared against: the lineage's trusted samples of ``g`` when it has
     enough (the claim's own samples never vouch for each other), else, for a class new in the claim, the claim's
     samples labeled ``g`` other than the suspects."""
-    if len(trusted_given) >= rules.min_reference:
-        return trusted_vectors[trusted_given]
+    if trusted.count(label) >= rules.min_reference:
+        return trusted.of(label)
     core = [i for i in given if i not in suspects]
     stride = max(1, len(core) // MAX_CORE)  # a bounded, evenly spread subset keeps the search cheap
     return vectors[core[::stride]]
@@ -163,9 +176,11 @@ def screen(
     trusted: SampleSet,
     exempt: Collection[str],
     rules: ScreeningRules,
+    trusted_logits: Tensor | None = None,
 ) -> Screening:
     """Screen a claim's labeled ``samples`` (training and held-out, with ids) with the live ``model`` (whose outputs
-    are ``classes``) against the lineage's ``trusted`` held-out samples."""
+    are ``classes``) against the lineage's ``trusted`` held-out samples (``trusted_logits``: the model's outputs on
+    them, when already computed)."""
     result = Screening()
     if not rules.enabled or not classes or len(samples) == 0:
         return result
@@ -180,7 +195,9 @@ def screen(
     if len(samples) == 0:
         return result
     # per-class thresholds: the live model's mean self-confidence on the trusted samples of each class
-    trusted_probs = _probabilities(model, trusted.inputs) if len(trusted) else torch.zeros(0, len(classes))
+    if trusted_logits is None or len(trusted_logits) != len(trusted):
+        trusted_logits = logits_of(model, trusted.inputs) if len(trusted) else torch.zeros(0, len(classes))
+    trusted_probs = trusted_logits.softmax(1) if len(trusted) else torch.zeros(0, len(classes))
     trusted_rows: dict[str, list[int]] = {}
     for i, label in enumerate(trusted.labels):
         if label is not None and label in classes:
@@ -207,16 +224,15 @@ def screen(
             candidates.setdefault((label, assigned), []).append(i)
     if not candidates:
         return result
-    vectors, trusted_vectors = _flat(samples.inputs), _flat(trusted.inputs)
+    vectors = _flat(samples.inputs)
+    trusted_vectors = _References(trusted.inputs, trusted_rows)
     for (given, assigned), rows in sorted(candidates.items()):
         labeled = len(given_rows[given])
         confirmed: list[int] = []
         if len(rows) >= rules.min_count and len(rows) / labeled >= rules.min_share:
-            reference = trusted_vectors[trusted_rows[assigned]]
+            reference = trusted_vectors.of(assigned)
             flagged = set(rows)
-            others = _given_side(
-                vectors, trusted_vectors, given_rows[given], trusted_rows.get(given, []), flagged, rules
-            )
+            others = _given_side(vectors, trusted_vectors, given, given_rows[given], flagged, rules)
             votes = _mostly_reference(vectors[rows], reference, others, rules.neighbours)
             confirmed = [i for i, vote in zip(rows, votes.tolist(), strict=True) if vote]
         share = len(confirmed) / labeled
@@ -228,12 +244,8 @@ def screen(
             # the pair is systematic: every sample labeled `given` the model puts in `assigned` (at any confidence)
             # whose neighbours are mostly trusted `assigned` samples goes too
             suspects = [i for i in given_rows[given] if classes[int(predicted[i])] == assigned]
-            others = _given_side(
-                vectors, trusted_vectors, given_rows[given], trusted_rows.get(given, []), set(suspects), rules
-            )
-            votes = _mostly_reference(
-                vectors[suspects], trusted_vectors[trusted_rows[assigned]], others, rules.neighbours
-            )
+            others = _given_side(vectors, trusted_vectors, given, given_rows[given], set(suspects), rules)
+            votes = _mostly_reference(vectors[suspects], trusted_vectors.of(assigned), others, rules.neighbours)
             extended = [i for i, vote in zip(suspects, votes.tolist(), strict=True) if vote]
             for i in sorted(set(confirmed) | set(extended)):
                 result.quarantined[samples.ids[i]] = (given, assigned)

@@ -157,3 +157,28 @@ def test_imported_experiences_go_through_the_reservoir(store_factory: Callable[.
 def test_the_store_refuses_a_capacity_below_one(store_factory: Callable[..., Store]) -> None:
     with pytest.raises(ValueError, match="heldout_capacity"):
         store_factory(heldout_capacity=0)
+
+
+def test_a_reader_sees_what_another_instance_changed_in_the_held_out_store(
+    open_backend: Callable[..., Store],
+) -> None:
+    """Each instance keeps the parts it read (an update reads only the newest part); another process of the same
+    deployment deleting a held-out sample, consolidating, or deleting and making the model again is seen at the
+    next read, never a stale part."""
+    reader, writer = open_backend(None), open_backend(None)
+    reader.create_model(_model("m"))
+    for version in (1, 2, 3):
+        _experience(reader, "m", version, ["a"] * 4 + ["b"] * 4)
+    before = reader.held_out("m")
+    gone = before[2].ids[0]
+    assert writer.delete_samples("m", [gone]) == 1
+    after = reader.held_out("m")
+    assert gone not in after[2].ids and after[2].ids == before[2].ids[1:]
+    assert torch.equal(after[2].inputs, before[2].inputs[1:]) and after[1].ids == before[1].ids
+    _experience(writer, "m", 4, ["a"] * 4)
+    assert list(reader.held_out("m")) == [1, 2, 3, 4]
+    writer.delete_model("m")
+    writer.create_model(_model("m"))
+    fresh = _experience(writer, "m", 1, ["c"] * 4)
+    again = reader.held_out("m")
+    assert list(again) == [1] and again[1].ids == fresh.ids and torch.equal(again[1].inputs, fresh.inputs)

@@ -237,3 +237,20 @@ def test_experiences_another_store_instance_writes_are_seen(tmp_path: Path) -> N
     assert first.claim("m").train.labels == ["c", "c"]
     first.ack("m", first.claim("m"), version=2, update_id="u2")
     assert [e.version for e in second.experiences("m")] == [1, 2]
+
+
+def test_the_experience_log_an_instance_extends_is_what_reading_the_file_gives(tmp_path: Path) -> None:
+    """An acknowledgement extends the parsed experiences.json (its records, the last consumed batch, carried and
+    consumed samples) instead of reading it again: the result equals a fresh instance's parse, deferrals included."""
+    store = LocalStore(tmp_path / "s")
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=[]))
+    for version in (1, 2, 3):
+        store.append_samples("m", torch.rand(4, 3), ["a", "a", "b", "new"], 0.0)
+        claim = store.claim("m")
+        deferred = [i for i, label in zip(claim.train.ids, claim.train.labels, strict=True) if label == "new"]
+        store.ack("m", claim, version=version, update_id=f"u{version}", deferred=deferred if version < 3 else ())
+    extended, parsed = store._experience_log("m"), LocalStore(tmp_path / "s")._experience_log("m")
+    assert extended.records == parsed.records and extended.raw == parsed.raw and extended.upto == parsed.upto
+    assert extended.carried == parsed.carried and len(extended.carried) == 2  # deferred by updates 1 and 2
+    assert extended.consumed == parsed.consumed and len(parsed.consumed) == 2  # both consumed by update 3
+    assert store._set_aside("m") == LocalStore(tmp_path / "s")._set_aside("m") and not store._set_aside("m").carried

@@ -20,6 +20,7 @@ from worker.evaluation import (
     describe_gate,
     gate,
     paired_drop_lower_bound,
+    predict_labels,
 )
 from worker.pipeline import run_update
 from worker.scheduling import UpdatePolicy, new_update_id
@@ -157,3 +158,36 @@ def test_the_evaluation_data_comes_from_the_held_out_store_in_one_read(tmp_path:
     data = EvaluationData.gather(store, "m", [1, 3], SampleSet(torch.zeros(0, 2), [], []))
     assert calls == ["held_out"]
     assert {v: s.ids for v, s in data.experiences.items()} == {1: held[1], 3: held[3]}
+
+
+def test_each_model_scores_the_held_out_samples_once_and_every_figure_is_what_a_fresh_pass_gives() -> None:
+    """The pipeline passes the live model's outputs from screening to the baseline, and the candidate's predictions
+    from the gate to the version's metrics: the same figures as scoring again (the old, twice-scored path)."""
+    from cl_core.models import ModelSpec, build_model
+    from worker.evaluation import Baseline, logits_of, version_metrics
+
+    classes = ["a", "b", "c"]
+    spec = ModelSpec("mlp", (6,), classes, {"hidden": [8]})
+    parent, candidate = build_model(spec, seed=0), build_model(spec, seed=1)
+    experiences = {
+        v: SampleSet(torch.randn(40, 6), [classes[i % 3] for i in range(40)], [str(v * 100 + i) for i in range(40)])
+        for v in (1, 2, 3)
+    }
+    own = SampleSet(torch.randn(12, 6), [classes[i % 3] for i in range(12)], [str(900 + i) for i in range(12)])
+    rules = GateRules(min_class_samples=5)
+
+    def figures(reuse: bool) -> tuple[dict[str, object], dict[str, object]]:
+        data = EvaluationData(dict(experiences), own)
+        logits = logits_of(parent, data.trusted([6]).inputs) if reuse else None
+        baseline = Baseline.measure(parent, classes, data, [6], 1, logits)
+        verdict = baseline.judge(candidate, classes, rules)
+        metrics = version_metrics(
+            candidate, classes, data, None, [6], verdict, predicted=baseline.candidate if reuse else None
+        )
+        return asdict(verdict), metrics.to_json()
+
+    reused, fresh = figures(True), figures(False)
+    assert reused == fresh and fresh[0]["classes"]  # judged per class, not trivially empty
+    mismatched = Baseline.measure(parent, classes, EvaluationData(dict(experiences), own), [6], 1, torch.zeros(3, 3))
+    every = torch.cat([s.inputs for s in experiences.values()])
+    assert mismatched.trusted == predict_labels(parent, classes, every)  # a pass of the wrong size is not used
