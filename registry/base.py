@@ -26,6 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from registry.captures import CaptureClaim, CaptureCounts, FeedbackResult
+from registry.heldout import HeldOut
 from registry.records import (
     ExperienceRecord,
     LivePointer,
@@ -252,10 +253,14 @@ class Store(ABC):
         (`registry.heldout`: at most its capacity per class over all experiences; empty if none)."""
 
     @abstractmethod
+    def held_out_rows(self, name: str) -> HeldOut:
+        """The whole held-out store in one read: every kept row, grouped by experience (the version that consumed
+        it; versions ascending, experiences without a kept sample left out), one span per experience.  Raw-sample
+        retention never changes it; deletion by id does."""
+
     def held_out(self, name: str) -> dict[int, SampleSet]:
-        """The whole held-out store in one read: experience (the version that consumed it) → its held-out samples
-        still kept, versions ascending, experiences without a kept sample left out.  Raw-sample retention never
-        changes it; deletion by id does."""
+        """`held_out_rows` as one sample set per experience."""
+        return self.held_out_rows(name).as_dict()
 
     @abstractmethod
     def delete_samples(self, name: str, ids: Sequence[str]) -> int:

@@ -218,31 +218,89 @@ def consolidate(index: HeldOutIndex, parts: Mapping[str, Part], shape: Sequence[
     return name, merged, replaced
 
 
-def by_experience(index: HeldOutIndex, parts: Mapping[str, Part], shape: Sequence[int]) -> dict[int, SampleSet]:
-    """The live rows of ``parts`` grouped by experience (versions ascending; rows in the order they were stored).
-    One pass over the rows and at most one gather per part, each experience a slice of it: the cost is linear in the
-    (bounded) rows, whatever the number of experiences they came from.  A part whose rows are all live and in order
-    is not copied: its slices share the part's tensor (read-only, as every held-out tensor is)."""
+@dataclass
+class HeldOut:
+    """The held-out store as one read gives it: every live row in one set, grouped by experience (versions
+    ascending, rows in the order they were stored), and each experience's rows as a span of it.  One tensor and a
+    span per experience, not a set per experience: an update scores the rows in one pass and slices the spans, at
+    a cost linear in the (bounded) rows and free of a per-experience object for each of the thousand experiences a
+    long-running model's reservoir may still hold a row of."""
+
+    samples: SampleSet
+    spans: dict[int, tuple[int, int]]  # experience → [start, end) in ``samples``, versions ascending
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @classmethod
+    def of(cls, experiences: Mapping[int, SampleSet], shape: Sequence[int]) -> HeldOut:
+        """From one set per experience (versions ascending; empty ones left out)."""
+        kept = {v: experiences[v] for v in sorted(experiences) if len(experiences[v])}
+        spans, start = {}, 0
+        for v, samples in kept.items():
+            spans[v] = (start, start + len(samples))
+            start += len(samples)
+        return cls(SampleSet.concat(list(kept.values()), shape), spans)
+
+    def experience(self, version: int) -> SampleSet | None:
+        span = self.spans.get(version)
+        if span is None:
+            return None
+        start, end = span
+        return SampleSet(self.samples.inputs[start:end], self.samples.labels[start:end], self.samples.ids[start:end])
+
+    def as_dict(self) -> dict[int, SampleSet]:
+        return {v: found for v in self.spans if (found := self.experience(v)) is not None}
+
+    def select(self, versions: Iterable[int]) -> HeldOut:
+        """The rows of the experiences among ``versions`` (itself, no copy, when that is every experience held)."""
+        chosen = set(versions)
+        wanted = [v for v in self.spans if v in chosen]
+        if len(wanted) == len(self.spans):
+            return self
+        rows = [r for v in wanted for r in range(*self.spans[v])]
+        spans, start = {}, 0
+        for v in wanted:
+            spans[v] = (start, start + self.spans[v][1] - self.spans[v][0])
+            start = spans[v][1]
+        samples = self.samples
+        inputs = samples.inputs.index_select(0, torch.tensor(rows, dtype=torch.long))
+        return HeldOut(SampleSet(inputs, [samples.labels[r] for r in rows], [samples.ids[r] for r in rows]), spans)
+
+
+def grouped(index: HeldOutIndex, parts: Mapping[str, Part], shape: Sequence[int]) -> HeldOut:
+    """The live rows of ``parts`` grouped by experience: one pass over the rows and one copy of the kept rows, part
+    by part, into the result (parts hold ascending experiences as acknowledgements write them; otherwise, after an
+    import of an older experience, a stable sort by experience and one gather)."""
     live = index.live
-    pieces: dict[int, list[SampleSet]] = {}
-    for name in sorted(parts, key=int):
-        samples, experiences = parts[name].samples, parts[name].experiences
-        rows: dict[int, list[int]] = {}  # experience → its live rows of this part, in storage order
-        for row, (version, sample_id) in enumerate(zip(experiences, samples.ids, strict=True)):
+    ordered = [parts[name] for name in sorted(parts, key=int) if len(parts[name].samples)]
+    keyed: list[tuple[int, int, int]] = []  # (experience, part, row) of every live row, in storage order
+    for number, part in enumerate(ordered):
+        for row, (version, sample_id) in enumerate(zip(part.experiences, part.samples.ids, strict=True)):
             if sample_id in live:
-                rows.setdefault(version, []).append(row)
-        order = [r for kept in rows.values() for r in kept]  # the part's live rows, experience by experience
-        if order == list(range(len(samples))):  # every row live and already in that order: views, no copy
-            inputs, labels, ids = samples.inputs, samples.labels, samples.ids
-        else:  # one gather per part (indexing once per experience costs ≈ 50 µs each)
-            inputs = samples.inputs.index_select(0, torch.tensor(order, dtype=torch.long))
-            labels, ids = [samples.labels[r] for r in order], [samples.ids[r] for r in order]
+                keyed.append((version, number, row))
+    if any(keyed[i][0] > keyed[i + 1][0] for i in range(len(keyed) - 1)):
+        keyed.sort(key=lambda k: k[0])  # stable: storage order within an experience
+    labels = [ordered[p].samples.labels[r] for _, p, r in keyed]
+    ids = [ordered[p].samples.ids[r] for _, p, r in keyed]
+    if len(ordered) == 1 and len(keyed) == len(ordered[0].samples) and all(r == i for i, (_, _, r) in enumerate(keyed)):
+        inputs = ordered[0].samples.inputs  # the part itself, in order: shared, read-only
+    else:
+        inputs = torch.empty(len(keyed), *shape, dtype=ordered[0].samples.inputs.dtype if ordered else torch.float32)
         start = 0
-        for (version, kept), view in zip(rows.items(), inputs.split([len(k) for k in rows.values()]), strict=True):
-            end = start + len(kept)
-            pieces.setdefault(version, []).append(SampleSet(view, labels[start:end], ids[start:end]))
+        while start < len(keyed):  # runs of rows from one part: one gather each, straight into the result
+            source = keyed[start][1]
+            end = start
+            while end < len(keyed) and keyed[end][1] == source:
+                end += 1
+            rows = torch.tensor([r for _, _, r in keyed[start:end]], dtype=torch.long)
+            torch.index_select(ordered[source].samples.inputs, 0, rows, out=inputs[start:end])
             start = end
-    return {v: pieces[v][0] if len(pieces[v]) == 1 else SampleSet.concat(pieces[v], shape) for v in sorted(pieces)}
+    spans: dict[int, tuple[int, int]] = {}
+    for position, (version, _, _) in enumerate(keyed):
+        first = spans[version][0] if version in spans else position
+        spans[version] = (first, position + 1)
+    return HeldOut(SampleSet(inputs, labels, ids), spans)
 
 
 def empty(shape: Sequence[int]) -> SampleSet:

@@ -76,7 +76,7 @@ from registry.captures import (
     row_tensor,
 )
 from registry.errors import Conflict, InvalidIdentifier, NotFound, QueueFull, StoreUnavailable
-from registry.heldout import DEFAULT_CAPACITY, HeldOutIndex, Part, by_experience, consolidate, empty, new_part
+from registry.heldout import DEFAULT_CAPACITY, HeldOut, HeldOutIndex, Part, consolidate, empty, grouped, new_part
 from registry.names import (
     check_model_name,
     check_page,
@@ -990,15 +990,15 @@ class LocalStore(Store):
         self._part_cache[name] = fresh  # only the listed parts: the cache is as bounded as the store
         return parts
 
-    def held_out(self, name: str) -> dict[int, SampleSet]:
+    def held_out_rows(self, name: str) -> HeldOut:
         with self._lock(name):
             shape = self.get_model(name).input_shape
             index = self._held_catch_up(name)
-            return by_experience(index, self._held_parts(name, index), shape)
+            return grouped(index, self._held_parts(name, index), shape)
 
     def experience_samples(self, name: str, version: int) -> SampleSet:
         with self._lock(name):
-            found = self.held_out(name).get(version)
+            found = self.held_out_rows(name).experience(version)
             return found if found is not None else empty(self.get_model(name).input_shape)
 
     def _forget_held(self, name: str, wanted: set[str]) -> set[str]:

@@ -97,7 +97,7 @@ from registry.captures import (
     row_tensor,
 )
 from registry.errors import Conflict, NotFound, QueueFull, StoreError, StoreUnavailable
-from registry.heldout import DEFAULT_CAPACITY, HeldOutIndex, Part, by_experience, consolidate, empty, new_part
+from registry.heldout import DEFAULT_CAPACITY, HeldOut, HeldOutIndex, Part, consolidate, empty, grouped, new_part
 from registry.names import (
     check_model_name,
     check_page,
@@ -1085,11 +1085,12 @@ class RedisStore(Store):
         """The index and the parts it lists: the index first, then only the parts this process has not fetched
         before (an update adds one part, so it transfers that part, not the whole store), read again when the
         index changed in between."""
-        self._held_index(name)  # folds in what is not folded yet
         key = self._k(name, "held")
-        for _ in range(10):
-            [(raw, gen)] = self._read(name, lambda pipe: pipe.hmget(key, ["index", "gen"]))
-            index = _index(raw, gen)
+        index = self._held_index(name)  # folds in what is not folded yet; read again only if it changes meanwhile
+        for attempt in range(10):
+            if attempt:
+                [(raw, gen)] = self._read(name, lambda pipe: pipe.hmget(key, ["index", "gen"]))
+                index = _index(raw, gen)
             cached = self._part_cache.get(name, {})
             wanted = {p: (index.seed, tuple(ids)) for p, ids in index.parts.items()}
             missing = [p for p in wanted if p not in cached or cached[p][0] != wanted[p]]
@@ -1108,14 +1109,14 @@ class RedisStore(Store):
         raise StoreUnavailable(f"the held-out store of {name!r} kept changing while being read")
 
     @_translated
-    def held_out(self, name: str) -> dict[int, SampleSet]:
+    def held_out_rows(self, name: str) -> HeldOut:
         shape = self.get_model(name).input_shape
         index, parts = self._held_store(name)
-        return by_experience(index, parts, shape)
+        return grouped(index, parts, shape)
 
     @_translated
     def experience_samples(self, name: str, version: int) -> SampleSet:
-        found = self.held_out(name).get(version)
+        found = self.held_out_rows(name).experience(version)
         return found if found is not None else empty(self.get_model(name).input_shape)
 
     def _rewrite_held(self, name: str, change: Callable[[HeldOutIndex, dict[str, Part]], dict[str, Part]]) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from cl_core.labels import natural_order
 from cl_core.metrics import summarize
 from registry import NotFound, SampleSet, Store, VersionRecord
+from registry.heldout import HeldOut
 from worker.history import DEFAULT_WIDTH, HISTORY_KEY, History, StoredHistory, compact_row, derive, measured_row
 
 
@@ -118,30 +119,35 @@ def lineage(store: Store, name: str, version: int | None) -> list[VersionRecord]
 
 @dataclass
 class EvaluationData:
-    """The held-out samples an evaluation scores: one set per lineage experience, and the update's own."""
+    """The held-out samples an evaluation scores: the lineage's experiences (one set of rows, a span per
+    experience: `registry.heldout.HeldOut`) and the update's own."""
 
-    experiences: dict[int, SampleSet]  # experience (the version that consumed it) → its held-out samples
+    held: HeldOut  # the experiences of the lineage: what versions that went live had held out
     own: SampleSet
-    _trusted: SampleSet | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def gather(cls, store: Store, name: str, versions: Iterable[int], own: SampleSet) -> EvaluationData:
         """The held-out samples still kept of the experiences ``versions`` (a parent's ledger's experiences), from
         the held-out store in one read (never from the ingestion batches: the cost does not grow with the history);
         an experience with none left is left out (its column keeps its last measured value)."""
-        held = store.held_out(name)
-        return cls({v: held[v] for v in versions if v in held and len(held[v])}, own)
+        return cls(store.held_out_rows(name).select(versions), own)
+
+    @classmethod
+    def of(cls, experiences: Mapping[int, SampleSet], own: SampleSet, input_shape: Sequence[int]) -> EvaluationData:
+        return cls(HeldOut.of(experiences, input_shape), own)
+
+    @property
+    def experiences(self) -> dict[int, SampleSet]:
+        """One set per experience (views of the rows)."""
+        return self.held.as_dict()
 
     def all(self, input_shape: Sequence[int]) -> SampleSet:
-        return SampleSet.concat([*self.experiences.values(), self.own], input_shape)
+        return SampleSet.concat([self.held.samples, self.own], input_shape)
 
     def trusted(self, input_shape: Sequence[int]) -> SampleSet:
         """The lineage's held-out samples: what versions that went live had held out (never the update's own).
-        Joined once: screening, the baseline, the gate and the metrics all read it (``experiences`` is not changed
-        after `gather`)."""
-        if self._trusted is None:
-            self._trusted = SampleSet.concat(list(self.experiences.values()), input_shape)
-        return self._trusted
+        One set, read once: screening, the baseline, the gate and the metrics all score it."""
+        return self.held.samples
 
 
 @dataclass(frozen=True)
@@ -442,13 +448,9 @@ def version_metrics(
     labels = [*data.trusted(input_shape).labels, *data.own.labels]  # the rows of `data.all`, in its order
     if predicted is None or len(predicted) != len(labels):
         predicted = predict_labels(model, classes, data.all(input_shape).inputs)  # each experience is a slice
-    measured: dict[int, float | None] = {}
-    start = 0
-    for v, samples in data.experiences.items():
-        end = start + len(samples)
-        measured[v] = accuracy(predicted[start:end], samples.labels)
-        start = end
-    own = accuracy(predicted[start:], data.own.labels) if len(data.own) else None
+    measured = {v: accuracy(predicted[start:end], labels[start:end]) for v, (start, end) in data.held.spans.items()}
+    trusted = len(data.held)
+    own = accuracy(predicted[trusted:], data.own.labels) if len(data.own) else None
     stored = derive(parent, measured, width) if again is None else again[1].remeasured(again[0], measured)
     summary = stored.aggregates(own)
     return VersionMetrics(

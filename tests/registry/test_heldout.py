@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st_
 
 from registry import ModelRecord, SampleSet, Store
-from registry.heldout import HeldOutIndex, draw
+from registry.heldout import HeldOutIndex, Reservoir, draw
 from registry.records import ExperienceRecord
 
 
@@ -182,3 +182,45 @@ def test_a_reader_sees_what_another_instance_changed_in_the_held_out_store(
     fresh = _experience(writer, "m", 1, ["c"] * 4)
     again = reader.held_out("m")
     assert list(again) == [1] and again[1].ids == fresh.ids and torch.equal(again[1].inputs, fresh.inputs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    parts=st_.lists(
+        st_.lists(st_.tuples(st_.integers(1, 6), st_.booleans()), max_size=10),  # rows: (experience, live)
+        max_size=5,
+    ),
+    chosen=st_.sets(st_.integers(1, 6)),
+)
+def test_the_rows_grouped_by_experience_are_each_experiences_live_rows_in_storage_order(
+    parts: list[list[tuple[int, bool]]], chosen: set[int]
+) -> None:
+    """`grouped` against its definition: for each experience, its live rows in storage order (parts by number, rows
+    in order), whatever mix of experiences a part holds (a consolidated one) and whichever rows were evicted; and
+    `select` keeps exactly the chosen experiences' spans."""
+    from registry.heldout import HeldOut, Part, grouped
+
+    index, n = HeldOutIndex(seed=1), 0
+    stored: dict[str, Part] = {}
+    for number, rows in enumerate(parts):
+        ids = [str(n + i) for i in range(len(rows))]
+        n += len(rows)
+        inputs = torch.tensor([[float(i)] for i in ids]).reshape(len(rows), 1)
+        stored[str(number)] = Part(SampleSet(inputs, [f"c{v}" for v, _ in rows], ids), [v for v, _ in rows])
+        index.classes[str(number)] = Reservoir(len(rows), [i for i, (_, live) in zip(ids, rows, strict=True) if live])
+    held = grouped(index, stored, [1])
+    expected: dict[int, list[str]] = {}
+    for name in sorted(stored, key=int):
+        part = stored[name]
+        for v, i in zip(part.experiences, part.samples.ids, strict=True):
+            if i in index.live:
+                expected.setdefault(v, []).append(i)
+    assert list(held.spans) == sorted(expected)
+    got = held.as_dict()
+    assert {v: s.ids for v, s in got.items()} == expected
+    for s in got.values():
+        assert s.inputs.flatten().tolist() == [float(i) for i in s.ids]  # each row's tensor travelled with its id
+    picked = held.select(chosen)
+    assert {v: s.ids for v, s in picked.as_dict().items()} == {v: ids for v, ids in expected.items() if v in chosen}
+    assert picked.samples.inputs.flatten().tolist() == [float(i) for i in picked.samples.ids]
+    assert HeldOut.of(got, [1]).as_dict().keys() == got.keys()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from registry import LocalStore, ModelRecord, PendingCounts, SampleSet, UpdateRecord
+from registry.heldout import HeldOut
 from worker.claims import waiting_classes
 from worker.config import WorkerSettings
 from worker.evaluation import (
@@ -137,9 +138,9 @@ def test_the_evaluation_data_comes_from_the_held_out_store_in_one_read(tmp_path:
     calls: list[str] = []
 
     class Counting(LocalStore):
-        def held_out(self, name: str) -> dict[int, SampleSet]:
+        def held_out_rows(self, name: str) -> HeldOut:
             calls.append("held_out")
-            return super().held_out(name)
+            return super().held_out_rows(name)
 
         def experience_samples(self, name: str, version: int) -> SampleSet:
             calls.append("experience_samples")
@@ -177,7 +178,7 @@ def test_each_model_scores_the_held_out_samples_once_and_every_figure_is_what_a_
     rules = GateRules(min_class_samples=5)
 
     def figures(reuse: bool) -> tuple[dict[str, object], dict[str, object]]:
-        data = EvaluationData(dict(experiences), own)
+        data = EvaluationData.of(experiences, own, [6])
         logits = logits_of(parent, data.trusted([6]).inputs) if reuse else None
         baseline = Baseline.measure(parent, classes, data, [6], 1, logits)
         verdict = baseline.judge(candidate, classes, rules)
@@ -188,6 +189,6 @@ def test_each_model_scores_the_held_out_samples_once_and_every_figure_is_what_a_
 
     reused, fresh = figures(True), figures(False)
     assert reused == fresh and fresh[0]["classes"]  # judged per class, not trivially empty
-    mismatched = Baseline.measure(parent, classes, EvaluationData(dict(experiences), own), [6], 1, torch.zeros(3, 3))
+    mismatched = Baseline.measure(parent, classes, EvaluationData.of(experiences, own, [6]), [6], 1, torch.zeros(3, 3))
     every = torch.cat([s.inputs for s in experiences.values()])
     assert mismatched.trusted == predict_labels(parent, classes, every)  # a pass of the wrong size is not used
