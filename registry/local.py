@@ -1,6 +1,6 @@
 """The embedded default store: a directory on local disk, for one process.
 
-Layout (format 2, recorded in ``FORMAT``; a store of format 1 is migrated when opened)::
+Layout (format 3, recorded in ``FORMAT``; a store of format 1 or 2 is migrated when opened)::
 
     models/<name>/model.json                    ModelRecord
     models/<name>/live.json                     {"version": int | null, "promotion": signed record JSON | null}
@@ -15,8 +15,9 @@ Layout (format 2, recorded in ``FORMAT``; a store of format 1 is migrated when o
     models/<name>/ingest.json                   next batch and sample numbers, labeled samples per class (the
                                                 hold-out policy), the pending tally (the ledger)
     models/<name>/requests.log                  "<seq> <request key>" lines, appended (idempotent ingestion)
-    models/<name>/experiences.json              [ExperienceRecord]: which batches each version consumed, and
-                                                which of their samples it left out (deferred, quarantined)
+    models/<name>/experiences.jsonl             ExperienceRecord lines, appended: which batches each version
+                                                consumed, and which of their samples it left out (deferred,
+                                                quarantined); format 2 kept one JSON list, experiences.json
     models/<name>/heldout/index.json            the held-out store (registry.heldout): reservoir slots per
     models/<name>/heldout/<part>.safetensors    class, the parts and the rows each stores
     models/<name>/quarantine.json               id → QuarantineRecord JSON (+ "released"): samples set aside
@@ -34,7 +35,7 @@ between the steps of a multi-file change leaves the store consistent (a version 
 candidate whose samples are still pending, and the next update trains on them again).
 
 Samples left pending inside consumed batches (deferred by an update, or released from quarantine) are not kept in
-a file of their own: they follow from experiences.json (each experience lists the ids it deferred and the carried
+a file of their own: they follow from experiences.jsonl (each experience lists the ids it deferred and the carried
 ids it consumed) and quarantine.json, so every change of a sample's state is one atomic write.
 
 Every path is built from a checked name or id (`registry.names`) and resolved: a path that leads outside the data
@@ -122,7 +123,7 @@ from registry.signing import Signer, sign_promotion
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def _fsync_dir(path: Path) -> None:
@@ -160,17 +161,23 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def _experience_line(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw, separators=(",", ":")).encode() + b"\n"
+
+
 @dataclass
 class _ExperienceLog:
-    """experiences.json parsed, with what claims derive from all of it, kept up to date record by record: the last
+    """experiences.jsonl parsed, with what claims derive from all of it, kept up to date record by record: the last
     consumed batch, the samples experiences deferred (carried) and the carried ones they consumed."""
 
-    key: Any  # the file's identity when read (None: no file)
+    key: Any  # the file's identity (path and inode; a format-2 experiences.json: also size and time; None: no file)
     raw: list[dict[str, Any]] = field(default_factory=list)
     records: list[ExperienceRecord] = field(default_factory=list)
     upto: int = 0
     carried: dict[str, int] = field(default_factory=dict)
     consumed: set[str] = field(default_factory=set)
+    size: int = 0  # bytes of complete lines read (a torn last line, left by a crash, is not a record)
+    seen: int = 0  # the file's size when last read
 
     def add(self, raw: dict[str, Any], record: ExperienceRecord) -> None:
         self.raw.append(raw)
@@ -179,11 +186,27 @@ class _ExperienceLog:
         self.carried.update({str(i): int(seq) for i, seq in dict(record.claim.get("deferred") or {}).items()})
         self.consumed.update(str(i) for i in dict(record.claim.get("consumed") or {}))
 
-    def extended(self, key: Any, raw: dict[str, Any], record: ExperienceRecord) -> _ExperienceLog:
-        """A new log with ``record`` appended (this one is left as it was: a reader may hold it)."""
-        log = _ExperienceLog(key, list(self.raw), list(self.records), self.upto, dict(self.carried), set(self.consumed))
-        log.add(raw, record)
-        return log
+    def copy(self) -> _ExperienceLog:
+        """A log to extend (this one is left as it was: a reader may hold it)."""
+        return _ExperienceLog(
+            self.key,
+            list(self.raw),
+            list(self.records),
+            self.upto,
+            dict(self.carried),
+            set(self.consumed),
+            self.size,
+            self.seen,
+        )
+
+    def read(self, data: bytes) -> None:
+        """Add the complete lines of ``data`` (what follows ``size`` in the file)."""
+        complete = data[: data.rfind(b"\n") + 1]
+        for line in complete.splitlines():
+            if line.strip():
+                raw = json.loads(line)
+                self.add(raw, ExperienceRecord.from_json(raw))
+        self.size += len(complete)
 
 
 @dataclass
@@ -248,13 +271,14 @@ class LocalStore(Store):
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / "FORMAT"
         found = _read_json(marker).get("format") if marker.exists() else None
-        if found not in (None, 1, FORMAT_VERSION):
+        if found not in (None, 1, 2, FORMAT_VERSION):
             raise StoreUnavailable(f"{self.root} holds store format {found}; this version reads {FORMAT_VERSION}")
         (self.root / "models").mkdir(exist_ok=True)
         self._real_root = self.root.resolve()
         self._locks: dict[str, threading.RLock] = {}
         self._experience_cache: dict[str, _ExperienceLog] = {}
         self._part_cache: dict[str, dict[str, tuple[Any, Part]]] = {}  # name → part → (file identity, part)
+        self._index_cache: dict[str, tuple[Any, HeldOutIndex]] = {}  # name → (file identity, held-out index)
         self._locks_guard = threading.Lock()
         self._listeners: set[LiveListener] = set()
         self._update_locks: dict[str, tuple[int, float, str]] = {}  # name → (token, expires at, owner)
@@ -265,6 +289,10 @@ class LocalStore(Store):
         self._indexed: set[str] = set()  # models whose version index this process checked against the directory
         if found == 1:
             self._migrate_from_1()
+        if found in (1, 2):
+            for model in self.list_models():  # format 3 appends experiences to a log instead of rewriting a list
+                with self._lock(model.name):
+                    self._convert_experiences(model.name)
         if found != FORMAT_VERSION:
             _write_json(marker, {"format": FORMAT_VERSION})
 
@@ -356,6 +384,7 @@ class LocalStore(Store):
             self._remove_own(graveyard, "model.json")
             self._update_locks.pop(name, None)
             self._part_cache.pop(name, None)
+            self._index_cache.pop(name, None)
         self._notify(name, None)
 
     def update_model(self, name: str, change: Callable[[ModelRecord], ModelRecord]) -> ModelRecord:
@@ -750,9 +779,30 @@ class LocalStore(Store):
         return list(self._experience_log(name).records)
 
     def _experience_log(self, name: str) -> _ExperienceLog:
-        """experiences.json as stored and parsed, with what the claim derives from it: read again only when the
-        file changed (its identity, size and time), since an update reads it several times and it grows by one
-        record per update; this instance's own appends extend it without reading (`_append_experience`)."""
+        """experiences.jsonl as stored and parsed, with what the claim derives from it: one JSON record per line,
+        appended by each acknowledgement, so a reader parses only the lines added since it last read (another
+        instance's included) and this instance's own appends extend it without reading (`_append_experience`).
+        A store of format 2 kept one JSON list in experiences.json: read as it is until converted."""
+        path = self._dir(name) / "experiences.jsonl"
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return self._legacy_experience_log(name)
+        cached = self._experience_cache.get(name)
+        if cached is not None and cached.key == (path, info.st_ino) and cached.seen == info.st_size:
+            return cached
+        if cached is not None and cached.key == (path, info.st_ino) and info.st_size >= cached.size:
+            log = cached.copy()  # the same file, grown: read what was appended
+        else:
+            log = _ExperienceLog((path, info.st_ino))
+        with path.open("rb") as f:
+            f.seek(log.size)
+            log.read(f.read())
+        log.seen = info.st_size
+        self._experience_cache[name] = log
+        return log
+
+    def _legacy_experience_log(self, name: str) -> _ExperienceLog:
         path = self._dir(name) / "experiences.json"
         try:
             info = path.stat()
@@ -768,6 +818,19 @@ class LocalStore(Store):
         self._experience_cache[name] = log
         return log
 
+    def _convert_experiences(self, name: str) -> None:
+        """experiences.json (format 2) to experiences.jsonl: the new file whole and atomically, then the old one
+        removed (a crash in between leaves both; the new one is read)."""
+        legacy = self._dir(name) / "experiences.json"
+        if not legacy.exists():
+            return
+        path = self._dir(name) / "experiences.jsonl"
+        if not path.exists():
+            log = self._legacy_experience_log(name)
+            write_atomic(path, b"".join(_experience_line(raw) for raw in log.raw))
+        legacy.unlink()
+        self._experience_cache.pop(name, None)
+
     def _consumed_upto(self, name: str) -> int:
         return self._experience_log(name).upto
 
@@ -777,7 +840,7 @@ class LocalStore(Store):
         return entries
 
     def _set_aside(self, name: str) -> SetAside:
-        """Carried, quarantined and exempt samples, from experiences.json and quarantine.json: a sample deferred by
+        """Carried, quarantined and exempt samples, from experiences.jsonl and quarantine.json: a sample deferred by
         an update or released from quarantine is carried (pending again, id → batch) until an experience lists it
         as consumed."""
         log = self._experience_log(name)
@@ -811,14 +874,28 @@ class LocalStore(Store):
             return plan.claim(parts, shape)
 
     def _append_experience(self, name: str, record: ExperienceRecord) -> None:
-        """The commit point of an acknowledgement: the whole file written again (atomically), compact; the parsed
-        log is extended, not read again."""
+        """The commit point of an acknowledgement: one line appended to experiences.jsonl and fsynced (the file is
+        never rewritten, so the cost does not grow with the history); a torn line a crash left after the last
+        complete one was never committed and is cut first.  The parsed log is extended, not read again."""
+        self._convert_experiences(name)
         log = self._experience_log(name)
         raw = record.to_json()
-        path = self._dir(name) / "experiences.json"
-        write_atomic(path, json.dumps([*log.raw, raw], separators=(",", ":")).encode())
+        path = self._dir(name) / "experiences.jsonl"
+        if not path.exists():
+            write_atomic(path, _experience_line(raw))
+        else:
+            with path.open("r+b") as f:
+                if f.seek(0, os.SEEK_END) != log.size:
+                    f.truncate(log.size)
+                    f.seek(log.size)
+                f.write(_experience_line(raw))
+                f.flush()
+                os.fsync(f.fileno())
         info = path.stat()
-        self._experience_cache[name] = log.extended((path, info.st_ino, info.st_size, info.st_mtime_ns), raw, record)
+        extended = log.copy() if log.key == (path, info.st_ino) else _ExperienceLog((path, info.st_ino))
+        extended.add(raw, record)
+        extended.size = extended.seen = info.st_size
+        self._experience_cache[name] = extended
 
     def ack(
         self,
@@ -899,18 +976,32 @@ class LocalStore(Store):
 
     # -- the held-out store (registry.heldout) ---------------------------------------------------------------------
     # heldout/index.json is the index; heldout/<part>.safetensors the parts.  An acknowledgement writes the
-    # experience's held-out rows as the next part first, then experiences.json (the commit point), then folds them
+    # experience's held-out rows as the next part first, then experiences.jsonl (the commit point), then folds them
     # into the index; an experience committed but not folded (a crash, or a store of format 1) is folded in by the
     # next call that reads or changes the held-out store, from that part or, failing it, from its batches.
     def _part_path(self, name: str, part: str) -> Path:
         return self._dir(name) / "heldout" / f"{int(part)}.safetensors"
 
     def _held_index(self, name: str) -> HeldOutIndex:
+        """The index as stored: parsed again only when the file changed (its identity, size and time), since an
+        update reads it several times; a copy, which the caller may change."""
         path = self._dir(name) / "heldout" / "index.json"
-        return HeldOutIndex.from_json(_read_json(path)) if path.exists() else HeldOutIndex()
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return HeldOutIndex()
+        key = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._index_cache.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, HeldOutIndex.from_json(_read_json(path)))
+            self._index_cache[name] = cached
+        return cached[1].clone()
 
     def _write_held_index(self, name: str, index: HeldOutIndex) -> None:
-        _write_json(self._dir(name) / "heldout" / "index.json", index.to_json(), compact=True)
+        path = self._dir(name) / "heldout" / "index.json"
+        _write_json(path, index.to_json(), compact=True)
+        info = path.stat()
+        self._index_cache[name] = ((path, info.st_ino, info.st_size, info.st_mtime_ns), index.clone())
 
     def _commit_experience(self, name: str, experience: ExperienceRecord, held: SampleSet) -> None:
         index = self._held_catch_up(name)

@@ -147,7 +147,7 @@ def test_a_crash_before_the_held_out_index_is_caught_up_from_the_staged_part(tmp
     store.append_samples("m", torch.rand(4, 2), ["b"] * 4, 0.5)
     second = store.claim("m")
     store.ack("m", second, 2, "u2")
-    index.write_bytes(before)  # the crash: experiences.json written, the index not
+    index.write_bytes(before)  # the crash: experiences.jsonl written, the index not
     restarted = LocalStore(tmp_path)
     held = restarted.held_out("m")
     assert held[1].ids == claim.held_out.ids and held[2].ids == second.held_out.ids
@@ -208,7 +208,9 @@ def _format_1_store(root: Path) -> dict[str, Any]:
 def test_a_format_1_store_is_migrated_when_opened(tmp_path: Path) -> None:
     rows = _format_1_store(tmp_path)["rows"]
     store = LocalStore(tmp_path)
-    assert json.loads((tmp_path / "FORMAT").read_text()) == {"format": 2}
+    assert json.loads((tmp_path / "FORMAT").read_text()) == {"format": 3}
+    model = tmp_path / "models" / "m"
+    assert not (model / "experiences.json").exists() and (model / "experiences.jsonl").exists()
     held = store.held_out("m")
     assert list(held) == [1] and held[1].ids == ["2", "4"] and torch.equal(held[1].inputs, rows[[1, 3]])
     batch = st.metadata((tmp_path / "models" / "m" / "samples" / "000000000001.safetensors").read_bytes())
@@ -254,3 +256,78 @@ def test_the_experience_log_an_instance_extends_is_what_reading_the_file_gives(t
     assert extended.carried == parsed.carried and len(extended.carried) == 2  # deferred by updates 1 and 2
     assert extended.consumed == parsed.consumed and len(parsed.consumed) == 2  # both consumed by update 3
     assert store._set_aside("m") == LocalStore(tmp_path / "s")._set_aside("m") and not store._set_aside("m").carried
+
+
+def _acked(store: LocalStore, version: int) -> None:
+    store.append_samples("m", torch.rand(4, 3), ["a", "a", "b", "b"], 0.5)
+    store.ack("m", store.claim("m"), version=version, update_id=f"u{version}")
+
+
+def test_an_acknowledgement_appends_one_line_to_the_experience_log(tmp_path: Path) -> None:
+    """The log is appended, never rewritten: its earlier bytes stay as they were and the file keeps its inode."""
+    store = LocalStore(tmp_path / "s")
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=[]))
+    _acked(store, 1)
+    log = tmp_path / "s" / "models" / "m" / "experiences.jsonl"
+    before, inode = log.read_bytes(), log.stat().st_ino
+    _acked(store, 2)
+    after = log.read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == 2 and log.stat().st_ino == inode
+    assert [json.loads(line)["version"] for line in after.splitlines()] == [1, 2]
+
+
+def test_a_torn_experience_line_was_never_committed_and_is_cut_by_the_next_acknowledgement(tmp_path: Path) -> None:
+    """A crash while appending leaves part of a line: no reader takes it for an experience (its samples are still
+    pending, and the next update trains on them), and the next acknowledgement cuts it before appending."""
+    store = LocalStore(tmp_path / "s")
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=[]))
+    _acked(store, 1)
+    log = tmp_path / "s" / "models" / "m" / "experiences.jsonl"
+    committed = log.read_bytes()
+    store.append_samples("m", torch.rand(4, 3), ["c", "c", "c", "c"], 0.0)
+    with log.open("ab") as f:
+        f.write(b'{"version":2,"update_id":"u2","cla')  # the crash
+    restarted = LocalStore(tmp_path / "s")
+    assert [e.version for e in restarted.experiences("m")] == [1]
+    claim = restarted.claim("m")
+    assert claim.train.labels == ["c", "c", "c", "c"]  # still pending
+    restarted.ack("m", claim, version=2, update_id="u2")
+    text = log.read_bytes()
+    assert text.startswith(committed) and text.count(b"\n") == 2 and b"cla{" not in text
+    assert [e.version for e in LocalStore(tmp_path / "s").experiences("m")] == [1, 2]
+
+
+def test_a_format_2_store_keeps_its_experiences_in_the_log(tmp_path: Path) -> None:
+    """Format 2 wrote experiences.json as one list: opened by this version, the list becomes the log (same
+    records, in order) and the store is marked format 3; nothing else changes."""
+    store = LocalStore(tmp_path / "s")
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=[]))
+    for version in (1, 2):
+        _acked(store, version)
+    model = tmp_path / "s" / "models" / "m"
+    records = [json.loads(line) for line in (model / "experiences.jsonl").read_bytes().splitlines()]
+    (model / "experiences.jsonl").unlink()
+    _write_json(model / "experiences.json", records)  # as format 2 kept them
+    _write_json(tmp_path / "s" / "FORMAT", {"format": 2})
+    opened = LocalStore(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "FORMAT").read_text()) == {"format": 3}
+    assert not (model / "experiences.json").exists()
+    assert [e.to_json() for e in opened.experiences("m")] == records
+    _acked(opened, 3)
+    assert [e.version for e in LocalStore(tmp_path / "s").experiences("m")] == [1, 2, 3]
+
+
+def test_the_parsed_held_out_index_is_a_copy_for_each_caller_and_follows_the_file(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    store.create_model(ModelRecord(name="m", architecture="mlp", input_shape=[3], classes=[]))
+    _acked(store, 1)
+    first = store._held_index("m")
+    expected = json.loads(json.dumps(first.to_json()))
+    first.classes.clear()
+    first.parts.clear()  # a caller that changes its copy and then fails changes nothing for the next one
+    assert store._held_index("m").to_json() == expected
+    path = tmp_path / "s" / "models" / "m" / "heldout" / "index.json"
+    other = heldout.HeldOutIndex.from_json(json.loads(path.read_text()))
+    other.next_part += 7
+    write_atomic(path, json.dumps(other.to_json()).encode())  # another writer
+    assert store._held_index("m").next_part == other.next_part
