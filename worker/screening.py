@@ -10,9 +10,10 @@ posts add up.
 A softmax is over-confident on inputs unlike anything it has seen, so a genuinely new class is often called an old
 one "confidently" (on the protocol's data, a model of digits 0-4 calls about half of the 9s a confident 4).  A count
 is therefore confirmed by a second, model-free test: the sample's nearest neighbours in input space, among the
-trusted samples of ``k`` and those of ``g`` (the trusted ones for a known class; for a class new in the claim, the
-claim's other samples labeled ``g``), must be mostly trusted samples of ``k``: a relabelled image of ``k`` looks
-like the ``k`` the lineage already has, while an unusual image of ``g`` still looks like the rest of ``g``.
+trusted samples of ``k`` and those of ``g`` (the trusted ones for a known class, at most `MAX_REFERENCE` of each,
+evenly spread; for a class new in the claim, the claim's other samples labeled ``g``), must be mostly trusted
+samples of ``k``: a relabelled image of ``k`` looks like the ``k`` the lineage already has, while an unusual image
+of ``g`` still looks like the rest of ``g``.
 
 A pair is *systematic*, and its confirmed samples are quarantined, when it holds at least ``min_count`` samples and
 at least ``min_share`` of the samples labeled ``g``; fewer is isolated noise and trains as posted.  Once a pair is
