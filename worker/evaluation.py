@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -131,10 +131,6 @@ class EvaluationData:
         the held-out store in one read (never from the ingestion batches: the cost does not grow with the history);
         an experience with none left is left out (its column keeps its last measured value)."""
         return cls(store.held_out_rows(name).select(versions), own)
-
-    @classmethod
-    def of(cls, experiences: Mapping[int, SampleSet], own: SampleSet, input_shape: Sequence[int]) -> EvaluationData:
-        return cls(HeldOut.of(experiences, input_shape), own)
 
     @property
     def experiences(self) -> dict[int, SampleSet]:

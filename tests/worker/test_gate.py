@@ -178,7 +178,7 @@ def test_each_model_scores_the_held_out_samples_once_and_every_figure_is_what_a_
     rules = GateRules(min_class_samples=5)
 
     def figures(reuse: bool) -> tuple[dict[str, object], dict[str, object]]:
-        data = EvaluationData.of(experiences, own, [6])
+        data = EvaluationData(HeldOut.of(experiences, [6]), own)
         logits = logits_of(parent, data.trusted([6]).inputs) if reuse else None
         baseline = Baseline.measure(parent, classes, data, [6], 1, logits)
         verdict = baseline.judge(candidate, classes, rules)
@@ -189,6 +189,8 @@ def test_each_model_scores_the_held_out_samples_once_and_every_figure_is_what_a_
 
     reused, fresh = figures(True), figures(False)
     assert reused == fresh and fresh[0]["classes"]  # judged per class, not trivially empty
-    mismatched = Baseline.measure(parent, classes, EvaluationData.of(experiences, own, [6]), [6], 1, torch.zeros(3, 3))
+    mismatched = Baseline.measure(
+        parent, classes, EvaluationData(HeldOut.of(experiences, [6]), own), [6], 1, torch.zeros(3, 3)
+    )
     every = torch.cat([s.inputs for s in experiences.values()])
     assert mismatched.trusted == predict_labels(parent, classes, every)  # a pass of the wrong size is not used
