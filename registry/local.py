@@ -171,7 +171,6 @@ class _ExperienceLog:
     consumed batch, the samples experiences deferred (carried) and the carried ones they consumed."""
 
     key: Any  # the file's identity (path and inode; a format-2 experiences.json: also size and time; None: no file)
-    raw: list[dict[str, Any]] = field(default_factory=list)
     records: list[ExperienceRecord] = field(default_factory=list)
     upto: int = 0
     carried: dict[str, int] = field(default_factory=dict)
@@ -179,8 +178,7 @@ class _ExperienceLog:
     size: int = 0  # bytes of complete lines read (a torn last line, left by a crash, is not a record)
     seen: int = 0  # the file's size when last read
 
-    def add(self, raw: dict[str, Any], record: ExperienceRecord) -> None:
-        self.raw.append(raw)
+    def add(self, record: ExperienceRecord) -> None:
         self.records.append(record)
         self.upto = max(self.upto, ClaimToken.from_json(record.claim).upto)
         self.carried.update({str(i): int(seq) for i, seq in dict(record.claim.get("deferred") or {}).items()})
@@ -190,7 +188,6 @@ class _ExperienceLog:
         """A log to extend (this one is left as it was: a reader may hold it)."""
         return _ExperienceLog(
             self.key,
-            list(self.raw),
             list(self.records),
             self.upto,
             dict(self.carried),
@@ -204,8 +201,7 @@ class _ExperienceLog:
         complete = data[: data.rfind(b"\n") + 1]
         for line in complete.splitlines():
             if line.strip():
-                raw = json.loads(line)
-                self.add(raw, ExperienceRecord.from_json(raw))
+                self.add(ExperienceRecord.from_json(json.loads(line)))
         self.size += len(complete)
 
 
@@ -814,7 +810,7 @@ class LocalStore(Store):
             return cached
         log = _ExperienceLog(key)
         for raw in _read_json(path):
-            log.add(raw, ExperienceRecord.from_json(raw))
+            log.add(ExperienceRecord.from_json(raw))
         self._experience_cache[name] = log
         return log
 
@@ -825,9 +821,8 @@ class LocalStore(Store):
         if not legacy.exists():
             return
         path = self._dir(name) / "experiences.jsonl"
-        if not path.exists():
-            log = self._legacy_experience_log(name)
-            write_atomic(path, b"".join(_experience_line(raw) for raw in log.raw))
+        if not path.exists():  # the records as stored, byte for byte in content
+            write_atomic(path, b"".join(_experience_line(raw) for raw in _read_json(legacy)))
         legacy.unlink()
         self._experience_cache.pop(name, None)
 
@@ -893,7 +888,7 @@ class LocalStore(Store):
                 os.fsync(f.fileno())
         info = path.stat()
         extended = log.copy() if log.key == (path, info.st_ino) else _ExperienceLog((path, info.st_ino))
-        extended.add(raw, record)
+        extended.add(record)
         extended.size = extended.seen = info.st_size
         self._experience_cache[name] = extended
 

@@ -132,11 +132,6 @@ class EvaluationData:
         an experience with none left is left out (its column keeps its last measured value)."""
         return cls(store.held_out_rows(name).select(versions), own)
 
-    @property
-    def experiences(self) -> dict[int, SampleSet]:
-        """One set per experience (views of the rows)."""
-        return self.held.as_dict()
-
     def all(self, input_shape: Sequence[int]) -> SampleSet:
         return SampleSet.concat([self.held.samples, self.own], input_shape)
 

@@ -158,7 +158,7 @@ def test_the_evaluation_data_comes_from_the_held_out_store_in_one_read(tmp_path:
     calls.clear()
     data = EvaluationData.gather(store, "m", [1, 3], SampleSet(torch.zeros(0, 2), [], []))
     assert calls == ["held_out"]
-    assert {v: s.ids for v, s in data.experiences.items()} == {1: held[1], 3: held[3]}
+    assert {v: s.ids for v, s in data.held.as_dict().items()} == {1: held[1], 3: held[3]}
 
 
 def test_each_model_scores_the_held_out_samples_once_and_every_figure_is_what_a_fresh_pass_gives() -> None:
